@@ -1,0 +1,268 @@
+//! The v0 upload-pack request, as sent in one stateless-RPC POST.
+//!
+//! ```text
+//! want <oid> <capabilities...>     first want carries the capabilities
+//! want <oid>                       more wants
+//! shallow <oid> | deepen <n> | deepen-since <ts> | deepen-not <ref> | filter <spec>
+//! 0000
+//! have <oid>                       zero or more, possibly in several flushed rounds
+//! 0000 | done
+//! ```
+//!
+//! A request with `done` ends negotiation: git answers it with the pack. Without `done`
+//! it is one negotiation round and git answers with ACK/NAK lines.
+
+use super::{keyword, oid_arg, push_bounded, show, text, value, ParseError};
+use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
+use crate::oid::ObjectId;
+use crate::pktline::{self, PacketLineRef};
+
+/// A shallow-clone limit, shared by v0 and v2 fetches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Deepen {
+    /// `deepen <n>`: at most n commits deep.
+    Depth(u32),
+    /// `deepen-since <timestamp>`: commits newer than a Unix time.
+    Since(i64),
+    /// `deepen-not <ref>`: exclude history reachable from a ref.
+    Not(String),
+}
+
+/// A parsed v0 upload-pack request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadRequest {
+    /// Objects asked for, in request order.
+    pub wants: Vec<ObjectId>,
+    /// Capabilities from the first `want` line, in request order.
+    pub capabilities: Vec<String>,
+    /// Commits the client already has as shallow boundaries.
+    pub shallows: Vec<ObjectId>,
+    /// Depth limits, in request order.
+    pub deepen: Vec<Deepen>,
+    /// `filter <spec>` for partial clones.
+    pub filter: Option<String>,
+    /// Objects the client has, in request order.
+    pub haves: Vec<ObjectId>,
+    /// Whether the client sent `done`, ending negotiation.
+    pub done: bool,
+}
+
+/// Parse a whole v0 upload-pack request body.
+pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
+    let mut req = UploadRequest::default();
+    let mut lines = pktline::lines(body);
+
+    // Want section, up to the first flush.
+    loop {
+        let line = match lines.next() {
+            None => return Err(ParseError::Truncated { expected: "the flush after the wants" }),
+            Some(line) => line?,
+        };
+        let data = match line {
+            PacketLineRef::Flush => break,
+            PacketLineRef::Data(d) => text(d),
+            other => {
+                return Err(ParseError::Unexpected {
+                    found: format!("{other:?}"),
+                    expected: "a want, shallow, deepen or filter line",
+                })
+            }
+        };
+        let (kw, rest) = keyword(data);
+        match kw {
+            b"want" => {
+                let (oid, caps) = match rest.iter().position(|&b| b == b' ') {
+                    Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                    None => (rest, None),
+                };
+                let oid = oid_arg(data, oid)?;
+                push_bounded(&mut req.wants, oid, "want", MAX_WANTS)?;
+                if let Some(caps) = caps {
+                    if req.wants.len() > 1 {
+                        return Err(ParseError::Unexpected {
+                            found: show(data),
+                            expected: "capabilities only on the first want",
+                        });
+                    }
+                    for cap in caps.split(|&b| b == b' ').filter(|c| !c.is_empty()) {
+                        let cap = value("capability", data, cap)?;
+                        push_bounded(&mut req.capabilities, cap, "capability", MAX_CAPABILITIES)?;
+                    }
+                }
+            }
+            b"shallow" => {
+                let oid = oid_arg(data, rest)?;
+                push_bounded(&mut req.shallows, oid, "shallow", MAX_SHALLOWS)?;
+            }
+            b"deepen" => {
+                let n = parse_number(data, rest)?;
+                let n = u32::try_from(n).map_err(|_| ParseError::BadNumber { line: show(data) })?;
+                push_bounded(&mut req.deepen, Deepen::Depth(n), "deepen", MAX_REPEATED_ARGS)?;
+            }
+            b"deepen-since" => {
+                let ts = parse_number(data, rest)?;
+                push_bounded(&mut req.deepen, Deepen::Since(ts), "deepen", MAX_REPEATED_ARGS)?;
+            }
+            b"deepen-not" => {
+                let r = value("deepen-not ref", data, rest)?;
+                push_bounded(&mut req.deepen, Deepen::Not(r), "deepen", MAX_REPEATED_ARGS)?;
+            }
+            b"filter" => {
+                if req.filter.is_some() {
+                    return Err(ParseError::Unexpected {
+                        found: show(data),
+                        expected: "at most one filter line",
+                    });
+                }
+                req.filter = Some(value("filter spec", data, rest)?);
+            }
+            _ => {
+                return Err(ParseError::Unexpected {
+                    found: show(data),
+                    expected: "a want, shallow, deepen or filter line",
+                })
+            }
+        }
+    }
+
+    // Have section: haves in flushed rounds, ending with `done` or the end of input.
+    for line in lines.by_ref() {
+        let data = match line? {
+            PacketLineRef::Flush => continue,
+            PacketLineRef::Data(d) => text(d),
+            other => {
+                return Err(ParseError::Unexpected {
+                    found: format!("{other:?}"),
+                    expected: "a have line, a flush or done",
+                })
+            }
+        };
+        if data == b"done" {
+            req.done = true;
+            break;
+        }
+        match keyword(data) {
+            (b"have", rest) => {
+                let oid = oid_arg(data, rest)?;
+                push_bounded(&mut req.haves, oid, "have", MAX_HAVES)?;
+            }
+            _ => {
+                return Err(ParseError::Unexpected {
+                    found: show(data),
+                    expected: "a have line, a flush or done",
+                })
+            }
+        }
+    }
+    let rest = lines.remaining();
+    if !rest.is_empty() {
+        return Err(ParseError::TrailingData { len: rest.len() });
+    }
+    Ok(req)
+}
+
+pub(crate) fn parse_number(line: &[u8], raw: &[u8]) -> Result<i64, ParseError> {
+    std::str::from_utf8(raw)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ParseError::BadNumber { line: show(line) })
+}
+
+
+impl UploadRequest {
+    /// Encode this request as git would send it (one want section, one have round).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, want) in self.wants.iter().enumerate() {
+            let mut line = format!("want {want}");
+            if i == 0 && !self.capabilities.is_empty() {
+                line.push(' ');
+                line.push_str(&self.capabilities.join(" "));
+            }
+            pktline::encode_text(&mut out, line.as_bytes()).expect("bounded line");
+        }
+        for s in &self.shallows {
+            pktline::encode_text(&mut out, format!("shallow {s}").as_bytes()).expect("bounded");
+        }
+        for d in &self.deepen {
+            let line = match d {
+                Deepen::Depth(n) => format!("deepen {n}"),
+                Deepen::Since(t) => format!("deepen-since {t}"),
+                Deepen::Not(r) => format!("deepen-not {r}"),
+            };
+            pktline::encode_text(&mut out, line.as_bytes()).expect("bounded line");
+        }
+        if let Some(f) = &self.filter {
+            pktline::encode_text(&mut out, format!("filter {f}").as_bytes()).expect("bounded");
+        }
+        pktline::encode_flush(&mut out);
+        for h in &self.haves {
+            pktline::encode_text(&mut out, format!("have {h}").as_bytes()).expect("bounded");
+        }
+        if self.done {
+            pktline::encode_text(&mut out, b"done").expect("bounded line");
+        } else if !self.haves.is_empty() {
+            pktline::encode_flush(&mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn oid(c: char) -> ObjectId {
+        ObjectId::parse(c.to_string().repeat(40).as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn rejects_junk_in_want_section() {
+        let mut body = Vec::new();
+        pktline::encode_text(&mut body, b"wnat aaaa").expect("fits");
+        pktline::encode_flush(&mut body);
+        assert!(matches!(parse(&body), Err(ParseError::Unexpected { .. })));
+        assert_eq!(
+            parse(b""),
+            Err(ParseError::Truncated { expected: "the flush after the wants" })
+        );
+    }
+
+    #[test]
+    fn rejects_trailing_data_after_done() {
+        let req = UploadRequest { wants: vec![oid('a')], done: true, ..Default::default() };
+        let mut body = req.encode();
+        body.extend_from_slice(b"0000");
+        assert_eq!(parse(&body), Err(ParseError::TrailingData { len: 4 }));
+    }
+
+    fn arb_oid() -> impl Strategy<Value = ObjectId> {
+        "[0-9a-f]{40}".prop_map(|s| ObjectId::parse(s.as_bytes()).expect("valid"))
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            wants in proptest::collection::vec(arb_oid(), 1..5),
+            caps in proptest::collection::vec("[a-z][a-z0-9=/._-]{0,20}", 0..5),
+            shallows in proptest::collection::vec(arb_oid(), 0..3),
+            depth in proptest::option::of(1u32..1000),
+            filter in proptest::option::of("blob:(none|limit=[0-9]{1,5})"),
+            haves in proptest::collection::vec(arb_oid(), 0..5),
+            done in any::<bool>(),
+        ) {
+            let req = UploadRequest {
+                wants,
+                capabilities: caps,
+                shallows,
+                deepen: depth.map(Deepen::Depth).into_iter().collect(),
+                filter,
+                haves,
+                done,
+            };
+            prop_assert_eq!(parse(&req.encode()), Ok(req));
+        }
+    }
+}
