@@ -1,1 +1,145 @@
-//! x
+//! gitgate: an HTTP smart-git gateway.
+//!
+//! Git clients speak smart HTTP (protocol v0 and v2) to gitgate; gitgate checks each
+//! request and forwards it to the storage node that holds the repository, streaming
+//! bodies both ways.
+//!
+//! Modules:
+//! - [`config`]: the TOML configuration, validated once;
+//! - [`app`]: the router and the middleware stack;
+//! - [`git_http`]: the smart-HTTP handlers;
+//! - [`body`]: streamed, metered response bodies;
+//! - [`error`]: the mapping of failures to responses;
+//! - [`ops`]: `/-/health` and `/-/ready`;
+//! - [`state`]: what the handlers share.
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod git_http;
+pub mod ops;
+pub mod state;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use config::{Config, NodeLocation};
+use gitgate_storage_client::{NodeClient, NodeSet, RemoteNode};
+use gitgate_storage_node::{Node, NodeSettings};
+use tokio::net::TcpListener;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// An in-process node could not be opened.
+    #[error("storage node {name}: {source}")]
+    LocalNode {
+        /// The node's name.
+        name: String,
+        /// The error.
+        #[source]
+        source: gitgate_storage_node::NodeError,
+    },
+    /// A remote node's URL is unusable.
+    #[error("storage node {name}: {source}")]
+    RemoteNode {
+        /// The node's name.
+        name: String,
+        /// The error.
+        #[source]
+        source: gitgate_storage_client::remote::InvalidNodeUrl,
+    },
+    /// No nodes configured.
+    #[error("no storage nodes configured")]
+    NoNodes,
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Build the node clients described by the configuration.
+pub async fn connect_nodes(config: &Config) -> Result<NodeSet, ServeError> {
+    let mut nodes = Vec::new();
+    for node in &config.storage.nodes {
+        let client = match &node.location {
+            NodeLocation::Local { path, git } => {
+                let local = Node::open(NodeSettings {
+                    root: path.clone(),
+                    git: git.clone(),
+                })
+                .await
+                .map_err(|source| ServeError::LocalNode {
+                    name: node.name.clone(),
+                    source,
+                })?;
+                match local.list().await {
+                    Ok(repos) => {
+                        tracing::info!(node = %node.name, root = %path.display(), repositories = repos.len(), "serving local node")
+                    }
+                    Err(err) => {
+                        tracing::warn!(node = %node.name, error = %err, "could not list repositories")
+                    }
+                }
+                NodeClient::Local {
+                    name: node.name.clone(),
+                    node: Arc::new(local),
+                }
+            }
+            NodeLocation::Remote { url, token } => {
+                let remote = RemoteNode::new(node.name.clone(), url, token).map_err(|source| {
+                    ServeError::RemoteNode {
+                        name: node.name.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(node = %node.name, url = %url, "using remote node");
+                NodeClient::Remote(remote)
+            }
+        };
+        nodes.push(client);
+    }
+    NodeSet::new(nodes).ok_or(ServeError::NoNodes)
+}
+
+/// Serve on `listener` until `shutdown` completes, then let in-flight requests finish
+/// for at most `listen.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let nodes = connect_nodes(&config).await?;
+    let state = Arc::new(state::AppState {
+        nodes,
+        create_on_push: config.storage.create_on_push,
+        max_fetch_request_bytes: config.limits.max_fetch_request_bytes,
+    });
+    let router = app::app(state);
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // The receiver only goes away when the server has already stopped.
+            let _ = stopping_tx.send(());
+        })
+        .into_future();
+    let grace = config.listen.shutdown_grace;
+    let grace_over = async move {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server => {
+            tracing::info!("all connections closed");
+            Ok(result?)
+        }
+        () = grace_over => {
+            tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}

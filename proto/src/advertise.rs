@@ -103,7 +103,9 @@ pub fn parse_v2_capabilities(body: &[u8]) -> Result<Vec<String>, ParseError> {
             }
         }
     }
-    Err(ParseError::Truncated { expected: "\"version 2\" and the closing flush" })
+    Err(ParseError::Truncated {
+        expected: "\"version 2\" and the closing flush",
+    })
 }
 
 #[cfg(test)]

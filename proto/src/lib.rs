@@ -13,6 +13,8 @@
 //!   advertisements and v2 capability advertisements;
 //! - [`request`]: bounded parsers for v0 upload-pack requests, v2 command requests
 //!   (`ls-refs`, `fetch`, `object-info`) and receive-pack commands;
+//! - [`smart_http`]: the smart-HTTP URL layout (`info/refs`, `git-upload-pack`,
+//!   `git-receive-pack`) as pure path parsing;
 //! - [`normalize`]: the canonical form of a fetch request that cache keys are made from.
 //!
 //! Hard limits (line counts, lengths) are the constants in [`limits`]; the parsers
@@ -27,6 +29,7 @@ pub mod pktline;
 pub mod repo_path;
 pub mod request;
 pub mod service;
+pub mod smart_http;
 
 pub use oid::ObjectId;
 pub use repo_path::RepoPath;

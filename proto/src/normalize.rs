@@ -45,23 +45,45 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
         ProtocolVersion::V0 => {
             let req = upload_v0::parse(body)?;
             enc.field(b"v0");
-            enc.list(b"caps", sorted(req.capabilities.iter().filter(|c| keep_capability(c)).cloned()));
+            enc.list(
+                b"caps",
+                sorted(
+                    req.capabilities
+                        .iter()
+                        .filter(|c| keep_capability(c))
+                        .cloned(),
+                ),
+            );
             enc.list(b"want", sorted_oids(&req.wants));
             enc.list(b"shallow", sorted_oids(&req.shallows));
             enc.list(b"deepen", req.deepen.iter().map(deepen_text));
             enc.list(b"filter", req.filter.iter().cloned());
             enc.list(b"have", sorted_oids(&req.haves));
             enc.field(if req.done { b"done" } else { b"open" });
-            Ok(Normalized { cacheable: req.done && !req.wants.is_empty(), canonical: enc.out })
+            Ok(Normalized {
+                cacheable: req.done && !req.wants.is_empty(),
+                canonical: enc.out,
+            })
         }
         ProtocolVersion::V2 => {
             let req = command_v2::parse(body)?;
             enc.field(b"v2");
             enc.field(req.command.as_bytes());
-            enc.list(b"caps", sorted(req.capabilities.iter().filter(|c| keep_capability(c)).cloned()));
+            enc.list(
+                b"caps",
+                sorted(
+                    req.capabilities
+                        .iter()
+                        .filter(|c| keep_capability(c))
+                        .cloned(),
+                ),
+            );
             if req.command != "fetch" {
                 enc.list(b"args", req.args.iter().cloned());
-                return Ok(Normalized { cacheable: false, canonical: enc.out });
+                return Ok(Normalized {
+                    cacheable: false,
+                    canonical: enc.out,
+                });
             }
             let f = req.fetch_args()?;
             enc.list(b"want", sorted_oids(&f.wants));
@@ -74,7 +96,10 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             enc.list(b"have", sorted_oids(&f.haves));
             enc.field(if f.done { b"done" } else { b"open" });
             let wants_something = !f.wants.is_empty() || !f.want_refs.is_empty();
-            Ok(Normalized { cacheable: f.done && wants_something, canonical: enc.out })
+            Ok(Normalized {
+                cacheable: f.done && wants_something,
+                canonical: enc.out,
+            })
         }
     }
 }
@@ -111,14 +136,16 @@ struct Encoder {
 
 impl Encoder {
     fn field(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        self.out
+            .extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         self.out.extend_from_slice(bytes);
     }
 
     fn list<I: IntoIterator<Item = String>>(&mut self, name: &[u8], items: I) {
         let items: Vec<String> = items.into_iter().collect();
         self.field(name);
-        self.out.extend_from_slice(&(items.len() as u64).to_be_bytes());
+        self.out
+            .extend_from_slice(&(items.len() as u64).to_be_bytes());
         for i in &items {
             self.field(i.as_bytes());
         }
@@ -147,17 +174,45 @@ mod tests {
 
     #[test]
     fn v0_ignores_agent_order_and_duplicates() {
-        let a = upload_pack(ProtocolVersion::V0, &v0(vec![oid('a'), oid('b')], &["ofs-delta", "agent=git/2.47.3"], true)).expect("valid");
-        let b = upload_pack(ProtocolVersion::V0, &v0(vec![oid('b'), oid('a'), oid('b')], &["agent=git/2.39.5", "ofs-delta"], true)).expect("valid");
+        let a = upload_pack(
+            ProtocolVersion::V0,
+            &v0(
+                vec![oid('a'), oid('b')],
+                &["ofs-delta", "agent=git/2.47.3"],
+                true,
+            ),
+        )
+        .expect("valid");
+        let b = upload_pack(
+            ProtocolVersion::V0,
+            &v0(
+                vec![oid('b'), oid('a'), oid('b')],
+                &["agent=git/2.39.5", "ofs-delta"],
+                true,
+            ),
+        )
+        .expect("valid");
         assert!(a.cacheable);
         assert_eq!(a, b);
     }
 
     #[test]
     fn v0_keeps_fields_that_change_output() {
-        let base = upload_pack(ProtocolVersion::V0, &v0(vec![oid('a')], &["side-band-64k"], true)).expect("valid");
-        let other_cap = upload_pack(ProtocolVersion::V0, &v0(vec![oid('a')], &["side-band"], true)).expect("valid");
-        let other_want = upload_pack(ProtocolVersion::V0, &v0(vec![oid('c')], &["side-band-64k"], true)).expect("valid");
+        let base = upload_pack(
+            ProtocolVersion::V0,
+            &v0(vec![oid('a')], &["side-band-64k"], true),
+        )
+        .expect("valid");
+        let other_cap = upload_pack(
+            ProtocolVersion::V0,
+            &v0(vec![oid('a')], &["side-band"], true),
+        )
+        .expect("valid");
+        let other_want = upload_pack(
+            ProtocolVersion::V0,
+            &v0(vec![oid('c')], &["side-band-64k"], true),
+        )
+        .expect("valid");
         let filtered = UploadRequest {
             wants: vec![oid('a')],
             capabilities: vec!["side-band-64k".into()],
@@ -173,10 +228,26 @@ mod tests {
 
     #[test]
     fn negotiation_rounds_are_not_cacheable() {
-        let round = UploadRequest { wants: vec![oid('a')], haves: vec![oid('b')], ..Default::default() };
-        assert!(!upload_pack(ProtocolVersion::V0, &round.encode()).expect("valid").cacheable);
-        let ls = CommandRequest { command: "ls-refs".into(), capabilities: vec![], args: vec!["peel".into()] };
-        assert!(!upload_pack(ProtocolVersion::V2, &ls.encode()).expect("valid").cacheable);
+        let round = UploadRequest {
+            wants: vec![oid('a')],
+            haves: vec![oid('b')],
+            ..Default::default()
+        };
+        assert!(
+            !upload_pack(ProtocolVersion::V0, &round.encode())
+                .expect("valid")
+                .cacheable
+        );
+        let ls = CommandRequest {
+            command: "ls-refs".into(),
+            capabilities: vec![],
+            args: vec!["peel".into()],
+        };
+        assert!(
+            !upload_pack(ProtocolVersion::V2, &ls.encode())
+                .expect("valid")
+                .cacheable
+        );
     }
 
     #[test]
@@ -184,10 +255,22 @@ mod tests {
         let mk = |agent: &str, sid: &str| CommandRequest {
             command: "fetch".into(),
             capabilities: vec![agent.into(), "object-format=sha1".into(), sid.into()],
-            args: vec![format!("want {}", oid('a')), "ofs-delta".into(), "done".into()],
+            args: vec![
+                format!("want {}", oid('a')),
+                "ofs-delta".into(),
+                "done".into(),
+            ],
         };
-        let a = upload_pack(ProtocolVersion::V2, &mk("agent=git/2.47.3", "session-id=1").encode()).expect("valid");
-        let b = upload_pack(ProtocolVersion::V2, &mk("agent=git/2.39.5", "session-id=2").encode()).expect("valid");
+        let a = upload_pack(
+            ProtocolVersion::V2,
+            &mk("agent=git/2.47.3", "session-id=1").encode(),
+        )
+        .expect("valid");
+        let b = upload_pack(
+            ProtocolVersion::V2,
+            &mk("agent=git/2.39.5", "session-id=2").encode(),
+        )
+        .expect("valid");
         assert!(a.cacheable);
         assert_eq!(a, b);
     }

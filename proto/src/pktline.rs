@@ -147,7 +147,9 @@ pub fn encode_data(out: &mut Vec<u8>, data: &[u8]) -> Result<(), PktLineError> {
 /// Append a text line: `text` followed by a newline.
 pub fn encode_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), PktLineError> {
     if text.len() + 1 > MAX_PKT_DATA_LEN {
-        return Err(PktLineError::TooLong { len: text.len() + 1 });
+        return Err(PktLineError::TooLong {
+            len: text.len() + 1,
+        });
     }
     encode::text_to_write(text, out).expect("writing to a Vec cannot fail");
     Ok(())
@@ -183,7 +185,9 @@ pub fn encode_error(out: &mut Vec<u8>, message: &str) {
 /// Append a sideband line on `channel`.
 pub fn encode_band(out: &mut Vec<u8>, channel: Channel, data: &[u8]) -> Result<(), PktLineError> {
     if data.len() + 1 > MAX_PKT_DATA_LEN {
-        return Err(PktLineError::TooLong { len: data.len() + 1 });
+        return Err(PktLineError::TooLong {
+            len: data.len() + 1,
+        });
     }
     encode::band_to_write(channel, data, out).expect("writing to a Vec cannot fail");
     Ok(())

@@ -123,10 +123,7 @@ impl GitProtocol {
 
     /// The protocol version requested: the highest `version=N` git understands.
     pub fn version(&self) -> ProtocolVersion {
-        let v2 = self
-            .0
-            .split(':')
-            .any(|item| item == "version=2");
+        let v2 = self.0.split(':').any(|item| item == "version=2");
         if v2 {
             ProtocolVersion::V2
         } else {
@@ -162,7 +159,14 @@ mod tests {
 
     #[test]
     fn drops_unsafe_values() {
-        for bad in [&b""[..], b"version=2;rm", b"version=2\n", b"a==b", b"a=", b":"] {
+        for bad in [
+            &b""[..],
+            b"version=2;rm",
+            b"version=2\n",
+            b"a==b",
+            b"a=",
+            b":",
+        ] {
             assert_eq!(GitProtocol::parse(bad), None, "{bad:?}");
         }
         assert_eq!(GitProtocol::parse(&[b'a'; 300]), None);

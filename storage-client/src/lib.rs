@@ -1,1 +1,19 @@
-//! placeholder
+//! gitgate's view of the storage tier.
+//!
+//! [`NodeClient`] is one interface to a storage node, whether the node is served
+//! in-process from a local directory or is a remote `gitgate-node` reached over HTTP;
+//! the gateway's request path never asks which. [`NodeSet`] holds the configured nodes.
+//!
+//! Not built yet (see the README): replica metadata, routing between replicas,
+//! replication and health-driven failover. With one node configured, every request goes
+//! to it.
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+pub mod remote;
+
+pub use client::{GitCall, NodeClient, NodeSet};
+pub use error::ClientError;
+pub use gitgate_storage_node::{GitStream, GitStreamError, RepoState, RequestBody};
+pub use remote::RemoteNode;

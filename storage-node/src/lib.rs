@@ -1,1 +1,32 @@
-//! x
+//! A gitgate storage node: bare repositories on local disk, served with the real `git`.
+//!
+//! The crate is a library first. [`Node`] is the node's whole behaviour as async
+//! methods (smart-HTTP services, repository state, create and delete); the gateway
+//! calls it directly for in-process nodes, and [`serve`] puts the same methods behind
+//! the authenticated internal HTTP API that the `gitgate-node` binary runs.
+//!
+//! Modules:
+//! - [`git`]: the only place that builds a `git` command line;
+//! - [`process`]: a running git child as a byte stream (stdin fed, stderr drained,
+//!   exit status checked, process group killed when dropped);
+//! - [`repos`]: mapping a [`gitgate_proto::RepoPath`] to a directory under the root,
+//!   discovery, creation and deletion;
+//! - [`refstate`]: HEAD and a checksum over all refs, read with gix;
+//! - [`config`]: the `gitgate-node` configuration file;
+//! - [`auth`]: the shared-secret tokens between gateway and node;
+//! - [`http`]: the internal HTTP API.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod git;
+pub mod http;
+mod node;
+pub mod process;
+pub mod refstate;
+pub mod repos;
+
+pub use http::{router, serve};
+pub use node::{Node, NodeError, NodeSettings};
+pub use process::{GitStream, GitStreamError, RequestBody};
+pub use refstate::RepoState;

@@ -79,7 +79,11 @@ pub struct ObjectInfoArgs {
 pub fn parse(body: &[u8]) -> Result<CommandRequest, ParseError> {
     let mut lines = pktline::lines(body);
     let first = match lines.next() {
-        None => return Err(ParseError::Truncated { expected: "a command= line" }),
+        None => {
+            return Err(ParseError::Truncated {
+                expected: "a command= line",
+            })
+        }
         Some(line) => line?,
     };
     let command = match first {
@@ -128,19 +132,29 @@ pub fn parse(body: &[u8]) -> Result<CommandRequest, ParseError> {
             other => {
                 return Err(ParseError::Unexpected {
                     found: format!("{other:?}"),
-                    expected: if in_args { "an argument or flush" } else { "a capability, delimiter or flush" },
+                    expected: if in_args {
+                        "an argument or flush"
+                    } else {
+                        "a capability, delimiter or flush"
+                    },
                 })
             }
         }
     }
     if !ended {
-        return Err(ParseError::Truncated { expected: "the flush ending the command" });
+        return Err(ParseError::Truncated {
+            expected: "the flush ending the command",
+        });
     }
     let rest = lines.remaining();
     if !rest.is_empty() {
         return Err(ParseError::TrailingData { len: rest.len() });
     }
-    let req = CommandRequest { command, capabilities, args };
+    let req = CommandRequest {
+        command,
+        capabilities,
+        args,
+    };
     // Validate the arguments of the commands we know, so malformed ones fail here.
     match req.command.as_str() {
         "fetch" => {
@@ -167,9 +181,12 @@ impl CommandRequest {
             match kw {
                 b"want" => push_bounded(&mut f.wants, oid_arg(line, rest)?, "want", MAX_WANTS)?,
                 b"have" => push_bounded(&mut f.haves, oid_arg(line, rest)?, "have", MAX_HAVES)?,
-                b"shallow" => {
-                    push_bounded(&mut f.shallows, oid_arg(line, rest)?, "shallow", MAX_SHALLOWS)?
-                }
+                b"shallow" => push_bounded(
+                    &mut f.shallows,
+                    oid_arg(line, rest)?,
+                    "shallow",
+                    MAX_SHALLOWS,
+                )?,
                 b"want-ref" => push_bounded(
                     &mut f.want_refs,
                     value("want-ref", line, rest)?,
@@ -242,7 +259,9 @@ impl CommandRequest {
         for arg in &self.args {
             let line = arg.as_bytes();
             match keyword(line) {
-                (b"oid", rest) => push_bounded(&mut a.oids, oid_arg(line, rest)?, "oid", MAX_WANTS)?,
+                (b"oid", rest) => {
+                    push_bounded(&mut a.oids, oid_arg(line, rest)?, "oid", MAX_WANTS)?
+                }
                 (attr, b"") => push_bounded(
                     &mut a.attributes,
                     value("attribute", line, attr)?,
@@ -284,10 +303,15 @@ mod tests {
 
     #[test]
     fn requires_command_and_flush() {
-        assert!(matches!(parse(b"0009hello0000"), Err(ParseError::Unexpected { .. })));
+        assert!(matches!(
+            parse(b"0009hello0000"),
+            Err(ParseError::Unexpected { .. })
+        ));
         assert_eq!(
             parse(b"0012command=fetch\n0001"),
-            Err(ParseError::Truncated { expected: "the flush ending the command" })
+            Err(ParseError::Truncated {
+                expected: "the flush ending the command"
+            })
         );
     }
 
@@ -298,7 +322,10 @@ mod tests {
             capabilities: vec![],
             args: vec!["want nothex".into()],
         };
-        assert!(matches!(parse(&req.encode()), Err(ParseError::BadObjectId { .. })));
+        assert!(matches!(
+            parse(&req.encode()),
+            Err(ParseError::BadObjectId { .. })
+        ));
     }
 
     proptest! {

@@ -15,7 +15,9 @@
 //! holding it.
 
 use super::{oid_arg, push_bounded, show, text, value, ParseError};
-use crate::limits::{MAX_CAPABILITIES, MAX_COMMANDS, MAX_PUSH_OPTIONS, MAX_REF_NAME_LEN, MAX_SHALLOWS};
+use crate::limits::{
+    MAX_CAPABILITIES, MAX_COMMANDS, MAX_PUSH_OPTIONS, MAX_REF_NAME_LEN, MAX_SHALLOWS,
+};
 use crate::oid::ObjectId;
 use crate::pktline::{self, Decoded, PacketLineRef};
 
@@ -84,7 +86,10 @@ pub fn parse_head(body: &[u8]) -> Result<Head, ParseError> {
                     in_options = true;
                     continue;
                 }
-                return Ok(Head::Complete { request: req, consumed: offset });
+                return Ok(Head::Complete {
+                    request: req,
+                    consumed: offset,
+                });
             }
             PacketLineRef::Data(d) => text(d),
             other => {
@@ -106,11 +111,18 @@ pub fn parse_head(body: &[u8]) -> Result<Head, ParseError> {
                     expected: "shallow lines before the commands",
                 });
             }
-            push_bounded(&mut req.shallows, oid_arg(data, rest)?, "shallow", MAX_SHALLOWS)?;
+            push_bounded(
+                &mut req.shallows,
+                oid_arg(data, rest)?,
+                "shallow",
+                MAX_SHALLOWS,
+            )?;
             continue;
         }
         if data.starts_with(b"push-cert") {
-            return Err(ParseError::Unsupported { what: "signed push (push-cert)" });
+            return Err(ParseError::Unsupported {
+                what: "signed push (push-cert)",
+            });
         }
         let (command, caps) = match data.iter().position(|&b| b == 0) {
             Some(i) => (&data[..i], Some(&data[i + 1..])),
@@ -142,7 +154,11 @@ fn parse_update(line: &[u8], command: &[u8]) -> Result<RefUpdate, ParseError> {
         });
     };
     if name.len() > MAX_REF_NAME_LEN {
-        return Err(ParseError::TooLong { what: "ref name", len: name.len(), limit: MAX_REF_NAME_LEN });
+        return Err(ParseError::TooLong {
+            what: "ref name",
+            len: name.len(),
+            limit: MAX_REF_NAME_LEN,
+        });
     }
     Ok(RefUpdate {
         old: oid_arg(line, old)?,
@@ -195,13 +211,20 @@ mod tests {
         };
         let body = req.encode();
         for cut in 0..body.len() {
-            assert_eq!(parse_head(&body[..cut]), Ok(Head::Incomplete), "cut at {cut}");
+            assert_eq!(
+                parse_head(&body[..cut]),
+                Ok(Head::Incomplete),
+                "cut at {cut}"
+            );
         }
         let mut full = body.clone();
         full.extend_from_slice(b"PACK\0\0\0\x02");
         assert_eq!(
             parse_head(&full),
-            Ok(Head::Complete { request: req, consumed: body.len() })
+            Ok(Head::Complete {
+                request: req,
+                consumed: body.len()
+            })
         );
     }
 
@@ -209,7 +232,10 @@ mod tests {
     fn rejects_malformed_commands() {
         let mut body = Vec::new();
         pktline::encode_text(&mut body, b"only-two words").expect("fits");
-        assert!(matches!(parse_head(&body), Err(ParseError::Unexpected { .. })));
+        assert!(matches!(
+            parse_head(&body),
+            Err(ParseError::Unexpected { .. })
+        ));
     }
 
     proptest! {

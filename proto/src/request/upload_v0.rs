@@ -55,7 +55,11 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
     // Want section, up to the first flush.
     loop {
         let line = match lines.next() {
-            None => return Err(ParseError::Truncated { expected: "the flush after the wants" }),
+            None => {
+                return Err(ParseError::Truncated {
+                    expected: "the flush after the wants",
+                })
+            }
             Some(line) => line?,
         };
         let data = match line {
@@ -97,11 +101,21 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
             b"deepen" => {
                 let n = parse_number(data, rest)?;
                 let n = u32::try_from(n).map_err(|_| ParseError::BadNumber { line: show(data) })?;
-                push_bounded(&mut req.deepen, Deepen::Depth(n), "deepen", MAX_REPEATED_ARGS)?;
+                push_bounded(
+                    &mut req.deepen,
+                    Deepen::Depth(n),
+                    "deepen",
+                    MAX_REPEATED_ARGS,
+                )?;
             }
             b"deepen-since" => {
                 let ts = parse_number(data, rest)?;
-                push_bounded(&mut req.deepen, Deepen::Since(ts), "deepen", MAX_REPEATED_ARGS)?;
+                push_bounded(
+                    &mut req.deepen,
+                    Deepen::Since(ts),
+                    "deepen",
+                    MAX_REPEATED_ARGS,
+                )?;
             }
             b"deepen-not" => {
                 let r = value("deepen-not ref", data, rest)?;
@@ -169,7 +183,6 @@ pub(crate) fn parse_number(line: &[u8], raw: &[u8]) -> Result<i64, ParseError> {
         .ok_or_else(|| ParseError::BadNumber { line: show(line) })
 }
 
-
 impl UploadRequest {
     /// Encode this request as git would send it (one want section, one have round).
     pub fn encode(&self) -> Vec<u8> {
@@ -226,13 +239,19 @@ mod tests {
         assert!(matches!(parse(&body), Err(ParseError::Unexpected { .. })));
         assert_eq!(
             parse(b""),
-            Err(ParseError::Truncated { expected: "the flush after the wants" })
+            Err(ParseError::Truncated {
+                expected: "the flush after the wants"
+            })
         );
     }
 
     #[test]
     fn rejects_trailing_data_after_done() {
-        let req = UploadRequest { wants: vec![oid('a')], done: true, ..Default::default() };
+        let req = UploadRequest {
+            wants: vec![oid('a')],
+            done: true,
+            ..Default::default()
+        };
         let mut body = req.encode();
         body.extend_from_slice(b"0000");
         assert_eq!(parse(&body), Err(ParseError::TrailingData { len: 4 }));

@@ -1,0 +1,64 @@
+//! The request path in one place: every route and every layer.
+
+use std::sync::Arc;
+
+use axum::http::{header, Request};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::state::AppState;
+use crate::{git_http, ops};
+
+/// Build the gateway's router.
+///
+/// The global stack runs top to bottom (outermost first).
+pub fn app(state: Arc<AppState>) -> Router {
+    let stack = ServiceBuilder::new()
+        // Take the client's X-Request-Id or make one, before anything logs.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Keep credentials out of every log below this point.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+        // One span per request; handlers record repo/service/protocol into it.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        // Echo the request id so clients and proxies can quote it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // git gzips large fetch bodies; inflate them as a stream.
+        .layer(RequestDecompressionLayer::new());
+    Router::new()
+        .route("/-/health", get(ops::health))
+        .route("/-/ready", get(ops::ready))
+        // Everything else is a smart-HTTP path (or a 404).
+        .fallback(git_http::handle)
+        .with_state(state)
+        .layer(stack)
+}
+
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id,
+        repo = tracing::field::Empty,
+        service = tracing::field::Empty,
+        protocol = tracing::field::Empty,
+    )
+}

@@ -1,0 +1,404 @@
+//! The gateway's configuration: TOML, loaded and validated once at start.
+//!
+//! Every key, its default and its meaning is documented in `config.example.toml`.
+//! Unknown keys are errors; errors name the key (`storage.nodes[0]: ...`). Relative
+//! paths are resolved against the config file's directory here, so nothing after
+//! loading parses strings or resolves paths.
+
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use units::{ByteSize, HumanDuration};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[listen]`.
+    pub listen: ListenConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Whether a push to a missing repository creates it.
+    pub create_on_push: bool,
+    /// Copies per repository (accepted and validated; replication is not built yet).
+    pub replication_factor: u32,
+    /// Acknowledgement mode of replicated writes (not built yet).
+    pub replication: Replication,
+    /// The storage nodes.
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// After the primary holds it.
+    Async,
+    /// After a quorum holds it.
+    Sync,
+}
+
+/// One storage node: exactly one of a local path or a remote URL.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Where the node is.
+    pub location: NodeLocation,
+}
+
+/// Where a node's repositories are.
+#[derive(Debug, Clone)]
+pub enum NodeLocation {
+    /// Served in-process from this directory.
+    Local {
+        /// Absolute root directory.
+        path: PathBuf,
+        /// The git program.
+        git: PathBuf,
+    },
+    /// A `gitgate-node` at this URL.
+    Remote {
+        /// `http://host:port`.
+        url: String,
+        /// Shared secret.
+        token: String,
+    },
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Largest upload-pack (fetch) request body after gzip inflation.
+    pub max_fetch_request_bytes: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// JSON lines instead of human-readable text.
+    pub json: bool,
+    /// Default filter (`info`, `debug`, `gitgate=debug,info`, ...); `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid TOML, an unknown key or a value of the wrong type.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value that parses but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key path.
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: RawListen,
+    storage: RawStorage,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addr: SocketAddr,
+    #[serde(default = "default_grace")]
+    shutdown_grace: HumanDuration,
+}
+
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default)]
+    create_on_push: bool,
+    #[serde(default = "default_factor")]
+    replication_factor: u32,
+    #[serde(default = "default_replication")]
+    replication: Replication,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+fn default_factor() -> u32 {
+    3
+}
+
+fn default_replication() -> Replication {
+    Replication::Async
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    token: Option<String>,
+    git: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_fetch_request")]
+    max_fetch_request_bytes: ByteSize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_fetch_request_bytes: default_fetch_request(),
+        }
+    }
+}
+
+fn default_fetch_request() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+impl Config {
+    /// Load and validate `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &base)
+    }
+
+    /// Parse and validate configuration text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let storage = validate_storage(raw.storage, base)?;
+        let json = match raw.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("expected \"text\" or \"json\", got {other:?}"),
+                ))
+            }
+        };
+        Ok(Self {
+            listen: ListenConfig {
+                addr: raw.listen.addr,
+                shutdown_grace: raw.listen.shutdown_grace.0,
+            },
+            storage,
+            limits: LimitsConfig {
+                max_fetch_request_bytes: raw.limits.max_fetch_request_bytes.0,
+            },
+            log: LogConfig {
+                json,
+                level: raw.log.level.unwrap_or_else(|| "info".into()),
+            },
+        })
+    }
+}
+
+fn validate_storage(raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
+    if raw.nodes.is_empty() {
+        return Err(invalid("storage.nodes", "at least one node is required"));
+    }
+    if raw.nodes.len() > 1 {
+        return Err(invalid(
+            "storage.nodes",
+            "only one node is supported: replication across several nodes is not built yet",
+        ));
+    }
+    if raw.replication_factor == 0 {
+        return Err(invalid("storage.replication_factor", "must be at least 1"));
+    }
+    let mut nodes = Vec::new();
+    for (i, node) in raw.nodes.into_iter().enumerate() {
+        let key = format!("storage.nodes[{i}]");
+        let name_ok = !node.name.is_empty()
+            && node.name.len() <= 64
+            && node
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(invalid(
+                format!("{key}.name"),
+                "1-64 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        let location = match (node.path, node.url) {
+            (Some(path), None) => {
+                if node.token.is_some() {
+                    return Err(invalid(
+                        format!("{key}.token"),
+                        "only remote (url) nodes take a token",
+                    ));
+                }
+                NodeLocation::Local {
+                    path: base.join(path),
+                    git: node.git.unwrap_or_else(|| "git".into()),
+                }
+            }
+            (None, Some(url)) => {
+                let token = node.token.unwrap_or_default();
+                if token.len() < 16 {
+                    return Err(invalid(
+                        format!("{key}.token"),
+                        "a remote node needs its shared secret (at least 16 characters)",
+                    ));
+                }
+                if node.git.is_some() {
+                    return Err(invalid(
+                        format!("{key}.git"),
+                        "only local (path) nodes run git in this process",
+                    ));
+                }
+                NodeLocation::Remote { url, token }
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    "set exactly one of `path` (local node) or `url` (remote node)",
+                ))
+            }
+        };
+        nodes.push(NodeConfig {
+            name: node.name,
+            location,
+        });
+    }
+    Ok(StorageConfig {
+        create_on_push: raw.create_on_push,
+        replication_factor: raw.replication_factor,
+        replication: raw.replication,
+        nodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[listen]\naddr = \"127.0.0.1:8080\"\n[storage]\n[[storage.nodes]]\nname = \"local\"\npath = \"data/repos\"\n";
+
+    #[test]
+    fn example_config_parses_with_documented_defaults() {
+        let text = include_str!("../../../config.example.toml");
+        let c = Config::parse(text, Path::new("/srv/gitgate")).expect("example config is valid");
+        assert_eq!(c.listen.addr, "127.0.0.1:8080".parse().expect("addr"));
+        assert!(!c.storage.create_on_push);
+        assert_eq!(c.storage.replication, Replication::Async);
+        assert!(
+            matches!(&c.storage.nodes[0].location, NodeLocation::Local { path, .. } if path == Path::new("/srv/gitgate/data/repos"))
+        );
+        // Defaults in the code match the values the example documents.
+        let d = Config::parse(MINIMAL, Path::new("/")).expect("minimal");
+        assert_eq!(d.listen.shutdown_grace, c.listen.shutdown_grace);
+        assert_eq!(
+            d.limits.max_fetch_request_bytes,
+            c.limits.max_fetch_request_bytes
+        );
+        assert_eq!(d.storage.replication_factor, c.storage.replication_factor);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace(
+                    "path = \"data/repos\"",
+                    "path = \"a\"\nurl = \"http://x:1\"",
+                ),
+                "storage.nodes[0]",
+            ),
+            (
+                MINIMAL.replace("name = \"local\"", "name = \"bad name\""),
+                "storage.nodes[0].name",
+            ),
+            (format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
+            (
+                MINIMAL.replace("path = \"data/repos\"", "url = \"http://x:1\""),
+                "storage.nodes[0].token",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, Path::new("/")).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{key}: {err}");
+        }
+        let err =
+            Config::parse(&format!("{MINIMAL}bogus = 1\n"), Path::new("/")).expect_err("unknown");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = Config::parse(
+            &MINIMAL.replace("[listen]\n", "[listen]\nshutdown_grace = \"soon\"\n"),
+            Path::new("/"),
+        )
+        .expect_err("duration");
+        assert!(err.to_string().contains("shutdown_grace"), "{err}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Before a response body starts, git shows a short `text/plain` body to its user; so
+//! every variant gets a status and a short reason. Client faults are logged at debug,
+//! our faults and the storage tier's at warn/error, once, here.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gitgate_proto::repo_path::InvalidRepoPath;
+use gitgate_proto::request::ParseError;
+use gitgate_storage_client::ClientError;
+
+/// Everything a git request can fail with before its response body starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Not a smart-HTTP git path.
+    #[error("not found")]
+    NotGit,
+    /// The repository path is not acceptable.
+    #[error("invalid repository path: {0}")]
+    BadRepoPath(#[from] InvalidRepoPath),
+    /// `info/refs` without a smart `service` parameter (dumb HTTP).
+    #[error("only smart HTTP is supported; use a git client newer than 1.6.6")]
+    DumbHttp,
+    /// Wrong method for the endpoint.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The repository does not exist.
+    #[error("repository not found")]
+    RepoNotFound,
+    /// The request body is not a valid git request.
+    #[error("malformed request: {0}")]
+    BadRequest(#[from] ParseError),
+    /// The request body could not be read (client went away, bad gzip).
+    #[error("reading request body: {0}")]
+    BodyRead(String),
+    /// The request body is larger than allowed.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The storage node cannot be reached.
+    #[error("storage unavailable, try again later")]
+    Unavailable(#[source] ClientError),
+    /// The storage node failed before answering.
+    #[error("storage node failed")]
+    NodeFailed(#[source] ClientError),
+}
+
+impl From<ClientError> for AppError {
+    fn from(err: ClientError) -> Self {
+        if err.is_not_found() {
+            Self::RepoNotFound
+        } else if err.is_unavailable() {
+            Self::Unavailable(err)
+        } else {
+            Self::NodeFailed(err)
+        }
+    }
+}
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotGit | Self::RepoNotFound => StatusCode::NOT_FOUND,
+            Self::BadRepoPath(_) | Self::BadRequest(_) | Self::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::DumbHttp => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NodeFailed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Unavailable(source) | Self::NodeFailed(source) => {
+                tracing::warn!(error = %source, status = status.as_u16(), "storage failure");
+            }
+            other => tracing::debug!(error = %other, status = status.as_u16(), "refused request"),
+        }
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}

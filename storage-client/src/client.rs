@@ -1,0 +1,182 @@
+//! [`NodeClient`]: the same calls on an in-process or a remote node.
+
+use std::sync::Arc;
+
+use gitgate_proto::{GitProtocol, RepoPath, Service};
+use gitgate_storage_node::{process, GitStream, Node, RepoState, RequestBody};
+
+use crate::error::ClientError;
+use crate::remote::RemoteNode;
+
+/// The parameters of one git call.
+#[derive(Debug, Clone, Copy)]
+pub struct GitCall<'a> {
+    /// The repository.
+    pub repo: &'a RepoPath,
+    /// The service.
+    pub service: Service,
+    /// The sanitized `Git-Protocol` value, if the client sent one.
+    pub protocol: Option<&'a GitProtocol>,
+    /// The request id, passed on to the node's logs.
+    pub request_id: &'a str,
+}
+
+/// One storage node.
+#[derive(Debug, Clone)]
+pub enum NodeClient {
+    /// A node served in this process from a local directory.
+    Local {
+        /// Its configured name.
+        name: String,
+        /// The node.
+        node: Arc<Node>,
+    },
+    /// A `gitgate-node` reached over HTTP.
+    Remote(RemoteNode),
+}
+
+impl NodeClient {
+    /// The node's configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Local { name, .. } => name,
+            Self::Remote(r) => r.name(),
+        }
+    }
+
+    fn local_error(
+        name: &str,
+        repo: &RepoPath,
+        err: gitgate_storage_node::NodeError,
+    ) -> ClientError {
+        if err.is_not_found() {
+            ClientError::NotFound(repo.clone())
+        } else if err.is_already_exists() {
+            ClientError::AlreadyExists(repo.clone())
+        } else {
+            ClientError::Local {
+                node: name.to_owned(),
+                source: err,
+            }
+        }
+    }
+
+    /// The `info/refs` body. Resolves once the first bytes are available, so failures
+    /// before output are errors rather than broken streams.
+    pub async fn info_refs(&self, call: GitCall<'_>) -> Result<GitStream, ClientError> {
+        match self {
+            Self::Local { name, node } => {
+                let stream = node
+                    .info_refs(call.repo, call.service, call.protocol)
+                    .await
+                    .map_err(|e| Self::local_error(name, call.repo, e))?;
+                peek_local(name, stream).await
+            }
+            Self::Remote(r) => r.info_refs(call).await,
+        }
+    }
+
+    /// Run `upload-pack` / `receive-pack` with `body`. Resolves once the first bytes
+    /// are available.
+    pub async fn rpc(
+        &self,
+        call: GitCall<'_>,
+        body: RequestBody,
+    ) -> Result<GitStream, ClientError> {
+        match self {
+            Self::Local { name, node } => {
+                let stream = node
+                    .rpc(call.repo, call.service, call.protocol, body)
+                    .await
+                    .map_err(|e| Self::local_error(name, call.repo, e))?;
+                peek_local(name, stream).await
+            }
+            Self::Remote(r) => r.rpc(call, body).await,
+        }
+    }
+
+    /// The repository's state on this node.
+    pub async fn state(&self, repo: &RepoPath) -> Result<RepoState, ClientError> {
+        match self {
+            Self::Local { name, node } => node
+                .state(repo)
+                .await
+                .map_err(|e| Self::local_error(name, repo, e)),
+            Self::Remote(r) => r.state(repo).await,
+        }
+    }
+
+    /// Create an empty repository.
+    pub async fn create(&self, repo: &RepoPath) -> Result<(), ClientError> {
+        match self {
+            Self::Local { name, node } => node
+                .create(repo)
+                .await
+                .map_err(|e| Self::local_error(name, repo, e)),
+            Self::Remote(r) => r.create(repo).await,
+        }
+    }
+
+    /// Delete a repository.
+    pub async fn delete(&self, repo: &RepoPath) -> Result<(), ClientError> {
+        match self {
+            Self::Local { name, node } => node
+                .delete(repo)
+                .await
+                .map_err(|e| Self::local_error(name, repo, e)),
+            Self::Remote(r) => r.delete(repo).await,
+        }
+    }
+
+    /// Whether the node is up: its root is reachable (local) or `/-/health` answers
+    /// (remote).
+    pub async fn check_health(&self) -> Result<(), ClientError> {
+        match self {
+            Self::Local { name, node } => match tokio::fs::metadata(node.root()).await {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(ClientError::Unavailable {
+                    node: name.clone(),
+                    reason: "root is not a directory".into(),
+                }),
+                Err(err) => Err(ClientError::Unavailable {
+                    node: name.clone(),
+                    reason: err.to_string(),
+                }),
+            },
+            Self::Remote(r) => r.check_health().await,
+        }
+    }
+}
+
+async fn peek_local(name: &str, stream: GitStream) -> Result<GitStream, ClientError> {
+    process::peek(stream)
+        .await
+        .map_err(|err| ClientError::Local {
+            node: name.to_owned(),
+            source: gitgate_storage_node::NodeError::Git(err),
+        })
+}
+
+/// The configured storage nodes.
+#[derive(Debug, Clone)]
+pub struct NodeSet {
+    nodes: Vec<NodeClient>,
+}
+
+impl NodeSet {
+    /// A set of nodes; must not be empty.
+    pub fn new(nodes: Vec<NodeClient>) -> Option<Self> {
+        (!nodes.is_empty()).then_some(Self { nodes })
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> &[NodeClient] {
+        &self.nodes
+    }
+
+    /// The node that serves `repo`. With a single node (all that is supported until
+    /// replica routing is built) that is always the same one.
+    pub fn for_repo(&self, _repo: &RepoPath) -> &NodeClient {
+        &self.nodes[0]
+    }
+}

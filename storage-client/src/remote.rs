@@ -1,0 +1,281 @@
+//! A remote `gitgate-node`, reached over HTTP with a shared-secret token.
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use gitgate_proto::RepoPath;
+use gitgate_storage_node::auth::Secret;
+use gitgate_storage_node::{process, GitStream, GitStreamError, RepoState, RequestBody};
+use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyDataStream, BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::client::GitCall;
+use crate::error::ClientError;
+
+/// How long to wait for a TCP connection to a node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long admin calls (state, create, delete, health) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How much of an error body is kept.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// A remote node.
+#[derive(Clone)]
+pub struct RemoteNode {
+    name: String,
+    /// Base URL without a trailing slash, e.g. `http://10.0.0.2:9100`.
+    base: String,
+    secret: Secret,
+    client: Client<HttpConnector, Body>,
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+/// The node URL is not a usable `http://host:port` URL.
+#[derive(Debug, thiserror::Error)]
+#[error("expected an http://host[:port] URL without path or query, got {0:?}")]
+pub struct InvalidNodeUrl(pub String);
+
+impl RemoteNode {
+    /// A client for the node at `url` sharing `token` with it.
+    pub fn new(name: String, url: &str, token: &str) -> Result<Self, InvalidNodeUrl> {
+        let uri: Uri = url.parse().map_err(|_| InvalidNodeUrl(url.to_owned()))?;
+        let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() || !path_ok {
+            return Err(InvalidNodeUrl(url.to_owned()));
+        }
+        let base = format!(
+            "http://{}",
+            uri.authority().map(|a| a.as_str()).unwrap_or_default()
+        );
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self {
+            name,
+            base,
+            secret: Secret::new(token),
+            client,
+        })
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        request_id: &str,
+    ) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.secret.token(SystemTime::now())),
+            )
+            .header("x-request-id", request_id)
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        self.client
+            .request(req)
+            .await
+            .map_err(|err| ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: error_chain(&err),
+            })
+    }
+
+    async fn send_with_timeout(
+        &self,
+        req: Request<Body>,
+        limit: Duration,
+    ) -> Result<Response<Incoming>, ClientError> {
+        tokio::time::timeout(limit, self.send(req))
+            .await
+            .map_err(|_| ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: format!("no answer within {limit:?}"),
+            })?
+    }
+
+    /// Turn a non-success status into the matching error.
+    async fn check(
+        &self,
+        resp: Response<Incoming>,
+        repo: &RepoPath,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        match status {
+            StatusCode::NOT_FOUND => return Err(ClientError::NotFound(repo.clone())),
+            StatusCode::CONFLICT => return Err(ClientError::AlreadyExists(repo.clone())),
+            _ => {}
+        }
+        let body = Limited::new(resp.into_body(), ERROR_BODY_LIMIT);
+        let message = match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes())
+                .trim()
+                .to_owned(),
+            _ => String::from("(no readable body)"),
+        };
+        Err(ClientError::Status {
+            node: self.name.clone(),
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    fn stream(&self, resp: Response<Incoming>) -> GitStream {
+        let node = self.name.clone();
+        Box::pin(
+            BodyDataStream::new(resp.into_body()).map_err(move |err| {
+                GitStreamError::Remote(format!("{node}: {}", error_chain(&err)))
+            }),
+        )
+    }
+
+    async fn peeked(&self, resp: Response<Incoming>) -> Result<GitStream, ClientError> {
+        process::peek(self.stream(resp))
+            .await
+            .map_err(|err| ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: err.to_string(),
+            })
+    }
+
+    pub(crate) async fn info_refs(&self, call: GitCall<'_>) -> Result<GitStream, ClientError> {
+        let path = format!(
+            "/{}/info/refs?service={}",
+            call.repo.relative_dir(),
+            call.service.name()
+        );
+        let mut req = self.request(Method::GET, &path, call.request_id);
+        if let Some(p) = call.protocol {
+            req = req.header("git-protocol", p.as_str());
+        }
+        let req = req.body(Body::empty()).map_err(|e| self.build_error(e))?;
+        let resp = self.send(req).await?;
+        let resp = self.check(resp, call.repo).await?;
+        self.peeked(resp).await
+    }
+
+    pub(crate) async fn rpc(
+        &self,
+        call: GitCall<'_>,
+        body: RequestBody,
+    ) -> Result<GitStream, ClientError> {
+        let path = format!("/{}/{}", call.repo.relative_dir(), call.service.name());
+        let mut req = self
+            .request(Method::POST, &path, call.request_id)
+            .header(header::CONTENT_TYPE, call.service.request_content_type());
+        if let Some(p) = call.protocol {
+            req = req.header("git-protocol", p.as_str());
+        }
+        let req = req
+            .body(Body::from_stream(body))
+            .map_err(|e| self.build_error(e))?;
+        let resp = self.send(req).await?;
+        let resp = self.check(resp, call.repo).await?;
+        self.peeked(resp).await
+    }
+
+    async fn admin(
+        &self,
+        method: Method,
+        what: &str,
+        repo: &RepoPath,
+    ) -> Result<Bytes, ClientError> {
+        let path = format!("/admin/{what}?repo={}", repo.as_str());
+        let req = self
+            .request(method, &path, "-")
+            .body(Body::empty())
+            .map_err(|e| self.build_error(e))?;
+        let resp = self.send_with_timeout(req, ADMIN_TIMEOUT).await?;
+        let resp = self.check(resp, repo).await?;
+        let body = Limited::new(resp.into_body(), 1 << 20);
+        match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) => Err(ClientError::Decode {
+                node: self.name.clone(),
+                reason: err.to_string(),
+            }),
+            Err(_) => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: "admin answer timed out".into(),
+            }),
+        }
+    }
+
+    pub(crate) async fn state(&self, repo: &RepoPath) -> Result<RepoState, ClientError> {
+        let body = self.admin(Method::GET, "state", repo).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            node: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) async fn create(&self, repo: &RepoPath) -> Result<(), ClientError> {
+        self.admin(Method::POST, "create", repo).await.map(drop)
+    }
+
+    pub(crate) async fn delete(&self, repo: &RepoPath) -> Result<(), ClientError> {
+        self.admin(Method::POST, "delete", repo).await.map(drop)
+    }
+
+    pub(crate) async fn check_health(&self) -> Result<(), ClientError> {
+        let req = Request::get(format!("{}/-/health", self.base))
+            .body(Body::empty())
+            .map_err(|e| self.build_error(e))?;
+        let resp = self.send_with_timeout(req, HEALTH_TIMEOUT).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: format!("health answered {}", resp.status()),
+            })
+        }
+    }
+
+    fn build_error(&self, err: http::Error) -> ClientError {
+        ClientError::Decode {
+            node: self.name.clone(),
+            reason: format!("building request: {err}"),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

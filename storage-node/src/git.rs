@@ -1,0 +1,112 @@
+//! The only place where a `git` command is built.
+//!
+//! Every invocation uses the program path fixed at start, arguments as separate values
+//! (never a shell), a cleared environment with a short allowlist, settings as explicit
+//! `-c` options, its own process group (so the whole tree can be killed) and
+//! `kill_on_drop`. Its inputs are a repository directory that came from a validated
+//! `RepoPath` and, optionally, a sanitized `Git-Protocol` value.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use gitgate_proto::{GitProtocol, Service};
+use tokio::process::Command;
+
+/// The PATH git children see: git finds its helpers through its exec path, and hooks
+/// get a conventional search path.
+const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How to run git on this node.
+#[derive(Debug, Clone)]
+pub struct GitBinary {
+    program: PathBuf,
+}
+
+impl GitBinary {
+    /// Use `program` (an absolute path, or a name looked up in `PATH` now, once).
+    pub fn locate(program: &Path) -> Result<Self, std::io::Error> {
+        if program.is_absolute() {
+            return Ok(Self {
+                program: program.to_owned(),
+            });
+        }
+        let search = std::env::var_os("PATH").unwrap_or_else(|| CHILD_PATH.into());
+        std::env::split_paths(&search)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+            .map(|program| Self { program })
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} not found in PATH", program.display()),
+                )
+            })
+    }
+
+    /// The program path in use.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    fn base(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.env_clear()
+            .env("PATH", CHILD_PATH)
+            .env("LANG", "C")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            // No user-level configuration: only the system's and the repository's.
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .kill_on_drop(true)
+            .process_group(0);
+        cmd
+    }
+
+    /// `git upload-pack|receive-pack --stateless-rpc [--advertise-refs] <dir>`, with
+    /// stdin, stdout and stderr piped (stdin null when advertising).
+    pub fn service(
+        &self,
+        service: Service,
+        repo_dir: &Path,
+        protocol: Option<&GitProtocol>,
+        advertise: bool,
+    ) -> Command {
+        let mut cmd = self.base();
+        match service {
+            Service::UploadPack => {
+                // Partial clone (`--filter`) and the lazy fetches it makes later.
+                cmd.args(["-c", "uploadpack.allowFilter=true"]);
+                cmd.args(["-c", "uploadpack.allowAnySHA1InWant=true"]);
+            }
+            Service::ReceivePack => {
+                cmd.args(["-c", "receive.advertisePushOptions=true"]);
+            }
+        }
+        cmd.arg(service.subcommand()).arg("--stateless-rpc");
+        if advertise {
+            cmd.arg("--advertise-refs");
+        }
+        cmd.arg(repo_dir);
+        if let Some(protocol) = protocol {
+            cmd.env("GIT_PROTOCOL", protocol.as_str());
+        }
+        cmd.stdin(if advertise {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// `git init --bare --quiet <dir>`.
+    pub fn init_bare(&self, repo_dir: &Path) -> Command {
+        let mut cmd = self.base();
+        cmd.args(["-c", "init.defaultBranch=main", "init", "--bare", "--quiet"])
+            .arg(repo_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}

@@ -1,0 +1,230 @@
+//! The node's internal HTTP API.
+//!
+//! - `GET /-/health`: unauthenticated liveness;
+//! - ordinary smart HTTP for git (`info/refs`, `git-upload-pack`, `git-receive-pack`),
+//!   so gateways and other nodes (replication) use plain git traffic;
+//! - `GET /admin/repos`, `GET /admin/state?repo=`, `POST /admin/create?repo=`,
+//!   `POST /admin/delete?repo=`: the admin API, JSON answers.
+//!
+//! Everything but health requires `Authorization: Bearer <token>` (see [`crate::auth`]).
+//! Request bodies may be gzip-encoded. A git response that fails after its first byte
+//! aborts the connection rather than ending cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use gitgate_proto::smart_http::{self, Endpoint, RouteError};
+use gitgate_proto::{GitProtocol, RepoPath, Service};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::auth::Verifier;
+use crate::node::{Node, NodeError};
+use crate::process::{self, GitStream};
+
+/// Shared state of the node's handlers.
+#[derive(Clone)]
+struct AppState {
+    node: Arc<Node>,
+}
+
+/// Build the node's router. `verifier` guards everything but `/-/health`.
+pub fn router(node: Arc<Node>, verifier: Arc<Verifier>) -> Router {
+    let protected = Router::new()
+        .route("/admin/repos", get(list))
+        .route("/admin/state", get(state))
+        .route("/admin/create", post(create))
+        .route("/admin/delete", post(delete))
+        .fallback(git)
+        // Clients (other nodes replicating with `git fetch`) gzip large fetch bodies.
+        .layer(RequestDecompressionLayer::new())
+        .layer(middleware::from_fn_with_state(verifier, authenticate));
+    Router::new()
+        .route("/-/health", get(|| async { "ok\n" }))
+        .merge(protected)
+        .with_state(AppState { node })
+}
+
+/// Serve the node API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    verifier: Arc<Verifier>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, verifier))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn authenticate(State(verifier): State<Arc<Verifier>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match verifier.check(token, SystemTime::now()) {
+        Ok(()) => next.run(req).await,
+        Err(err) => {
+            tracing::debug!(error = %err, "refused request");
+            (StatusCode::UNAUTHORIZED, format!("{err}\n")).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RepoQuery {
+    repo: String,
+}
+
+fn repo_from(query: &RepoQuery) -> Result<RepoPath, Response> {
+    RepoPath::parse(&query.repo)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response())
+}
+
+async fn list(State(s): State<AppState>) -> Response {
+    match s.node.list().await {
+        Ok(repos) => Json(
+            repos
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn state(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
+    let repo = match repo_from(&q) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.node.state(&repo).await {
+        Ok(state) => Json(state).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn create(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
+    let repo = match repo_from(&q) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.node.create(&repo).await {
+        Ok(()) => StatusCode::CREATED.into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn delete(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
+    let repo = match repo_from(&q) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.node.delete(&repo).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn git(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let uri = req.uri().clone();
+    let (repo, endpoint) = match smart_http::parse_path(uri.path()) {
+        Ok(found) => found,
+        Err(RouteError::NotGit) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(err @ RouteError::BadRepo(_)) => {
+            return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response()
+        }
+    };
+    let protocol = headers
+        .get("git-protocol")
+        .and_then(|v| GitProtocol::parse(v.as_bytes()));
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let span = tracing::info_span!("git", request_id, repo = %repo, ?endpoint);
+    let _enter = span.enter();
+    match (method, endpoint) {
+        (Method::GET, Endpoint::InfoRefs) => {
+            let Some(service) = smart_http::service_from_query(uri.query()) else {
+                return (StatusCode::FORBIDDEN, "only smart HTTP is served\n").into_response();
+            };
+            let result = s.node.info_refs(&repo, service, protocol.as_ref()).await;
+            respond(result, service.advertisement_content_type()).await
+        }
+        (Method::POST, Endpoint::Rpc(service)) => {
+            let body = req
+                .into_body()
+                .into_data_stream()
+                .map_err(std::io::Error::other);
+            let result = s
+                .node
+                .rpc(&repo, service, protocol.as_ref(), Box::pin(body))
+                .await;
+            respond(result, result_type(service)).await
+        }
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response(),
+    }
+}
+
+fn result_type(service: Service) -> &'static str {
+    service.result_content_type()
+}
+
+async fn respond(result: Result<GitStream, NodeError>, content_type: &'static str) -> Response {
+    let stream = match result {
+        Ok(stream) => stream,
+        Err(err) => return error_response(&err),
+    };
+    match process::peek(stream).await {
+        Ok(stream) => git_response(stream, content_type),
+        Err(err) => {
+            tracing::warn!(error = %err, "git failed before answering");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()
+        }
+    }
+}
+
+/// A streaming smart-HTTP response. An error item aborts the connection.
+pub fn git_response(stream: GitStream, content_type: &'static str) -> Response {
+    let body = Body::from_stream(stream.map_err(std::io::Error::other));
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CACHE_CONTROL,
+                "no-cache, max-age=0, must-revalidate",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn error_response(err: &NodeError) -> Response {
+    if err.is_not_found() {
+        return (StatusCode::NOT_FOUND, "repository not found\n").into_response();
+    }
+    if err.is_already_exists() {
+        return (StatusCode::CONFLICT, "repository already exists\n").into_response();
+    }
+    tracing::error!(error = %err, "node operation failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()
+}
