@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen.addr)
         .await
         .with_context(|| format!("binding {}", config.listen.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "gitgate listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gitgate listening");
+    // One line on stdout for scripts and test harnesses that asked for port 0.
+    println!("listening on http://{addr}");
     gitgate::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("gitgate stopped");
     Ok(())

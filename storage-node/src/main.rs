@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "gitgate-node listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gitgate-node listening");
+    // One line on stdout for scripts and test harnesses that asked for port 0.
+    println!("listening on http://{addr}");
     gitgate_storage_node::serve(
         listener,
         Arc::new(node),

@@ -1,0 +1,401 @@
+//! End to end: real git clients against a real `gitgate`, with the repository served by
+//! an in-process node and by a separate `gitgate-node` process.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::git::{clients, default_client, make_source, seed_bare, Git};
+use support::{http, procs, GatewayOptions, TestGateway};
+use tempfile::TempDir;
+
+/// Run each scenario against an in-process node and against a remote node.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $( #[test] fn $name() { super::$name(false) } )*
+        }
+        mod remote_node {
+            $( #[test] fn $name() { super::$name(true) } )*
+        }
+    };
+}
+
+both_backends!(
+    clone_v0_and_v2,
+    fetch_shallow_and_partial,
+    push_operations,
+    push_100mb_blob_streams,
+    empty_missing_and_hostile_paths,
+    large_gzipped_fetch_request,
+    client_disconnect_kills_git,
+);
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn clone_v0_and_v2(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions::default());
+    for git in clients() {
+        let tmp = TempDir::new().expect("tempdir");
+        let work = make_source(&git, tmp.path(), 12);
+        let bare = gw.repo_dir("group/proj");
+        let _ = std::fs::remove_dir_all(&bare);
+        seed_bare(&git, &work, &bare);
+        for version in ["0", "2"] {
+            let mirror = tmp.path().join(format!("mirror-v{version}"));
+            let trace = tmp.path().join(format!("trace-v{version}"));
+            git.ok_env(
+                None,
+                &["-c", &format!("protocol.version={version}"), "clone", "-q", "--mirror", &gw.repo_url("group/proj"), path_str(&mirror)],
+                &[("GIT_TRACE_PACKET", path_str(&trace))],
+            );
+            let trace = std::fs::read_to_string(&trace).expect("trace");
+            let spoke_v2 = trace.contains("< version 2");
+            assert_eq!(spoke_v2, version == "2", "{}: protocol {version} not used:\n{trace}", git.version);
+            assert_eq!(git.refs(&mirror), git.refs(&bare), "{} v{version}: refs differ", git.version);
+            git.fsck(&mirror);
+        }
+        // A plain clone (no .git suffix in the URL) checks out the same tree.
+        let plain = tmp.path().join("plain");
+        git.ok(None, &["clone", "-q", &format!("{}/group/proj", gw.server.url), path_str(&plain)]);
+        let head = git.ok(Some(&plain), &["rev-parse", "HEAD^{tree}"]);
+        assert_eq!(head, git.ok(Some(&work), &["rev-parse", "HEAD^{tree}"]));
+    }
+}
+
+fn fetch_shallow_and_partial(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions::default());
+    for git in clients() {
+        let tmp = TempDir::new().expect("tempdir");
+        let work = make_source(&git, tmp.path(), 10);
+        let bare = gw.repo_dir("proj");
+        let _ = std::fs::remove_dir_all(&bare);
+        seed_bare(&git, &work, &bare);
+        let url = gw.repo_url("proj");
+
+        // Incremental fetch after new commits.
+        let clone = tmp.path().join("clone");
+        git.ok(None, &["clone", "-q", &url, path_str(&clone)]);
+        git.commit_file(&work, "new.txt", "new\n", "new commit");
+        let new_head = git.commit_file(&work, "new.txt", "newer\n", "newer commit");
+        git.ok(Some(&work), &["push", "-q", path_str(&bare), "main"]);
+        git.ok(Some(&clone), &["fetch", "-q", "origin"]);
+        assert_eq!(git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(), new_head);
+        git.fsck(&clone.join(".git"));
+
+        // --depth 1, then --deepen.
+        let shallow = tmp.path().join("shallow");
+        git.ok(None, &["clone", "-q", "--depth", "1", &url, path_str(&shallow)]);
+        assert_eq!(git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"]).trim(), "1");
+        git.ok(Some(&shallow), &["fetch", "-q", "--deepen", "3"]);
+        assert_eq!(git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"]).trim(), "4");
+
+        // --shallow-since keeps exactly the commits from that date on.
+        let since = tmp.path().join("since");
+        git.ok(None, &["clone", "-q", "--shallow-since=2020-01-06", "--single-branch", &url, path_str(&since)]);
+        let expected = git.ok(Some(&work), &["rev-list", "--count", "--since=2020-01-06", "main"]);
+        let got = git.ok(Some(&since), &["rev-list", "--count", "HEAD"]);
+        assert_eq!(got.trim(), expected.trim(), "{}", git.version);
+        let total: u32 = git.ok(Some(&work), &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        assert!(got.trim().parse::<u32>().expect("count") < total);
+
+        // Partial clone: blobs are missing until a checkout fetches them lazily.
+        let partial = tmp.path().join("partial");
+        git.ok(None, &["clone", "-q", "--filter=blob:none", "--no-checkout", &url, path_str(&partial)]);
+        let missing = git.ok(Some(&partial), &["rev-list", "--objects", "--missing=print", "--all"]);
+        assert!(missing.lines().any(|l| l.starts_with('?')), "{}: nothing was filtered out", git.version);
+        git.ok(Some(&partial), &["checkout", "-q", "main"]);
+        assert_eq!(std::fs::read_to_string(partial.join("new.txt")).expect("lazily fetched"), "newer\n");
+        git.ok(Some(&partial), &["checkout", "-q", "HEAD~5"]);
+    }
+}
+
+fn push_operations(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions::default());
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 5);
+    let bare = gw.repo_dir("team/app");
+    seed_bare(&git, &work, &bare);
+    let clone = tmp.path().join("clone");
+    git.ok(None, &["clone", "-q", &gw.repo_url("team/app"), path_str(&clone)]);
+    let server_ref = |name: &str| {
+        let out = git.output(None, &["--git-dir", path_str(&bare), "rev-parse", "--verify", "-q", name], &[]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+
+    // New branch.
+    let c1 = git.commit_file(&clone, "a.txt", "a\n", "on topic");
+    git.ok(Some(&clone), &["push", "-q", "origin", "HEAD:refs/heads/topic"]);
+    assert_eq!(server_ref("refs/heads/topic"), c1);
+
+    // Fast-forward.
+    git.ok(Some(&clone), &["push", "-q", "origin", "HEAD:main"]);
+    assert_eq!(server_ref("refs/heads/main"), c1);
+
+    // Non-fast-forward is rejected; the server keeps its value.
+    git.ok(Some(&clone), &["reset", "-q", "--hard", "HEAD~1"]);
+    let diverged = git.commit_file(&clone, "b.txt", "b\n", "diverged");
+    let err = git.fails(Some(&clone), &["push", "origin", "HEAD:main"]);
+    assert!(err.contains("rejected"), "{err}");
+    assert_eq!(server_ref("refs/heads/main"), c1);
+
+    // Forced update.
+    git.ok(Some(&clone), &["push", "-q", "--force", "origin", "HEAD:main"]);
+    assert_eq!(server_ref("refs/heads/main"), diverged);
+
+    // Branch delete.
+    git.ok(Some(&clone), &["push", "-q", "origin", ":refs/heads/topic"]);
+    assert_eq!(server_ref("refs/heads/topic"), "");
+
+    // Tags, lightweight and annotated.
+    git.ok(Some(&clone), &["tag", "lw"]);
+    git.ok(Some(&clone), &["tag", "-a", "-m", "release", "v2.0"]);
+    git.ok(Some(&clone), &["push", "-q", "origin", "--tags"]);
+    assert_eq!(server_ref("refs/tags/lw"), diverged);
+    let tag_type = git.ok(None, &["--git-dir", path_str(&bare), "cat-file", "-t", "refs/tags/v2.0"]);
+    assert_eq!(tag_type.trim(), "tag");
+
+    // Push options reach the server's hooks.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho \"$GIT_PUSH_OPTION_COUNT $GIT_PUSH_OPTION_0 $GIT_PUSH_OPTION_1\" > \"$GIT_DIR/push-options.txt\"\n").expect("hook");
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&hook).expect("meta").permissions(), 0o755);
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    git.commit_file(&clone, "c.txt", "c\n", "with options");
+    git.ok(Some(&clone), &["push", "-q", "-o", "ci.skip", "-o", "reviewer=alice", "origin", "HEAD:main"]);
+    let recorded = std::fs::read_to_string(bare.join("push-options.txt")).expect("hook ran");
+    assert_eq!(recorded.trim(), "2 ci.skip reviewer=alice");
+    git.fsck(&bare);
+}
+
+/// Deterministic incompressible bytes (xorshift64*).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn push_100mb_blob_streams(remote: bool) {
+    const SIZE: usize = 100 << 20;
+    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    std::fs::write(work.join("big.bin"), noise(SIZE, 7)).expect("write blob");
+    git.ok(Some(&work), &["add", "big.bin"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "big"]);
+    let before: Vec<u64> = gw.server_pids().into_iter().map(procs::peak_rss).collect();
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url("big"), "main"]);
+    let bare = gw.repo_dir("big");
+    let size = git.ok(None, &["--git-dir", path_str(&bare), "cat-file", "-s", "main:big.bin"]);
+    assert_eq!(size.trim(), SIZE.to_string());
+    for (pid, before) in gw.server_pids().into_iter().zip(before) {
+        let peak = procs::peak_rss(pid);
+        eprintln!("pid {pid}: peak RSS {} MiB before push, {} MiB after", before >> 20, peak >> 20);
+        assert!(peak < 48 << 20, "peak RSS {} MiB: the push was buffered", peak >> 20);
+    }
+}
+
+fn empty_missing_and_hostile_paths(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+
+    // Empty repository.
+    git.ok(None, &["init", "-q", "--bare", path_str(&gw.repo_dir("empty"))]);
+    let out = git.output(None, &["clone", &gw.repo_url("empty"), path_str(&tmp.path().join("e"))], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty repository"));
+
+    // Missing repository: a clear message.
+    let err = git.fails(None, &["clone", &gw.repo_url("no/such/repo"), path_str(&tmp.path().join("m"))]);
+    assert!(err.contains("not found"), "{err}");
+
+    // Hostile paths are refused and touch nothing on disk, even with create_on_push.
+    let watch = gw.root.parent().expect("root has a parent").to_owned();
+    let snapshot = || {
+        let mut names: Vec<String> = walk(&watch);
+        names.sort();
+        names
+    };
+    let before = snapshot();
+    let long = "a".repeat(400);
+    let hostile = [
+        "/../evil.git/info/refs?service=git-receive-pack".to_owned(),
+        "/a/../../evil.git/info/refs?service=git-receive-pack".to_owned(),
+        "/%2e%2e/evil.git/info/refs?service=git-receive-pack".to_owned(),
+        "/..%2fevil.git/info/refs?service=git-receive-pack".to_owned(),
+        "//etc/evil.git/info/refs?service=git-receive-pack".to_owned(),
+        "/evil%00.git/info/refs?service=git-receive-pack".to_owned(),
+        "/.hidden.git/info/refs?service=git-receive-pack".to_owned(),
+        "/-rf.git/info/refs?service=git-receive-pack".to_owned(),
+        "/empty.git/objects.git/info/refs?service=git-receive-pack".to_owned(),
+        format!("/{long}.git/info/refs?service=git-receive-pack"),
+        "/a/b/c/d/e/f/g/h/i.git/info/refs?service=git-receive-pack".to_owned(),
+        "/../evil.git/git-receive-pack".to_owned(),
+        "/empty.git/HEAD".to_owned(),
+        "/empty.git/objects/info/packs".to_owned(),
+    ];
+    for path in &hostile {
+        let resp = http::get(gw.server.authority(), path).expect("response");
+        assert!(matches!(resp.status, 400 | 404), "{path}: got {}", resp.status);
+    }
+    let nul = http::raw(gw.server.authority(), b"GET /a\0b.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if let Ok(resp) = nul {
+        assert!(matches!(resp.status, 400 | 404), "NUL path got {}", resp.status);
+    }
+    assert_eq!(snapshot(), before, "a hostile request changed the disk");
+    // Dumb HTTP is refused clearly.
+    let resp = http::get(gw.server.authority(), "/empty.git/info/refs").expect("response");
+    assert_eq!(resp.status, 403);
+    // The gateway still serves.
+    git.ok(None, &["ls-remote", &gw.repo_url("empty")]);
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                continue;
+            }
+            out.push(p.display().to_string());
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+        }
+    }
+    out
+}
+
+fn large_gzipped_fetch_request(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions::default());
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 3);
+    let bare = gw.repo_dir("proj");
+    seed_bare(&git, &work, &bare);
+
+    // A clone with thousands of local commits the server has never seen: the fetch
+    // negotiation sends them as haves, and git gzips the large request bodies.
+    let clone = tmp.path().join("clone");
+    git.ok(None, &["clone", "-q", &gw.repo_url("proj"), path_str(&clone)]);
+    let mut script = String::new();
+    for i in 0..3000 {
+        script.push_str(&format!(
+            "commit refs/heads/local\ncommitter T <t@example.com> {} +0000\ndata 3\nc{}\n{}\n",
+            1_600_000_000 + i,
+            i % 10,
+            if i == 0 { "from refs/heads/main\n".to_owned() } else { String::new() }
+        ));
+    }
+    let mut child = git.cmd(Some(&clone)).args(["fast-import", "--quiet"]).stdin(std::process::Stdio::piped()).spawn().expect("fast-import");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("feed");
+    assert!(child.wait().expect("wait").success());
+    let new_head = git.commit_file(&work, "later.txt", "later\n", "later");
+    git.ok(Some(&work), &["push", "-q", path_str(&bare), "main"]);
+    let trace = tmp.path().join("curl-trace");
+    git.ok_env(
+        Some(&clone),
+        &["-c", "protocol.version=0", "fetch", "-q", "origin"],
+        &[("GIT_TRACE_CURL", path_str(&trace)), ("GIT_TRACE_CURL_NO_DATA", "1")],
+    );
+    assert_eq!(git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(), new_head);
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    assert!(trace.contains("Content-Encoding: gzip"), "git did not gzip any request");
+
+    // A hand-made gzipped request with 5000 unknown haves still gets a pack.
+    let mut body = Vec::new();
+    let want = format!("want {new_head} ofs-delta\n");
+    push_pkt(&mut body, want.as_bytes());
+    body.extend_from_slice(b"0000");
+    for i in 0..5000u32 {
+        let have = format!("have {:040x}\n", u128::from(i) * 7919 + 1);
+        push_pkt(&mut body, have.as_bytes());
+    }
+    push_pkt(&mut body, b"done\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let resp = http::post(
+        gw.server.authority(),
+        "/proj.git/git-upload-pack",
+        &["Content-Type: application/x-git-upload-pack-request", "Content-Encoding: gzip"],
+        &gz,
+    )
+    .expect("response");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(resp.body.windows(4).any(|w| w == b"PACK"), "no pack in the response");
+}
+
+fn push_pkt(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:04x}", data.len() + 4).as_bytes());
+    out.extend_from_slice(data);
+}
+
+fn client_disconnect_kills_git(remote: bool) {
+    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for i in 0..4 {
+        std::fs::write(work.join(format!("blob{i}.bin")), noise(12 << 20, i + 1)).expect("write");
+    }
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "large"]);
+    let head = git.ok(Some(&work), &["rev-parse", "HEAD"]).trim().to_owned();
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url("large"), "main"]);
+
+    // Ask for everything, read a little, then hang up.
+    let mut body = Vec::new();
+    push_pkt(&mut body, format!("want {head} side-band-64k ofs-delta\n").as_bytes());
+    body.extend_from_slice(b"0000");
+    push_pkt(&mut body, b"done\n");
+    let mut stream = TcpStream::connect(gw.server.authority()).expect("connect");
+    let req = format!(
+        "POST /large.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).expect("send");
+    stream.write_all(&body).expect("send");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = stream.read(&mut buf[got..]).expect("read");
+        assert!(n > 0, "response ended early");
+        got += n;
+    }
+    let running = procs::processes_under(&gw.root);
+    assert!(!running.is_empty(), "no git process was serving the clone (the test would prove nothing)");
+    drop(stream);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = procs::processes_under(&gw.root);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "git processes left behind: {left:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the gateway still serves.
+    git.ok(None, &["ls-remote", &gw.repo_url("large")]);
+}
+
+#[allow(dead_code)]
+fn _uses(_: &Git) {}

@@ -1,0 +1,247 @@
+//! Test harness: real `gitgate` and `gitgate-node` processes on loopback, real git
+//! clients with an isolated environment, and helpers to build repositories.
+#![allow(dead_code)]
+
+pub mod git;
+pub mod http;
+pub mod procs;
+
+use std::io::{BufRead, BufReader, Read};
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A shared secret used between test gateways and test nodes.
+pub const NODE_TOKEN: &str = "test-shared-secret-0123456789";
+
+/// Path of a binary built next to the gateway.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gitgate"));
+    let path = gateway.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the whole workspace first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A child process that prints `listening on http://ADDR` on stdout once ready to accept,
+/// and logs to a file that is printed if the test fails.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(program: &Path, config: &Path, log: PathBuf, extra_env: &[(&str, &str)]) -> Self {
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = Command::new(program);
+        cmd.arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,gitgate=debug,gitgate_storage_node=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Read the address line on a thread so a silent child cannot hang the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining stdout so the child never blocks on it.
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        if line.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("{} did not report its address:\n{text}", program.display());
+        }
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child: Some(child), url, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The `host:port` part of the URL.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait (bounded) for exit; returns whether it exited by itself.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Kill with SIGKILL at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.url, self.log_text());
+        }
+    }
+}
+
+/// A `gitgate-node` process over its own root directory.
+pub struct TestNode {
+    pub server: Server,
+    pub root: PathBuf,
+    _dir: TempDir,
+}
+
+impl TestNode {
+    pub fn start() -> Self {
+        let dir = TempDir::new().expect("tempdir");
+        let root = dir.path().join("repos");
+        std::fs::create_dir_all(&root).expect("root");
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!("[listen]\naddr = \"127.0.0.1:0\"\n[node]\npath = \"repos\"\ntoken = \"{NODE_TOKEN}\"\n"),
+        )
+        .expect("write config");
+        let server = Server::start(&sibling_binary("gitgate-node"), &config, dir.path().join("node.log"), &[]);
+        Self { server, root, _dir: dir }
+    }
+}
+
+/// Where a test gateway's repositories live.
+pub enum Backend {
+    /// Served in-process from a local directory.
+    InProcess,
+    /// A separate `gitgate-node` process.
+    Remote(TestNode),
+}
+
+/// A running `gitgate` and the node behind it.
+pub struct TestGateway {
+    pub server: Server,
+    /// The node's root directory (repositories are `<root>/<name>.git`).
+    pub root: PathBuf,
+    pub backend: Backend,
+    pub dir: TempDir,
+}
+
+/// Options for [`TestGateway::start`].
+#[derive(Default, Clone)]
+pub struct GatewayOptions {
+    pub create_on_push: bool,
+    /// Extra TOML appended to the config.
+    pub extra: String,
+}
+
+impl TestGateway {
+    pub fn start(remote: bool, options: GatewayOptions) -> Self {
+        let dir = TempDir::new().expect("tempdir");
+        let (backend, root, node_toml) = if remote {
+            let node = TestNode::start();
+            let root = node.root.clone();
+            let toml = format!(
+                "[[storage.nodes]]\nname = \"remote1\"\nurl = \"{}\"\ntoken = \"{NODE_TOKEN}\"\n",
+                node.server.url
+            );
+            (Backend::Remote(node), root, toml)
+        } else {
+            let root = dir.path().join("repos");
+            std::fs::create_dir_all(&root).expect("root");
+            (Backend::InProcess, root, "[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n".to_owned())
+        };
+        let config = dir.path().join("gitgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n",
+                options.create_on_push, options.extra
+            ),
+        )
+        .expect("write config");
+        let server = Server::start(
+            &PathBuf::from(env!("CARGO_BIN_EXE_gitgate")),
+            &config,
+            dir.path().join("gitgate.log"),
+            &[],
+        );
+        let gw = Self { server, root, backend, dir };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = http::get(self.server.authority(), "/-/ready") {
+                if resp.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway not ready:\n{}", self.server.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Clone URL of `name`.
+    pub fn repo_url(&self, name: &str) -> String {
+        format!("{}/{name}.git", self.server.url)
+    }
+
+    /// The bare repository directory of `name` on the node.
+    pub fn repo_dir(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.git"))
+    }
+
+    /// Process ids to watch for memory: the gateway, and the node when remote.
+    pub fn server_pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.server.pid()];
+        if let Backend::Remote(node) = &self.backend {
+            pids.push(node.server.pid());
+        }
+        pids
+    }
+}
