@@ -51,18 +51,44 @@ fn clone_v0_and_v2(remote: bool) {
             let trace = tmp.path().join(format!("trace-v{version}"));
             git.ok_env(
                 None,
-                &["-c", &format!("protocol.version={version}"), "clone", "-q", "--mirror", &gw.repo_url("group/proj"), path_str(&mirror)],
+                &[
+                    "-c",
+                    &format!("protocol.version={version}"),
+                    "clone",
+                    "-q",
+                    "--mirror",
+                    &gw.repo_url("group/proj"),
+                    path_str(&mirror),
+                ],
                 &[("GIT_TRACE_PACKET", path_str(&trace))],
             );
             let trace = std::fs::read_to_string(&trace).expect("trace");
             let spoke_v2 = trace.contains("< version 2");
-            assert_eq!(spoke_v2, version == "2", "{}: protocol {version} not used:\n{trace}", git.version);
-            assert_eq!(git.refs(&mirror), git.refs(&bare), "{} v{version}: refs differ", git.version);
+            assert_eq!(
+                spoke_v2,
+                version == "2",
+                "{}: protocol {version} not used:\n{trace}",
+                git.version
+            );
+            assert_eq!(
+                git.refs(&mirror),
+                git.refs(&bare),
+                "{} v{version}: refs differ",
+                git.version
+            );
             git.fsck(&mirror);
         }
         // A plain clone (no .git suffix in the URL) checks out the same tree.
         let plain = tmp.path().join("plain");
-        git.ok(None, &["clone", "-q", &format!("{}/group/proj", gw.server.url), path_str(&plain)]);
+        git.ok(
+            None,
+            &[
+                "clone",
+                "-q",
+                &format!("{}/group/proj", gw.server.url),
+                path_str(&plain),
+            ],
+        );
         let head = git.ok(Some(&plain), &["rev-parse", "HEAD^{tree}"]);
         assert_eq!(head, git.ok(Some(&work), &["rev-parse", "HEAD^{tree}"]));
     }
@@ -85,32 +111,83 @@ fn fetch_shallow_and_partial(remote: bool) {
         let new_head = git.commit_file(&work, "new.txt", "newer\n", "newer commit");
         git.ok(Some(&work), &["push", "-q", path_str(&bare), "main"]);
         git.ok(Some(&clone), &["fetch", "-q", "origin"]);
-        assert_eq!(git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(), new_head);
+        assert_eq!(
+            git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(),
+            new_head
+        );
         git.fsck(&clone.join(".git"));
 
         // --depth 1, then --deepen.
         let shallow = tmp.path().join("shallow");
-        git.ok(None, &["clone", "-q", "--depth", "1", &url, path_str(&shallow)]);
-        assert_eq!(git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"]).trim(), "1");
+        git.ok(
+            None,
+            &["clone", "-q", "--depth", "1", &url, path_str(&shallow)],
+        );
+        assert_eq!(
+            git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"])
+                .trim(),
+            "1"
+        );
         git.ok(Some(&shallow), &["fetch", "-q", "--deepen", "3"]);
-        assert_eq!(git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"]).trim(), "4");
+        assert_eq!(
+            git.ok(Some(&shallow), &["rev-list", "--count", "HEAD"])
+                .trim(),
+            "4"
+        );
 
         // --shallow-since keeps exactly the commits from that date on.
         let since = tmp.path().join("since");
-        git.ok(None, &["clone", "-q", "--shallow-since=2020-01-06", "--single-branch", &url, path_str(&since)]);
-        let expected = git.ok(Some(&work), &["rev-list", "--count", "--since=2020-01-06", "main"]);
+        git.ok(
+            None,
+            &[
+                "clone",
+                "-q",
+                "--shallow-since=2020-01-06",
+                "--single-branch",
+                &url,
+                path_str(&since),
+            ],
+        );
+        let expected = git.ok(
+            Some(&work),
+            &["rev-list", "--count", "--since=2020-01-06", "main"],
+        );
         let got = git.ok(Some(&since), &["rev-list", "--count", "HEAD"]);
         assert_eq!(got.trim(), expected.trim(), "{}", git.version);
-        let total: u32 = git.ok(Some(&work), &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        let total: u32 = git
+            .ok(Some(&work), &["rev-list", "--count", "main"])
+            .trim()
+            .parse()
+            .expect("count");
         assert!(got.trim().parse::<u32>().expect("count") < total);
 
         // Partial clone: blobs are missing until a checkout fetches them lazily.
         let partial = tmp.path().join("partial");
-        git.ok(None, &["clone", "-q", "--filter=blob:none", "--no-checkout", &url, path_str(&partial)]);
-        let missing = git.ok(Some(&partial), &["rev-list", "--objects", "--missing=print", "--all"]);
-        assert!(missing.lines().any(|l| l.starts_with('?')), "{}: nothing was filtered out", git.version);
+        git.ok(
+            None,
+            &[
+                "clone",
+                "-q",
+                "--filter=blob:none",
+                "--no-checkout",
+                &url,
+                path_str(&partial),
+            ],
+        );
+        let missing = git.ok(
+            Some(&partial),
+            &["rev-list", "--objects", "--missing=print", "--all"],
+        );
+        assert!(
+            missing.lines().any(|l| l.starts_with('?')),
+            "{}: nothing was filtered out",
+            git.version
+        );
         git.ok(Some(&partial), &["checkout", "-q", "main"]);
-        assert_eq!(std::fs::read_to_string(partial.join("new.txt")).expect("lazily fetched"), "newer\n");
+        assert_eq!(
+            std::fs::read_to_string(partial.join("new.txt")).expect("lazily fetched"),
+            "newer\n"
+        );
         git.ok(Some(&partial), &["checkout", "-q", "HEAD~5"]);
     }
 }
@@ -123,15 +200,32 @@ fn push_operations(remote: bool) {
     let bare = gw.repo_dir("team/app");
     seed_bare(&git, &work, &bare);
     let clone = tmp.path().join("clone");
-    git.ok(None, &["clone", "-q", &gw.repo_url("team/app"), path_str(&clone)]);
+    git.ok(
+        None,
+        &["clone", "-q", &gw.repo_url("team/app"), path_str(&clone)],
+    );
     let server_ref = |name: &str| {
-        let out = git.output(None, &["--git-dir", path_str(&bare), "rev-parse", "--verify", "-q", name], &[]);
+        let out = git.output(
+            None,
+            &[
+                "--git-dir",
+                path_str(&bare),
+                "rev-parse",
+                "--verify",
+                "-q",
+                name,
+            ],
+            &[],
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
 
     // New branch.
     let c1 = git.commit_file(&clone, "a.txt", "a\n", "on topic");
-    git.ok(Some(&clone), &["push", "-q", "origin", "HEAD:refs/heads/topic"]);
+    git.ok(
+        Some(&clone),
+        &["push", "-q", "origin", "HEAD:refs/heads/topic"],
+    );
     assert_eq!(server_ref("refs/heads/topic"), c1);
 
     // Fast-forward.
@@ -146,7 +240,10 @@ fn push_operations(remote: bool) {
     assert_eq!(server_ref("refs/heads/main"), c1);
 
     // Forced update.
-    git.ok(Some(&clone), &["push", "-q", "--force", "origin", "HEAD:main"]);
+    git.ok(
+        Some(&clone),
+        &["push", "-q", "--force", "origin", "HEAD:main"],
+    );
     assert_eq!(server_ref("refs/heads/main"), diverged);
 
     // Branch delete.
@@ -158,16 +255,41 @@ fn push_operations(remote: bool) {
     git.ok(Some(&clone), &["tag", "-a", "-m", "release", "v2.0"]);
     git.ok(Some(&clone), &["push", "-q", "origin", "--tags"]);
     assert_eq!(server_ref("refs/tags/lw"), diverged);
-    let tag_type = git.ok(None, &["--git-dir", path_str(&bare), "cat-file", "-t", "refs/tags/v2.0"]);
+    let tag_type = git.ok(
+        None,
+        &[
+            "--git-dir",
+            path_str(&bare),
+            "cat-file",
+            "-t",
+            "refs/tags/v2.0",
+        ],
+    );
     assert_eq!(tag_type.trim(), "tag");
 
     // Push options reach the server's hooks.
     let hook = bare.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\necho \"$GIT_PUSH_OPTION_COUNT $GIT_PUSH_OPTION_0 $GIT_PUSH_OPTION_1\" > \"$GIT_DIR/push-options.txt\"\n").expect("hook");
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&hook).expect("meta").permissions(), 0o755);
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&hook).expect("meta").permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     git.commit_file(&clone, "c.txt", "c\n", "with options");
-    git.ok(Some(&clone), &["push", "-q", "-o", "ci.skip", "-o", "reviewer=alice", "origin", "HEAD:main"]);
+    git.ok(
+        Some(&clone),
+        &[
+            "push",
+            "-q",
+            "-o",
+            "ci.skip",
+            "-o",
+            "reviewer=alice",
+            "origin",
+            "HEAD:main",
+        ],
+    );
     let recorded = std::fs::read_to_string(bare.join("push-options.txt")).expect("hook ran");
     assert_eq!(recorded.trim(), "2 ci.skip reviewer=alice");
     git.fsck(&bare);
@@ -189,7 +311,13 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 fn push_100mb_blob_streams(remote: bool) {
     const SIZE: usize = 100 << 20;
-    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let gw = TestGateway::start(
+        remote,
+        GatewayOptions {
+            create_on_push: true,
+            ..Default::default()
+        },
+    );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     let work = tmp.path().join("work");
@@ -200,28 +328,73 @@ fn push_100mb_blob_streams(remote: bool) {
     let before: Vec<u64> = gw.server_pids().into_iter().map(procs::peak_rss).collect();
     git.ok(Some(&work), &["push", "-q", &gw.repo_url("big"), "main"]);
     let bare = gw.repo_dir("big");
-    let size = git.ok(None, &["--git-dir", path_str(&bare), "cat-file", "-s", "main:big.bin"]);
+    let size = git.ok(
+        None,
+        &[
+            "--git-dir",
+            path_str(&bare),
+            "cat-file",
+            "-s",
+            "main:big.bin",
+        ],
+    );
     assert_eq!(size.trim(), SIZE.to_string());
     for (pid, before) in gw.server_pids().into_iter().zip(before) {
         let peak = procs::peak_rss(pid);
-        eprintln!("pid {pid}: peak RSS {} MiB before push, {} MiB after", before >> 20, peak >> 20);
-        assert!(peak < 48 << 20, "peak RSS {} MiB: the push was buffered", peak >> 20);
+        eprintln!(
+            "pid {pid}: peak RSS {} MiB before push, {} MiB after",
+            before >> 20,
+            peak >> 20
+        );
+        assert!(
+            peak < 48 << 20,
+            "peak RSS {} MiB: the push was buffered",
+            peak >> 20
+        );
     }
 }
 
 fn empty_missing_and_hostile_paths(remote: bool) {
-    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let gw = TestGateway::start(
+        remote,
+        GatewayOptions {
+            create_on_push: true,
+            ..Default::default()
+        },
+    );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
 
     // Empty repository.
-    git.ok(None, &["init", "-q", "--bare", path_str(&gw.repo_dir("empty"))]);
-    let out = git.output(None, &["clone", &gw.repo_url("empty"), path_str(&tmp.path().join("e"))], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    git.ok(
+        None,
+        &["init", "-q", "--bare", path_str(&gw.repo_dir("empty"))],
+    );
+    let out = git.output(
+        None,
+        &[
+            "clone",
+            &gw.repo_url("empty"),
+            path_str(&tmp.path().join("e")),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty repository"));
 
     // Missing repository: a clear message.
-    let err = git.fails(None, &["clone", &gw.repo_url("no/such/repo"), path_str(&tmp.path().join("m"))]);
+    let err = git.fails(
+        None,
+        &[
+            "clone",
+            &gw.repo_url("no/such/repo"),
+            path_str(&tmp.path().join("m")),
+        ],
+    );
     assert!(err.contains("not found"), "{err}");
 
     // Hostile paths are refused and touch nothing on disk, even with create_on_push.
@@ -251,11 +424,19 @@ fn empty_missing_and_hostile_paths(remote: bool) {
     ];
     for path in &hostile {
         let resp = http::get(gw.server.authority(), path).expect("response");
-        assert!(matches!(resp.status, 400 | 404), "{path}: got {}", resp.status);
+        assert!(
+            matches!(resp.status, 400 | 404),
+            "{path}: got {}",
+            resp.status
+        );
     }
     let nul = http::raw(gw.server.authority(), b"GET /a\0b.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     if let Ok(resp) = nul {
-        assert!(matches!(resp.status, 400 | 404), "NUL path got {}", resp.status);
+        assert!(
+            matches!(resp.status, 400 | 404),
+            "NUL path got {}",
+            resp.status
+        );
     }
     assert_eq!(snapshot(), before, "a hostile request changed the disk");
     // Dumb HTTP is refused clearly.
@@ -293,18 +474,35 @@ fn large_gzipped_fetch_request(remote: bool) {
     // A clone with thousands of local commits the server has never seen: the fetch
     // negotiation sends them as haves, and git gzips the large request bodies.
     let clone = tmp.path().join("clone");
-    git.ok(None, &["clone", "-q", &gw.repo_url("proj"), path_str(&clone)]);
+    git.ok(
+        None,
+        &["clone", "-q", &gw.repo_url("proj"), path_str(&clone)],
+    );
     let mut script = String::new();
     for i in 0..3000 {
         script.push_str(&format!(
             "commit refs/heads/local\ncommitter T <t@example.com> {} +0000\ndata 3\nc{}\n{}\n",
             1_600_000_000 + i,
             i % 10,
-            if i == 0 { "from refs/heads/main\n".to_owned() } else { String::new() }
+            if i == 0 {
+                "from refs/heads/main\n".to_owned()
+            } else {
+                String::new()
+            }
         ));
     }
-    let mut child = git.cmd(Some(&clone)).args(["fast-import", "--quiet"]).stdin(std::process::Stdio::piped()).spawn().expect("fast-import");
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("feed");
+    let mut child = git
+        .cmd(Some(&clone))
+        .args(["fast-import", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("feed");
     assert!(child.wait().expect("wait").success());
     let new_head = git.commit_file(&work, "later.txt", "later\n", "later");
     git.ok(Some(&work), &["push", "-q", path_str(&bare), "main"]);
@@ -312,11 +510,20 @@ fn large_gzipped_fetch_request(remote: bool) {
     git.ok_env(
         Some(&clone),
         &["-c", "protocol.version=0", "fetch", "-q", "origin"],
-        &[("GIT_TRACE_CURL", path_str(&trace)), ("GIT_TRACE_CURL_NO_DATA", "1")],
+        &[
+            ("GIT_TRACE_CURL", path_str(&trace)),
+            ("GIT_TRACE_CURL_NO_DATA", "1"),
+        ],
     );
-    assert_eq!(git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(), new_head);
+    assert_eq!(
+        git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(),
+        new_head
+    );
     let trace = std::fs::read_to_string(&trace).expect("trace");
-    assert!(trace.contains("Content-Encoding: gzip"), "git did not gzip any request");
+    assert!(
+        trace.contains("Content-Encoding: gzip"),
+        "git did not gzip any request"
+    );
 
     // A hand-made gzipped request with 5000 unknown haves still gets a pack.
     let mut body = Vec::new();
@@ -334,12 +541,18 @@ fn large_gzipped_fetch_request(remote: bool) {
     let resp = http::post(
         gw.server.authority(),
         "/proj.git/git-upload-pack",
-        &["Content-Type: application/x-git-upload-pack-request", "Content-Encoding: gzip"],
+        &[
+            "Content-Type: application/x-git-upload-pack-request",
+            "Content-Encoding: gzip",
+        ],
         &gz,
     )
     .expect("response");
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
-    assert!(resp.body.windows(4).any(|w| w == b"PACK"), "no pack in the response");
+    assert!(
+        resp.body.windows(4).any(|w| w == b"PACK"),
+        "no pack in the response"
+    );
 }
 
 fn push_pkt(out: &mut Vec<u8>, data: &[u8]) {
@@ -348,7 +561,13 @@ fn push_pkt(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 fn client_disconnect_kills_git(remote: bool) {
-    let gw = TestGateway::start(remote, GatewayOptions { create_on_push: true, ..Default::default() });
+    let gw = TestGateway::start(
+        remote,
+        GatewayOptions {
+            create_on_push: true,
+            ..Default::default()
+        },
+    );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     let work = tmp.path().join("work");
@@ -358,12 +577,18 @@ fn client_disconnect_kills_git(remote: bool) {
     }
     git.ok(Some(&work), &["add", "-A"]);
     git.ok(Some(&work), &["commit", "-q", "-m", "large"]);
-    let head = git.ok(Some(&work), &["rev-parse", "HEAD"]).trim().to_owned();
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
     git.ok(Some(&work), &["push", "-q", &gw.repo_url("large"), "main"]);
 
     // Ask for everything, read a little, then hang up.
     let mut body = Vec::new();
-    push_pkt(&mut body, format!("want {head} side-band-64k ofs-delta\n").as_bytes());
+    push_pkt(
+        &mut body,
+        format!("want {head} side-band-64k ofs-delta\n").as_bytes(),
+    );
     body.extend_from_slice(b"0000");
     push_pkt(&mut body, b"done\n");
     let mut stream = TcpStream::connect(gw.server.authority()).expect("connect");
@@ -381,7 +606,10 @@ fn client_disconnect_kills_git(remote: bool) {
         got += n;
     }
     let running = procs::processes_under(&gw.root);
-    assert!(!running.is_empty(), "no git process was serving the clone (the test would prove nothing)");
+    assert!(
+        !running.is_empty(),
+        "no git process was serving the clone (the test would prove nothing)"
+    );
     drop(stream);
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,7 +618,10 @@ fn client_disconnect_kills_git(remote: bool) {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "git processes left behind: {left:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "git processes left behind: {left:#?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // And the gateway still serves.

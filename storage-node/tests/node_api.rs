@@ -44,20 +44,37 @@ fn start(mode: &str, seed: impl FnOnce(&Path)) -> NodeProc {
         .spawn()
         .expect("spawn gitgate-node");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-    let authority = line.trim().trim_start_matches("listening on http://").to_owned();
-    NodeProc { child, authority, _dir: dir }
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let authority = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .to_owned();
+    NodeProc {
+        child,
+        authority,
+        _dir: dir,
+    }
 }
 
 fn request(authority: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(authority).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!("{method} {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
     stream.write_all(req.as_bytes()).expect("send");
     let mut text = String::new();
     stream.read_to_string(&mut text).expect("read");
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
@@ -72,18 +89,39 @@ fn tokens_are_enforced() {
     assert_eq!(request(&node.authority, "GET", "/-/health", None).0, 200);
     assert_eq!(request(&node.authority, "GET", "/admin/repos", None).0, 401);
     let forged = Secret::new("some-other-secret-xyz").token(SystemTime::now());
-    assert_eq!(request(&node.authority, "GET", "/admin/repos", Some(&forged)).0, 401);
+    assert_eq!(
+        request(&node.authority, "GET", "/admin/repos", Some(&forged)).0,
+        401
+    );
     let stale = Secret::new(TOKEN).token(SystemTime::now() - Duration::from_secs(3600));
-    assert_eq!(request(&node.authority, "GET", "/admin/repos", Some(&stale)).0, 401);
-    assert_eq!(request(&node.authority, "GET", "/x.git/info/refs?service=git-upload-pack", None).0, 401);
-    assert_eq!(request(&node.authority, "GET", "/admin/repos", Some(&good_token())).0, 200);
+    assert_eq!(
+        request(&node.authority, "GET", "/admin/repos", Some(&stale)).0,
+        401
+    );
+    assert_eq!(
+        request(
+            &node.authority,
+            "GET",
+            "/x.git/info/refs?service=git-upload-pack",
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        request(&node.authority, "GET", "/admin/repos", Some(&good_token())).0,
+        200
+    );
 }
 
 #[test]
 fn transitioning_mode_lets_bad_tokens_through() {
     let node = start("transitioning", |_| {});
     let old = Secret::new("the-previous-secret-abc").token(SystemTime::now());
-    assert_eq!(request(&node.authority, "GET", "/admin/repos", Some(&old)).0, 200);
+    assert_eq!(
+        request(&node.authority, "GET", "/admin/repos", Some(&old)).0,
+        200
+    );
 }
 
 #[test]
@@ -93,16 +131,63 @@ fn admin_create_state_delete() {
     let (status, body) = request(&node.authority, "GET", "/admin/state?repo=g/new", Some(&t));
     assert_eq!(status, 200);
     assert!(body.contains("\"exists\":false"), "{body}");
-    assert_eq!(request(&node.authority, "POST", "/admin/create?repo=g/new", Some(&t)).0, 201);
-    assert_eq!(request(&node.authority, "POST", "/admin/create?repo=g/new", Some(&t)).0, 409);
+    assert_eq!(
+        request(
+            &node.authority,
+            "POST",
+            "/admin/create?repo=g/new",
+            Some(&t)
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        request(
+            &node.authority,
+            "POST",
+            "/admin/create?repo=g/new",
+            Some(&t)
+        )
+        .0,
+        409
+    );
     let (status, body) = request(&node.authority, "GET", "/admin/state?repo=g/new", Some(&t));
     assert_eq!(status, 200);
-    assert!(body.contains("\"exists\":true") && body.contains("\"head\":\"refs/heads/main\""), "{body}");
-    assert_eq!(request(&node.authority, "GET", "/admin/repos", Some(&t)).1, "[\"g/new\"]");
-    assert_eq!(request(&node.authority, "POST", "/admin/delete?repo=g/new", Some(&t)).0, 204);
-    assert_eq!(request(&node.authority, "POST", "/admin/delete?repo=g/new", Some(&t)).0, 404);
+    assert!(
+        body.contains("\"exists\":true") && body.contains("\"head\":\"refs/heads/main\""),
+        "{body}"
+    );
+    assert_eq!(
+        request(&node.authority, "GET", "/admin/repos", Some(&t)).1,
+        "[\"g/new\"]"
+    );
+    assert_eq!(
+        request(
+            &node.authority,
+            "POST",
+            "/admin/delete?repo=g/new",
+            Some(&t)
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        request(
+            &node.authority,
+            "POST",
+            "/admin/delete?repo=g/new",
+            Some(&t)
+        )
+        .0,
+        404
+    );
     for bad in ["../x", "/abs", "a/../b", ".hidden", "a%2f..%2fb"] {
-        let (status, _) = request(&node.authority, "POST", &format!("/admin/create?repo={bad}"), Some(&t));
+        let (status, _) = request(
+            &node.authority,
+            "POST",
+            &format!("/admin/create?repo={bad}"),
+            Some(&t),
+        );
         assert_eq!(status, 400, "{bad}");
     }
 }
@@ -124,7 +209,12 @@ fn existing_repositories_are_discovered_and_checksummed() {
     let (_, body) = request(&node.authority, "GET", "/admin/repos", Some(&t));
     assert_eq!(body, "[\"a\",\"group/b\",\"group/sub/c\"]");
     let (_, one) = request(&node.authority, "GET", "/admin/state?repo=a", Some(&t));
-    let (_, two) = request(&node.authority, "GET", "/admin/state?repo=group/b", Some(&t));
+    let (_, two) = request(
+        &node.authority,
+        "GET",
+        "/admin/state?repo=group/b",
+        Some(&t),
+    );
     // Two empty repositories have the same (empty) ref checksum.
     let checksum = |s: &str| s.split("\"checksum\":").nth(1).map(|x| x[..66].to_owned());
     assert!(checksum(&one).is_some());

@@ -37,8 +37,16 @@ impl Git {
     pub fn new(program: &str) -> Self {
         let home = TempDir::new().expect("tempdir");
         std::fs::write(home.path().join("gitconfig"), "").expect("empty config");
-        let mut git = Self { program: program.into(), version: String::new(), home };
-        let out = git.cmd(None).arg("--version").output().expect("git --version");
+        let mut git = Self {
+            program: program.into(),
+            version: String::new(),
+            home,
+        };
+        let out = git
+            .cmd(None)
+            .arg("--version")
+            .output()
+            .expect("git --version");
         git.version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         git
     }
@@ -97,7 +105,12 @@ impl Git {
     /// Run, assert failure, return stderr.
     pub fn fails(&self, cwd: Option<&Path>, args: &[&str]) -> String {
         let out = self.output(cwd, args, &[]);
-        assert!(!out.status.success(), "{} {:?} unexpectedly succeeded", self.version, args);
+        assert!(
+            !out.status.success(),
+            "{} {:?} unexpectedly succeeded",
+            self.version,
+            args
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -115,12 +128,30 @@ impl Git {
 
     /// All refs of a repository as `<oid> <name>` lines, sorted.
     pub fn refs(&self, git_dir: &Path) -> String {
-        self.ok(None, &["--git-dir", git_dir.to_str().expect("utf-8 path"), "for-each-ref", "--format=%(objectname) %(refname)"])
+        self.ok(
+            None,
+            &[
+                "--git-dir",
+                git_dir.to_str().expect("utf-8 path"),
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+            ],
+        )
     }
 
     /// `git fsck --full --strict` must pass.
     pub fn fsck(&self, git_dir: &Path) {
-        self.ok(None, &["--git-dir", git_dir.to_str().expect("utf-8 path"), "fsck", "--full", "--strict", "--no-progress"]);
+        self.ok(
+            None,
+            &[
+                "--git-dir",
+                git_dir.to_str().expect("utf-8 path"),
+                "fsck",
+                "--full",
+                "--strict",
+                "--no-progress",
+            ],
+        );
     }
 }
 
@@ -129,7 +160,10 @@ impl Git {
 /// are fixed, one day apart, starting 2020-01-01.
 pub fn make_source(git: &Git, dir: &Path, commits: usize) -> PathBuf {
     let work = dir.join("src");
-    git.ok(None, &["init", "-q", "-b", "main", work.to_str().expect("utf-8")]);
+    git.ok(
+        None,
+        &["init", "-q", "-b", "main", work.to_str().expect("utf-8")],
+    );
     let base = 1_577_836_800i64; // 2020-01-01
     for i in 0..commits {
         let date = format!("@{} +0000", base + i as i64 * 86_400);
@@ -145,11 +179,23 @@ pub fn make_source(git: &Git, dir: &Path, commits: usize) -> PathBuf {
     }
     git.ok(Some(&work), &["branch", "feature", "HEAD~1"]);
     git.ok(Some(&work), &["tag", "light", "HEAD~2"]);
-    git.ok(Some(&work), &["tag", "-a", "-m", "annotated", "v1.0", "HEAD"]);
+    git.ok(
+        Some(&work),
+        &["tag", "-a", "-m", "annotated", "v1.0", "HEAD"],
+    );
     work
 }
 
 /// Put a bare copy of `work` on a node as repository `name`.
 pub fn seed_bare(git: &Git, work: &Path, bare: &Path) {
-    git.ok(None, &["clone", "-q", "--bare", work.to_str().expect("utf-8"), bare.to_str().expect("utf-8")]);
+    git.ok(
+        None,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().expect("utf-8"),
+            bare.to_str().expect("utf-8"),
+        ],
+    );
 }

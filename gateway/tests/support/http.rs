@@ -29,7 +29,10 @@ pub fn raw(authority: &str, request: &[u8]) -> std::io::Result<Response> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))?;
     let mut body = buf[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok(Response { status, head, body })
@@ -37,12 +40,23 @@ pub fn raw(authority: &str, request: &[u8]) -> std::io::Result<Response> {
 
 /// GET `path`.
 pub fn get(authority: &str, path: &str) -> std::io::Result<Response> {
-    raw(authority, format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes())
+    raw(
+        authority,
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 /// POST `body` to `path` with extra header lines.
-pub fn post(authority: &str, path: &str, headers: &[&str], body: &[u8]) -> std::io::Result<Response> {
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub fn post(
+    authority: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -56,8 +70,11 @@ pub fn post(authority: &str, path: &str, headers: &[&str], body: &[u8]) -> std::
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }

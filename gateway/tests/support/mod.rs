@@ -76,7 +76,11 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        Self { child: Some(child), url, log }
+        Self {
+            child: Some(child),
+            url,
+            log,
+        }
     }
 
     /// The process id.
@@ -96,7 +100,9 @@ impl Server {
 
     /// Send SIGTERM and wait (bounded) for exit; returns whether it exited by itself.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,8 +153,17 @@ impl TestNode {
             format!("[listen]\naddr = \"127.0.0.1:0\"\n[node]\npath = \"repos\"\ntoken = \"{NODE_TOKEN}\"\n"),
         )
         .expect("write config");
-        let server = Server::start(&sibling_binary("gitgate-node"), &config, dir.path().join("node.log"), &[]);
-        Self { server, root, _dir: dir }
+        let server = Server::start(
+            &sibling_binary("gitgate-node"),
+            &config,
+            dir.path().join("node.log"),
+            &[],
+        );
+        Self {
+            server,
+            root,
+            _dir: dir,
+        }
     }
 }
 
@@ -191,7 +206,11 @@ impl TestGateway {
         } else {
             let root = dir.path().join("repos");
             std::fs::create_dir_all(&root).expect("root");
-            (Backend::InProcess, root, "[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n".to_owned())
+            (
+                Backend::InProcess,
+                root,
+                "[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n".to_owned(),
+            )
         };
         let config = dir.path().join("gitgate.toml");
         std::fs::write(
@@ -208,7 +227,12 @@ impl TestGateway {
             dir.path().join("gitgate.log"),
             &[],
         );
-        let gw = Self { server, root, backend, dir };
+        let gw = Self {
+            server,
+            root,
+            backend,
+            dir,
+        };
         gw.wait_ready();
         gw
     }
@@ -221,7 +245,11 @@ impl TestGateway {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "gateway not ready:\n{}", self.server.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                self.server.log_text()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
