@@ -630,3 +630,110 @@ fn client_disconnect_kills_git(remote: bool) {
 
 #[allow(dead_code)]
 fn _uses(_: &Git) {}
+
+#[test]
+fn unreachable_node_is_503_and_the_gateway_keeps_serving() {
+    let mut gw = TestGateway::start(true, GatewayOptions::default());
+    let git = default_client();
+    git.ok(None, &["init", "-q", "--bare", path_str(&gw.repo_dir("r"))]);
+    git.ok(None, &["ls-remote", &gw.repo_url("r")]);
+    if let support::Backend::Remote(node) = &mut gw.backend {
+        node.server.kill();
+    }
+    let resp = http::get(
+        gw.server.authority(),
+        "/r.git/info/refs?service=git-upload-pack",
+    )
+    .expect("response");
+    assert_eq!(resp.status, 503);
+    assert!(
+        resp.head.to_ascii_lowercase().contains("retry-after"),
+        "{}",
+        resp.head
+    );
+    let err = git.fails(None, &["ls-remote", &gw.repo_url("r")]);
+    assert!(err.contains("503"), "{err}");
+    assert_eq!(
+        http::get(gw.server.authority(), "/-/ready")
+            .expect("ready")
+            .status,
+        503
+    );
+    assert_eq!(
+        http::get(gw.server.authority(), "/-/health")
+            .expect("health")
+            .status,
+        200
+    );
+}
+
+#[test]
+fn shutdown_lets_inflight_clones_finish_within_the_grace_period() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            ..Default::default()
+        },
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    std::fs::write(work.join("blob.bin"), noise(24 << 20, 3)).expect("write");
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url("r"), "main"]);
+
+    let mut body = Vec::new();
+    push_pkt(
+        &mut body,
+        format!("want {head} side-band-64k ofs-delta\n").as_bytes(),
+    );
+    body.extend_from_slice(b"0000");
+    push_pkt(&mut body, b"done\n");
+    let open = || {
+        let mut s = TcpStream::connect(gw.server.authority()).expect("connect");
+        let req = format!(
+            "POST /r.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        s.write_all(&body).expect("send");
+        let mut first = vec![0u8; 32 * 1024];
+        s.read_exact(&mut first).expect("first bytes");
+        (s, first)
+    };
+    let (mut finishing, mut received) = open();
+    let (_stalled, _) = open();
+
+    let pid = nix::unistd::Pid::from_raw(gw.server.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let started = Instant::now();
+    finishing
+        .read_to_end(&mut received)
+        .expect("the in-flight clone completes");
+    assert!(
+        received.ends_with(b"0\r\n\r\n"),
+        "the response did not end cleanly"
+    );
+    assert!(received.windows(4).any(|w| w == b"PACK"));
+    // The stalled client is cut off when the grace period (5s) is over, and the
+    // process exits.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while procs::is_running(gw.server.pid()) {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after its grace period"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "exited before the grace period with a client still connected"
+    );
+}

@@ -179,7 +179,7 @@ pub fn encode_error(out: &mut Vec<u8>, message: &str) {
     while !message.is_char_boundary(cut) {
         cut -= 1;
     }
-    encode::error_to_write(message[..cut].as_bytes(), out).expect("writing to a Vec cannot fail");
+    encode::error_to_write(&message.as_bytes()[..cut], out).expect("writing to a Vec cannot fail");
 }
 
 /// Append a sideband line on `channel`.

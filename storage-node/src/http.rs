@@ -87,55 +87,66 @@ struct RepoQuery {
     repo: String,
 }
 
-fn repo_from(query: &RepoQuery) -> Result<RepoPath, Response> {
-    RepoPath::parse(&query.repo)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response())
+/// Failures of the admin API, mapped to responses in one place.
+enum ApiError {
+    BadRepo(gitgate_proto::repo_path::InvalidRepoPath),
+    Node(NodeError),
 }
 
-async fn list(State(s): State<AppState>) -> Response {
-    match s.node.list().await {
-        Ok(repos) => Json(
-            repos
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(err) => error_response(&err),
+impl From<NodeError> for ApiError {
+    fn from(err: NodeError) -> Self {
+        Self::Node(err)
     }
 }
 
-async fn state(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
-    let repo = match repo_from(&q) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match s.node.state(&repo).await {
-        Ok(state) => Json(state).into_response(),
-        Err(err) => error_response(&err),
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::BadRepo(err) => (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+            Self::Node(err) => error_response(&err),
+        }
     }
 }
 
-async fn create(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
-    let repo = match repo_from(&q) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match s.node.create(&repo).await {
-        Ok(()) => StatusCode::CREATED.into_response(),
-        Err(err) => error_response(&err),
-    }
+fn repo_from(query: &RepoQuery) -> Result<RepoPath, ApiError> {
+    RepoPath::parse(&query.repo).map_err(ApiError::BadRepo)
 }
 
-async fn delete(State(s): State<AppState>, Query(q): Query<RepoQuery>) -> Response {
-    let repo = match repo_from(&q) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match s.node.delete(&repo).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => error_response(&err),
-    }
+async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let repos = s.node.list().await?;
+    Ok(Json(
+        repos
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
+}
+
+async fn state(
+    State(s): State<AppState>,
+    Query(q): Query<RepoQuery>,
+) -> Result<Response, ApiError> {
+    let repo = repo_from(&q)?;
+    Ok(Json(s.node.state(&repo).await?).into_response())
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Query(q): Query<RepoQuery>,
+) -> Result<Response, ApiError> {
+    let repo = repo_from(&q)?;
+    s.node.create(&repo).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Query(q): Query<RepoQuery>,
+) -> Result<Response, ApiError> {
+    let repo = repo_from(&q)?;
+    s.node.delete(&repo).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn git(

@@ -51,3 +51,16 @@ pub fn processes_under(root: &Path) -> Vec<String> {
     }
     found
 }
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
