@@ -40,6 +40,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/-/health", get(ops::health))
         .route("/-/ready", get(ops::ready))
+        .route("/-/metrics", get(ops::metrics))
         // Everything else is a smart-HTTP path (or a 404).
         .fallback(git_http::handle)
         .with_state(state)
@@ -60,5 +61,7 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         repo = tracing::field::Empty,
         service = tracing::field::Empty,
         protocol = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        key = tracing::field::Empty,
     )
 }

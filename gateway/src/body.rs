@@ -8,15 +8,21 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::Stream;
-use gitgate_storage_client::GitStream;
 
-/// Wrap `inner` for sending as a response body.
-pub fn metered(inner: GitStream) -> Metered {
+/// A response body on its way to the client.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// Wrap `inner` for sending as a response body. `generated` says whether these bytes
+/// were produced by a storage node for this request (a cache miss, or no cache), so the
+/// completion log line reports them as generated as well as served.
+pub fn metered(inner: BodyStream, generated: bool) -> Metered {
     Metered {
         inner,
         bytes: 0,
+        generated,
         span: tracing::Span::current(),
         ended: false,
     }
@@ -24,8 +30,9 @@ pub fn metered(inner: GitStream) -> Metered {
 
 /// See [`metered`].
 pub struct Metered {
-    inner: GitStream,
+    inner: BodyStream,
     bytes: u64,
+    generated: bool,
     /// The request's span, so the completion line carries its fields.
     span: tracing::Span,
     /// Set when the end or an error was seen, so `Drop` knows the client left early.
@@ -48,12 +55,18 @@ impl Stream for Metered {
                     tracing::warn!(bytes_served = this.bytes, error = %err, "response aborted after a storage error");
                 });
                 Poll::Ready(Some(Err(std::io::Error::other(err))))
+                // hyper aborts the connection on this error.
             }
             Poll::Ready(None) => {
                 if !this.ended {
                     this.ended = true;
+                    let generated = if this.generated { this.bytes } else { 0 };
                     this.span.in_scope(|| {
-                        tracing::info!(bytes_served = this.bytes, "response complete")
+                        tracing::info!(
+                            bytes_served = this.bytes,
+                            bytes_generated = generated,
+                            "response complete"
+                        )
                     });
                 }
                 Poll::Ready(None)

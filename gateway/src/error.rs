@@ -42,20 +42,23 @@ pub enum AppError {
     },
     /// The storage node cannot be reached.
     #[error("storage unavailable, try again later")]
-    Unavailable(#[source] ClientError),
+    Unavailable(#[source] BoxError),
     /// The storage node failed before answering.
     #[error("storage node failed")]
-    NodeFailed(#[source] ClientError),
+    NodeFailed(#[source] BoxError),
 }
+
+/// A boxed error kept as the source of a storage failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<ClientError> for AppError {
     fn from(err: ClientError) -> Self {
         if err.is_not_found() {
             Self::RepoNotFound
         } else if err.is_unavailable() {
-            Self::Unavailable(err)
+            Self::Unavailable(Box::new(err))
         } else {
-            Self::NodeFailed(err)
+            Self::NodeFailed(Box::new(err))
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The smart-HTTP handlers: `info/refs`, `git-upload-pack`, `git-receive-pack`.
 //!
 //! Fetch requests (upload-pack) are small: they are read whole (up to
-//! `limits.max_fetch_request_bytes`, after gzip inflation) and checked by the proto
-//! parsers before any node sees them. Push requests (receive-pack) are streamed to the
+//! `limits.max_fetch_request_bytes`, after gzip inflation) and parsed before any node
+//! sees them. One that ends negotiation goes through the pack cache, keyed by the
+//! repository, its generation, the service, the protocol and the normalized request;
+//! the rest stream straight through. Push requests (receive-pack) are streamed to the
 //! node as they arrive and never held. Responses are streamed; a stream that breaks
 //! after its first byte aborts the connection (see [`crate::body`]).
 
@@ -13,15 +15,20 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use gitgate_packcache::{ByteStream, CacheKey, Fetch, KeyBuilder, ReadError, UpstreamError};
 use gitgate_proto::smart_http::{self, Endpoint, RouteError};
 use gitgate_proto::{normalize, GitProtocol, ProtocolVersion, RepoPath, Service};
-use gitgate_storage_client::{GitCall, GitStream, NodeClient, RequestBody};
+use gitgate_storage_client::{ClientError, GitCall, NodeClient, RequestBody};
 use http_body_util::{BodyExt, Limited};
 
-use crate::body::metered;
-use crate::error::AppError;
+use crate::body::{metered, BodyStream};
+use crate::error::{AppError, BoxError};
+use crate::generation::Generations;
 use crate::state::AppState;
+
+/// Version of the cache key format; bump when the key's fields change meaning.
+const CACHE_KEY_FORMAT: u32 = 1;
 
 /// Entry point for every path that is not an operational endpoint.
 pub async fn handle(
@@ -39,13 +46,7 @@ pub async fn handle(
     let request_id = request_id(req.headers());
     let span = tracing::Span::current();
     span.record("repo", repo.as_str());
-    span.record(
-        "protocol",
-        protocol
-            .as_ref()
-            .map_or(ProtocolVersion::V0, GitProtocol::version)
-            .label(),
-    );
+    span.record("protocol", version_of(protocol.as_ref()).label());
     match (req.method().clone(), endpoint) {
         (Method::GET, Endpoint::InfoRefs) => {
             let service =
@@ -76,6 +77,10 @@ pub async fn handle(
     }
 }
 
+fn version_of(protocol: Option<&GitProtocol>) -> ProtocolVersion {
+    protocol.map_or(ProtocolVersion::V0, GitProtocol::version)
+}
+
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -98,8 +103,9 @@ async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppE
         other => other?,
     };
     Ok(git_response(
-        stream,
+        boxed(stream),
         call.service.advertisement_content_type(),
+        false,
     ))
 }
 
@@ -111,7 +117,7 @@ async fn create_for_push(node: &NodeClient, repo: &RepoPath) -> Result<(), AppEr
             Ok(())
         }
         // Someone else created it in the meantime: just as good.
-        Err(gitgate_storage_client::ClientError::AlreadyExists(_)) => Ok(()),
+        Err(ClientError::AlreadyExists(_)) => Ok(()),
         Err(err) => Err(err.into()),
     }
 }
@@ -121,21 +127,141 @@ async fn upload_pack(
     call: GitCall<'_>,
     body: Body,
 ) -> Result<Response, AppError> {
-    let limit = state.max_fetch_request_bytes;
-    let body = read_limited(body, limit).await?;
-    let version = call
-        .protocol
-        .map_or(ProtocolVersion::V0, GitProtocol::version);
-    // Validate before any node sees it; the canonical form will key the pack cache.
+    let body = read_limited(body, state.max_fetch_request_bytes).await?;
+    let version = version_of(call.protocol);
+    // Validate before any node sees it; the canonical form keys the pack cache.
     let normalized = normalize::upload_pack(version, &body)?;
-    tracing::debug!(cacheable = normalized.cacheable, "fetch request parsed");
     let node = state.nodes.for_repo(call.repo);
+    let span = tracing::Span::current();
+    if let (Some(cache), true) = (&state.cache, normalized.cacheable) {
+        let key = cache_key(
+            &call,
+            version,
+            state.generations.get(call.repo),
+            &normalized.canonical,
+        );
+        span.record("key", &key.to_hex()[..16]);
+        let upstream = upstream(node.clone(), OwnedCall::new(&call), body.clone());
+        match cache.fetch(key, upstream).await {
+            Fetch::Hit(reader) => {
+                span.record("cache", "hit");
+                return cached_response(reader.into_stream(), false).await;
+            }
+            Fetch::Miss(reader) => {
+                span.record("cache", "miss");
+                return cached_response(reader.into_stream(), true).await;
+            }
+            Fetch::Bypass(reason) => {
+                span.record("cache", "bypass");
+                tracing::debug!(reason = reason.label(), "pack cache bypassed");
+            }
+        }
+    } else {
+        span.record("cache", "none");
+    }
     let request: RequestBody = Box::pin(futures_util::stream::once(async move { Ok(body) }));
     let stream = node.rpc(call, request).await?;
     Ok(git_response(
-        stream,
+        boxed(stream),
         Service::UploadPack.result_content_type(),
+        true,
     ))
+}
+
+/// Everything that can change an upload-pack response, and nothing else.
+fn cache_key(
+    call: &GitCall<'_>,
+    version: ProtocolVersion,
+    generation: u64,
+    canonical: &[u8],
+) -> CacheKey {
+    KeyBuilder::new(CACHE_KEY_FORMAT)
+        .field(call.repo.as_str().as_bytes())
+        .field(&generation.to_be_bytes())
+        .field(call.service.name().as_bytes())
+        .field(version.label().as_bytes())
+        .field(canonical)
+        .finish()
+}
+
+/// The parts of a [`GitCall`] a detached producer needs to own.
+struct OwnedCall {
+    repo: RepoPath,
+    protocol: Option<GitProtocol>,
+    request_id: String,
+}
+
+impl OwnedCall {
+    fn new(call: &GitCall<'_>) -> Self {
+        Self {
+            repo: call.repo.clone(),
+            protocol: call.protocol.cloned(),
+            request_id: call.request_id.to_owned(),
+        }
+    }
+}
+
+/// The producer of a cache entry: the same upload-pack call, owned so it can outlive
+/// the request that started it.
+fn upstream(
+    node: NodeClient,
+    call: OwnedCall,
+    body: Bytes,
+) -> impl FnOnce() -> gitgate_packcache::Upstream {
+    move || {
+        Box::pin(async move {
+            let git_call = GitCall {
+                repo: &call.repo,
+                service: Service::UploadPack,
+                protocol: call.protocol.as_ref(),
+                request_id: &call.request_id,
+            };
+            let request: RequestBody =
+                Box::pin(futures_util::stream::once(async move { Ok(body) }));
+            let stream = node
+                .rpc(git_call, request)
+                .await
+                .map_err(UpstreamError::new)?;
+            Ok(Box::pin(stream.map_err(UpstreamError::new)) as ByteStream)
+        })
+    }
+}
+
+/// Answer from a cache reader: wait for the first bytes so a failure before any output
+/// still gets a proper status.
+async fn cached_response(
+    stream: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static,
+    generated: bool,
+) -> Result<Response, AppError> {
+    let mut stream = Box::pin(stream);
+    let first = match stream.next().await {
+        None => Bytes::new(),
+        Some(Ok(first)) => first,
+        Some(Err(err)) => return Err(read_error(err)),
+    };
+    let rest = stream.map_err(|e| Box::new(e) as BoxError);
+    let body: BodyStream =
+        Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
+    Ok(git_response(
+        body,
+        Service::UploadPack.result_content_type(),
+        generated,
+    ))
+}
+
+fn read_error(err: ReadError) -> AppError {
+    if let Some(client) = err
+        .upstream()
+        .and_then(|up| up.downcast_ref::<ClientError>())
+    {
+        if client.is_not_found() {
+            return AppError::RepoNotFound;
+        }
+        if client.is_unavailable() {
+            return AppError::Unavailable(Box::new(err));
+        }
+    }
+    AppError::NodeFailed(Box::new(err))
 }
 
 async fn receive_pack(
@@ -148,11 +274,36 @@ async fn receive_pack(
         body.into_data_stream(),
         std::io::Error::other,
     ));
+    // New fetches must not be answered from entries made before this push...
+    state.generations.bump(call.repo);
     let stream = node.rpc(call, request).await?;
+    // ...nor from entries made while it runs: bump again when the response is done
+    // with (complete, failed or dropped).
+    let bump = BumpOnDrop {
+        generations: state.generations.clone(),
+        repo: call.repo.clone(),
+    };
+    let stream = boxed(stream).map(move |item| {
+        let _keep_until_the_end = &bump;
+        item
+    });
     Ok(git_response(
-        stream,
+        Box::pin(stream),
         Service::ReceivePack.result_content_type(),
+        true,
     ))
+}
+
+/// Bumps a repository's generation when dropped.
+struct BumpOnDrop {
+    generations: Arc<Generations>,
+    repo: RepoPath,
+}
+
+impl Drop for BumpOnDrop {
+    fn drop(&mut self) {
+        self.generations.bump(&self.repo);
+    }
 }
 
 /// Read a whole (already inflated) body, refusing more than `limit` bytes.
@@ -167,7 +318,11 @@ async fn read_limited(body: Body, limit: u64) -> Result<Bytes, AppError> {
     }
 }
 
-fn git_response(stream: GitStream, content_type: &'static str) -> Response {
+fn boxed(stream: gitgate_storage_client::GitStream) -> BodyStream {
+    Box::pin(stream.map_err(|e| Box::new(e) as BoxError))
+}
+
+fn git_response(stream: BodyStream, content_type: &'static str, generated: bool) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -176,7 +331,7 @@ fn git_response(stream: GitStream, content_type: &'static str) -> Response {
                 "no-cache, max-age=0, must-revalidate",
             ),
         ],
-        Body::from_stream(metered(stream)),
+        Body::from_stream(metered(stream, generated)),
     )
         .into_response()
 }

@@ -10,7 +10,8 @@
 //! - [`git_http`]: the smart-HTTP handlers;
 //! - [`body`]: streamed, metered response bodies;
 //! - [`error`]: the mapping of failures to responses;
-//! - [`ops`]: `/-/health` and `/-/ready`;
+//! - [`generation`]: per-repository generations, part of every cache key;
+//! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod git_http;
 pub mod ops;
 pub mod state;
@@ -51,6 +53,12 @@ pub enum ServeError {
         #[source]
         source: gitgate_storage_client::remote::InvalidNodeUrl,
     },
+    /// The pack cache could not be opened.
+    #[error("pack cache: {0}")]
+    Cache(#[from] gitgate_packcache::store::StoreError),
+    /// Metrics could not be registered (a duplicate name: a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// No nodes configured.
     #[error("no storage nodes configured")]
     NoNodes,
@@ -60,14 +68,19 @@ pub enum ServeError {
 }
 
 /// Build the node clients described by the configuration.
-pub async fn connect_nodes(config: &Config) -> Result<NodeSet, ServeError> {
+pub async fn connect_nodes(
+    config: &Config,
+    registry: &prometheus::Registry,
+) -> Result<NodeSet, ServeError> {
     let mut nodes = Vec::new();
     for node in &config.storage.nodes {
         let client = match &node.location {
             NodeLocation::Local { path, git } => {
+                let metrics = gitgate_storage_node::NodeMetrics::register(registry, &node.name)?;
                 let local = Node::open(NodeSettings {
                     root: path.clone(),
                     git: git.clone(),
+                    metrics,
                 })
                 .await
                 .map_err(|source| ServeError::LocalNode {
@@ -110,11 +123,28 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let nodes = connect_nodes(&config).await?;
+    let registry = prometheus::Registry::new();
+    let nodes = connect_nodes(&config, &registry).await?;
+    let cache = if config.cache.enabled {
+        let metrics = gitgate_packcache::CacheMetrics::register(&registry)?;
+        let cache = gitgate_packcache::PackCache::open(config.cache.cache.clone(), metrics).await?;
+        tracing::info!(dir = %cache.life_dir().display(), max_age = ?config.cache.cache.max_age, "pack cache enabled");
+        Some(cache)
+    } else {
+        tracing::info!("pack cache disabled");
+        None
+    };
+    // Evicts expired entries even when no requests come in; stops when serve returns.
+    let _evictor = cache
+        .as_ref()
+        .map(|c| c.spawn_evictor(evict_every(config.cache.cache.max_age)));
     let state = Arc::new(state::AppState {
         nodes,
         create_on_push: config.storage.create_on_push,
         max_fetch_request_bytes: config.limits.max_fetch_request_bytes,
+        cache,
+        generations: Arc::default(),
+        registry,
     });
     let router = app::app(state);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -142,4 +172,13 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// How often the evictor looks for expired entries: a tenth of `max_age`, between 100 ms
+/// and 10 s.
+fn evict_every(max_age: std::time::Duration) -> std::time::Duration {
+    (max_age / 10).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(10),
+    )
 }

@@ -1,9 +1,9 @@
-//! Operational endpoints under `/-/`: liveness and readiness.
+//! Operational endpoints under `/-/`: liveness, readiness and metrics.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
 use crate::state::AppState;
@@ -26,4 +26,21 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("not ready: {}\n", problems.join("; ")),
     )
+}
+
+/// `/-/metrics`: the registry in Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&state.registry.gather(), &mut out) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            out,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{err}\n"),
+        ),
+    }
 }

@@ -1,9 +1,13 @@
 //! What the request handlers share.
 
+use std::sync::Arc;
+
+use gitgate_packcache::PackCache;
 use gitgate_storage_client::NodeSet;
 
-/// Shared, read-only state of the git handlers.
-#[derive(Debug)]
+use crate::generation::Generations;
+
+/// Shared state of the handlers.
 pub struct AppState {
     /// The storage nodes.
     pub nodes: NodeSet,
@@ -11,4 +15,10 @@ pub struct AppState {
     pub create_on_push: bool,
     /// `limits.max_fetch_request_bytes`.
     pub max_fetch_request_bytes: u64,
+    /// The pack cache, when `cache.enabled`.
+    pub cache: Option<PackCache>,
+    /// Repository generations (part of every cache key).
+    pub generations: Arc<Generations>,
+    /// The registry `/-/metrics` exposes.
+    pub registry: prometheus::Registry,
 }

@@ -1,6 +1,6 @@
 //! The node's internal HTTP API.
 //!
-//! - `GET /-/health`: unauthenticated liveness;
+//! - `GET /-/health`: unauthenticated liveness; `GET /-/metrics`: Prometheus text;
 //! - ordinary smart HTTP for git (`info/refs`, `git-upload-pack`, `git-receive-pack`),
 //!   so gateways and other nodes (replication) use plain git traffic;
 //! - `GET /admin/repos`, `GET /admin/state?repo=`, `POST /admin/create?repo=`,
@@ -39,7 +39,7 @@ struct AppState {
 }
 
 /// Build the node's router. `verifier` guards everything but `/-/health`.
-pub fn router(node: Arc<Node>, verifier: Arc<Verifier>) -> Router {
+pub fn router(node: Arc<Node>, verifier: Arc<Verifier>, registry: prometheus::Registry) -> Router {
     let protected = Router::new()
         .route("/admin/repos", get(list))
         .route("/admin/state", get(state))
@@ -51,6 +51,7 @@ pub fn router(node: Arc<Node>, verifier: Arc<Verifier>) -> Router {
         .layer(middleware::from_fn_with_state(verifier, authenticate));
     Router::new()
         .route("/-/health", get(|| async { "ok\n" }))
+        .route("/-/metrics", get(move || metrics_text(registry.clone())))
         .merge(protected)
         .with_state(AppState { node })
 }
@@ -60,11 +61,21 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     verifier: Arc<Verifier>,
+    registry: prometheus::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, verifier))
+    axum::serve(listener, router(node, verifier, registry))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Prometheus text exposition of `registry`.
+async fn metrics_text(registry: prometheus::Registry) -> Response {
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
+    }
 }
 
 async fn authenticate(State(verifier): State<Arc<Verifier>>, req: Request, next: Next) -> Response {

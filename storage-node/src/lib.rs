@@ -14,19 +14,22 @@
 //! - [`refstate`]: HEAD and a checksum over all refs, read with gix;
 //! - [`config`]: the `gitgate-node` configuration file;
 //! - [`auth`]: the shared-secret tokens between gateway and node;
-//! - [`http`]: the internal HTTP API.
+//! - [`http`]: the internal HTTP API;
+//! - [`metrics`]: counts of git processes started.
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod config;
 pub mod git;
 pub mod http;
+pub mod metrics;
 mod node;
 pub mod process;
 pub mod refstate;
 pub mod repos;
 
 pub use http::{router, serve};
+pub use metrics::NodeMetrics;
 pub use node::{Node, NodeError, NodeSettings};
 pub use process::{GitStream, GitStreamError, RequestBody};
 pub use refstate::RepoState;

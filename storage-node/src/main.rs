@@ -24,9 +24,13 @@ async fn main() -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config, std::env::var("GITGATE_NODE_TOKEN").ok())
         .with_context(|| format!("loading {}", args.config.display()))?;
     init_logging(config.json_logs);
+    let registry = prometheus::Registry::new();
+    let metrics = gitgate_storage_node::NodeMetrics::register(&registry, "self")
+        .context("registering metrics")?;
     let node = Node::open(NodeSettings {
         root: config.path.clone(),
         git: config.git.clone(),
+        metrics,
     })
     .await
     .context("opening node")?;
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         Arc::new(node),
         Arc::new(verifier),
+        registry,
         shutdown_signal(),
     )
     .await?;

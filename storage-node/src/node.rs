@@ -9,6 +9,7 @@ use bytes::Bytes;
 use gitgate_proto::{advertise, GitProtocol, ProtocolVersion, RepoPath, Service};
 
 use crate::git::GitBinary;
+use crate::metrics::NodeMetrics;
 use crate::process::{self, GitStream, GitStreamError, RequestBody};
 use crate::refstate::{self, RefStateError, RepoState};
 use crate::repos::{RepoStore, RepoStoreError};
@@ -20,6 +21,8 @@ pub struct NodeSettings {
     pub root: PathBuf,
     /// The git program (absolute, or looked up in `PATH` once at start).
     pub git: PathBuf,
+    /// Where to count git processes.
+    pub metrics: NodeMetrics,
 }
 
 /// Errors from node operations.
@@ -62,6 +65,7 @@ impl NodeError {
 pub struct Node {
     store: RepoStore,
     git: GitBinary,
+    metrics: NodeMetrics,
 }
 
 impl Node {
@@ -69,7 +73,11 @@ impl Node {
     pub async fn open(settings: NodeSettings) -> Result<Self, NodeError> {
         let git = GitBinary::locate(&settings.git).map_err(NodeError::GitMissing)?;
         let store = RepoStore::open(settings.root).await?;
-        Ok(Self { store, git })
+        Ok(Self {
+            store,
+            git,
+            metrics: settings.metrics,
+        })
     }
 
     /// The root directory.
@@ -96,6 +104,10 @@ impl Node {
         let dir = self.existing_dir(repo).await?;
         let cmd = self.git.service(service, &dir, protocol, true);
         let advertisement = process::run("advertise-refs", cmd, None)?;
+        self.metrics
+            .git_processes
+            .with_label_values(&["advertise-refs"])
+            .inc();
         let v2 = service == Service::UploadPack
             && protocol.map(GitProtocol::version) == Some(ProtocolVersion::V2);
         if v2 {
@@ -119,7 +131,12 @@ impl Node {
     ) -> Result<GitStream, NodeError> {
         let dir = self.existing_dir(repo).await?;
         let cmd = self.git.service(service, &dir, protocol, false);
-        Ok(process::run(service.subcommand(), cmd, Some(body))?)
+        let stream = process::run(service.subcommand(), cmd, Some(body))?;
+        self.metrics
+            .git_processes
+            .with_label_values(&[service.subcommand()])
+            .inc();
+        Ok(stream)
     }
 
     /// Whether the repository exists, its HEAD and ref checksum.

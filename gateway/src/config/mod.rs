@@ -23,6 +23,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[limits]`.
     pub limits: LimitsConfig,
+    /// `[cache]`.
+    pub cache: CacheSettings,
     /// `[log]`.
     pub log: LogConfig,
 }
@@ -87,6 +89,15 @@ pub enum NodeLocation {
     },
 }
 
+/// `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Whether fetches go through the pack cache.
+    pub enabled: bool,
+    /// The cache's own settings (`dir` resolved to an absolute path).
+    pub cache: gitgate_packcache::CacheConfig,
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -143,7 +154,33 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    enabled: bool,
+    dir: PathBuf,
+    max_age: HumanDuration,
+    min_occurrences: u32,
+    max_bytes: ByteSize,
+    min_free_bytes: ByteSize,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "data/pack-cache".into(),
+            max_age: HumanDuration(Duration::from_secs(300)),
+            min_occurrences: 1,
+            max_bytes: ByteSize(10 << 30),
+            min_free_bytes: ByteSize(1 << 30),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -247,7 +284,21 @@ impl Config {
                 ))
             }
         };
+        if raw.cache.max_age.0.is_zero() {
+            return Err(invalid("cache.max_age", "must be longer than zero"));
+        }
+        let cache = CacheSettings {
+            enabled: raw.cache.enabled,
+            cache: gitgate_packcache::CacheConfig {
+                dir: base.join(raw.cache.dir),
+                max_age: raw.cache.max_age.0,
+                min_occurrences: raw.cache.min_occurrences,
+                max_bytes: raw.cache.max_bytes.0,
+                min_free_bytes: raw.cache.min_free_bytes.0,
+            },
+        };
         Ok(Self {
+            cache,
             listen: ListenConfig {
                 addr: raw.listen.addr,
                 shutdown_grace: raw.listen.shutdown_grace.0,
@@ -365,6 +416,12 @@ mod tests {
             c.limits.max_fetch_request_bytes
         );
         assert_eq!(d.storage.replication_factor, c.storage.replication_factor);
+        assert_eq!(d.cache.enabled, c.cache.enabled);
+        assert_eq!(d.cache.cache.max_age, c.cache.cache.max_age);
+        assert_eq!(d.cache.cache.min_occurrences, c.cache.cache.min_occurrences);
+        assert_eq!(d.cache.cache.max_bytes, c.cache.cache.max_bytes);
+        assert_eq!(d.cache.cache.min_free_bytes, c.cache.cache.min_free_bytes);
+        assert_eq!(c.cache.cache.dir, Path::new("/srv/gitgate/data/pack-cache"));
     }
 
     #[test]
