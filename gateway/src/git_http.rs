@@ -277,16 +277,18 @@ async fn receive_pack(
     // New fetches must not be answered from entries made before this push...
     state.generations.bump(call.repo);
     let stream = node.rpc(call, request).await?;
-    // ...nor from entries made while it runs: bump again when the response is done
-    // with (complete, failed or dropped).
-    let bump = BumpOnDrop {
+    // ...nor from entries made while it runs: bump again as soon as the response has
+    // ended (before the client sees its end), or when it is dropped unfinished.
+    let mut bump = BumpOnEnd {
         generations: state.generations.clone(),
         repo: call.repo.clone(),
+        done: false,
     };
-    let stream = boxed(stream).map(move |item| {
-        let _keep_until_the_end = &bump;
-        item
+    let tail = futures_util::stream::poll_fn(move |_| {
+        bump.now();
+        std::task::Poll::Ready(None)
     });
+    let stream = boxed(stream).chain(tail);
     Ok(git_response(
         Box::pin(stream),
         Service::ReceivePack.result_content_type(),
@@ -294,15 +296,25 @@ async fn receive_pack(
     ))
 }
 
-/// Bumps a repository's generation when dropped.
-struct BumpOnDrop {
+/// Bumps a repository's generation once: when asked, or at the latest when dropped.
+struct BumpOnEnd {
     generations: Arc<Generations>,
     repo: RepoPath,
+    done: bool,
 }
 
-impl Drop for BumpOnDrop {
+impl BumpOnEnd {
+    fn now(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.generations.bump(&self.repo);
+        }
+    }
+}
+
+impl Drop for BumpOnEnd {
     fn drop(&mut self) {
-        self.generations.bump(&self.repo);
+        self.now();
     }
 }
 

@@ -273,3 +273,47 @@ impl TestGateway {
         pids
     }
 }
+
+/// Sum of the samples of metric `name` whose labels contain every `key="value"` in
+/// `labels`, from a Prometheus text scrape.
+pub fn metric(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric_name, rest) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            (metric_name == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+impl TestGateway {
+    /// The gateway's `/-/metrics` text.
+    pub fn scrape(&self) -> String {
+        let resp = http::get(self.server.authority(), "/-/metrics").expect("scrape");
+        assert_eq!(resp.status, 200);
+        String::from_utf8(resp.body).expect("utf-8 metrics")
+    }
+
+    /// How many `git upload-pack` processes the storage node has started.
+    pub fn upload_pack_runs(&self) -> u64 {
+        let text = match &self.backend {
+            Backend::InProcess => self.scrape(),
+            Backend::Remote(node) => {
+                let resp = http::get(node.server.authority(), "/-/metrics").expect("node scrape");
+                String::from_utf8(resp.body).expect("utf-8 metrics")
+            }
+        };
+        metric(
+            &text,
+            "gitgate_node_git_processes_total",
+            &["service=\"upload-pack\""],
+        ) as u64
+    }
+}

@@ -1,0 +1,522 @@
+//! The pack cache through the gateway, with real git clients: one pack generation for
+//! many identical fetches, keys that separate what must differ, generations that move
+//! with pushes, a full disk, and a producer whose first client goes away.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::git::{default_client, make_source, seed_bare, Git};
+use support::{http, metric, GatewayOptions, TestGateway};
+use tempfile::TempDir;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn gateway(remote: bool, cache: &str) -> TestGateway {
+    TestGateway::start(
+        remote,
+        GatewayOptions {
+            create_on_push: true,
+            extra: format!("[cache]\n{cache}\n"),
+        },
+    )
+}
+
+fn seeded(gw: &TestGateway, git: &Git, tmp: &Path, name: &str) -> PathBuf {
+    let work = make_source(git, tmp, 20);
+    seed_bare(git, &work, &gw.repo_dir(name));
+    work
+}
+
+/// Run `n` clones of `url` at once with extra `git -c` settings; return their paths.
+fn parallel_clones(
+    git: &Git,
+    tmp: &Path,
+    url: &str,
+    n: usize,
+    config: &[&str],
+    extra: &[&str],
+) -> Vec<PathBuf> {
+    let mut children = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let dir = tmp.join(format!(
+            "clone-{i}-{}",
+            extra.join("_").replace(['=', '-', ':'], "")
+        ));
+        let mut cmd = git.cmd(None);
+        for c in config {
+            cmd.args(["-c", c]);
+        }
+        cmd.args(["clone", "-q", "--mirror"])
+            .args(extra)
+            .arg(url)
+            .arg(&dir);
+        children.push(cmd.spawn().expect("spawn git clone"));
+        dirs.push(dir);
+    }
+    for mut child in children {
+        assert!(child.wait().expect("wait").success(), "a clone failed");
+    }
+    dirs
+}
+
+fn fanout(remote: bool) {
+    let git = default_client();
+    for (min, max_runs) in [(0, 1), (1, 2)] {
+        let gw = gateway(remote, &format!("min_occurrences = {min}"));
+        let tmp = TempDir::new().expect("tempdir");
+        seeded(&gw, &git, tmp.path(), "ci/app");
+        let before = gw.upload_pack_runs();
+        let clones = parallel_clones(
+            &git,
+            tmp.path(),
+            &gw.repo_url("ci/app"),
+            16,
+            &["protocol.version=0"],
+            &[],
+        );
+        let runs = gw.upload_pack_runs() - before;
+        assert!(
+            runs >= 1 && runs <= max_runs,
+            "min_occurrences={min}: {runs} upload-pack runs for 16 clones"
+        );
+        let want = git.refs(&gw.repo_dir("ci/app"));
+        for dir in &clones {
+            assert_eq!(git.refs(dir), want);
+            git.fsck(dir);
+        }
+        // Protocol v2: every clone's ls-refs runs upload-pack (uncached); the fetch once.
+        let before = gw.upload_pack_runs();
+        let clones = parallel_clones(
+            &git,
+            tmp.path(),
+            &gw.repo_url("ci/app"),
+            16,
+            &["protocol.version=2"],
+            &["--no-tags"],
+        );
+        let runs = gw.upload_pack_runs() - before;
+        assert!(
+            runs >= 17 && runs <= 16 + max_runs,
+            "v2, min_occurrences={min}: {runs} runs"
+        );
+        for dir in &clones {
+            git.fsck(dir);
+        }
+        let scrape = gw.scrape();
+        let hits = metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"hit\""],
+        );
+        let all = metric(&scrape, "gitgate_pack_cache_lookups_total", &[]);
+        let rate = hits / all;
+        assert!(rate >= 30.0 / 32.0, "hit rate {rate} ({hits}/{all})");
+        let served = metric(&scrape, "gitgate_pack_cache_served_bytes_total", &[]);
+        let generated = metric(&scrape, "gitgate_pack_cache_generated_bytes_total", &[]);
+        assert!(
+            served >= 8.0 * generated && generated > 0.0,
+            "served {served}, generated {generated}"
+        );
+        assert_eq!(
+            metric(&scrape, "gitgate_pack_cache_enabled", &["max_age=\"5m\""]),
+            1.0
+        );
+    }
+}
+
+#[test]
+fn fanout_in_process() {
+    fanout(false);
+}
+
+#[test]
+fn fanout_remote_node() {
+    fanout(true);
+}
+
+fn pkt(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+}
+
+fn v0_request(wants: &[&str], agent: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, w) in wants.iter().enumerate() {
+        if i == 0 {
+            pkt(
+                &mut body,
+                &format!("want {w} multi_ack_detailed side-band-64k ofs-delta {agent}\n"),
+            );
+        } else {
+            pkt(&mut body, &format!("want {w}\n"));
+        }
+    }
+    body.extend_from_slice(b"0000");
+    pkt(&mut body, "done\n");
+    body
+}
+
+#[test]
+fn other_agent_and_gzip_hit_the_same_entry() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seeded(&gw, &git, tmp.path(), "p");
+    let main = git
+        .ok(Some(&work), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let feature = git
+        .ok(Some(&work), &["rev-parse", "feature"])
+        .trim()
+        .to_owned();
+    let headers = ["Content-Type: application/x-git-upload-pack-request"];
+    let first = http::post(
+        gw.server.authority(),
+        "/p.git/git-upload-pack",
+        &headers,
+        &v0_request(&[&main, &feature], "agent=git/2.47.3"),
+    )
+    .expect("post");
+    assert_eq!(first.status, 200);
+    let runs = gw.upload_pack_runs();
+
+    let body = v0_request(&[&feature, &main, &feature], "agent=JGit/6.0");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let gz_headers = [
+        "Content-Type: application/x-git-upload-pack-request",
+        "Content-Encoding: gzip",
+    ];
+    let second = http::post(
+        gw.server.authority(),
+        "/p.git/git-upload-pack",
+        &gz_headers,
+        &gz,
+    )
+    .expect("post");
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        gw.upload_pack_runs(),
+        runs,
+        "the second request ran upload-pack again"
+    );
+    assert_eq!(first.body, second.body, "a hit must serve the same bytes");
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"hit\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"miss\""]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_push_changes_the_generation_and_the_next_clone_sees_it() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seeded(&gw, &git, tmp.path(), "p");
+    let url = gw.repo_url("p");
+    let c1 = tmp.path().join("c1");
+    git.ok(
+        None,
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &url,
+            path_str(&c1),
+        ],
+    );
+    let c2 = tmp.path().join("c2");
+    git.ok(
+        None,
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &url,
+            path_str(&c2),
+        ],
+    );
+    let runs = gw.upload_pack_runs();
+    let pushed = git.commit_file(&c1, "pushed.txt", "after\n", "pushed through the gateway");
+    git.ok(Some(&c1), &["push", "-q", "origin", "HEAD:main"]);
+    let c3 = tmp.path().join("c3");
+    git.ok(
+        None,
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &url,
+            path_str(&c3),
+        ],
+    );
+    assert_eq!(git.ok(Some(&c3), &["rev-parse", "HEAD"]).trim(), pushed);
+    assert_eq!(
+        gw.upload_pack_runs(),
+        runs + 1,
+        "the clone after the push must miss"
+    );
+    git.fsck(&c3.join(".git"));
+}
+
+#[test]
+fn depth_and_filter_clones_have_their_own_keys() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seeded(&gw, &git, tmp.path(), "p");
+    let url = gw.repo_url("p");
+    for round in 0..2 {
+        for (name, args) in [
+            ("full", vec![]),
+            ("depth", vec!["--depth", "1"]),
+            ("filter", vec!["--filter=blob:none", "--no-checkout"]),
+        ] {
+            let dir = tmp.path().join(format!("{name}-{round}"));
+            let mut cmd = vec!["-c", "protocol.version=0", "clone", "-q"];
+            cmd.extend(args.iter().copied());
+            cmd.push(&url);
+            cmd.push(path_str(&dir));
+            git.ok(None, &cmd);
+            let count: u32 = git
+                .ok(Some(&dir), &["rev-list", "--count", "HEAD"])
+                .trim()
+                .parse()
+                .expect("count");
+            match name {
+                "depth" => assert_eq!(count, 1, "a shallow clone was served a full pack"),
+                _ => assert!(count > 1),
+            }
+            if name == "filter" {
+                let missing = git.ok(
+                    Some(&dir),
+                    &["rev-list", "--objects", "--missing=print", "--all"],
+                );
+                assert!(
+                    missing.lines().any(|l| l.starts_with('?')),
+                    "the filter clone got every blob"
+                );
+            }
+        }
+    }
+    // A v0 shallow clone makes one uncached negotiation round (shallow info) before
+    // the request with `done`; only requests with `done` are looked up.
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"miss\""]
+        ),
+        3.0,
+        "three keys"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"hit\""]
+        ),
+        3.0,
+        "each reused once"
+    );
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn large_repo(gw: &TestGateway, git: &Git, tmp: &Path, name: &str, mib: usize) -> String {
+    let work = tmp.join(format!("work-{name}"));
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for i in 0..4 {
+        std::fs::write(
+            work.join(format!("blob{i}.bin")),
+            noise((mib << 20) / 4, i as u64 + 11),
+        )
+        .expect("write");
+    }
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "large"]);
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url(name), "main"]);
+    git.ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned()
+}
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_turns_into_bypass_and_clones_still_succeed() {
+    let tmp = TempDir::new().expect("tempdir");
+    let cache_dir = tmp.path().join("tiny-cache");
+    std::fs::create_dir_all(&cache_dir).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&cache_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here; the write-error path is covered by packcache's unit tests");
+        return;
+    }
+    let _mount = Mount(cache_dir.clone());
+    let gw = gateway(
+        false,
+        &format!(
+            "min_occurrences = 0\nmin_free_bytes = 0\ndir = \"{}\"",
+            cache_dir.display()
+        ),
+    );
+    let git = default_client();
+    large_repo(&gw, &git, tmp.path(), "big", 6);
+    let clones = parallel_clones(
+        &git,
+        tmp.path(),
+        &gw.repo_url("big"),
+        4,
+        &["protocol.version=0"],
+        &[],
+    );
+    for dir in &clones {
+        git.fsck(dir);
+    }
+    // And once more, now that the filesystem is full of nothing (files were removed).
+    let again = parallel_clones(
+        &git,
+        tmp.path(),
+        &gw.repo_url("big"),
+        2,
+        &["protocol.version=2"],
+        &["--bare"],
+    );
+    for dir in &again {
+        git.fsck(dir);
+    }
+    let scrape = gw.scrape();
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"error\""]
+        ) >= 1.0,
+        "{scrape}"
+    );
+}
+
+#[test]
+fn the_client_that_started_production_can_leave() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let head = large_repo(&gw, &git, tmp.path(), "big", 48);
+    let runs = gw.upload_pack_runs();
+
+    // The first client starts production, reads about 10% and is killed. It asks
+    // exactly what `git clone -q` asks (captured from git 2.47 and 2.39), so the clones
+    // below share its entry.
+    let mut body = Vec::new();
+    pkt(
+        &mut body,
+        &format!("want {head} multi_ack_detailed no-done side-band-64k thin-pack no-progress ofs-delta deepen-since deepen-not agent=test/1.0\n"),
+    );
+    body.extend_from_slice(b"0000");
+    pkt(&mut body, "done\n");
+    let mut first = TcpStream::connect(gw.server.authority()).expect("connect");
+    let req = format!(
+        "POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    first.write_all(req.as_bytes()).expect("send");
+    first.write_all(&body).expect("send");
+    let mut buf = vec![0u8; 5 << 20];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = first.read(&mut buf[got..]).expect("read");
+        assert!(n > 0, "response ended early");
+        got += n;
+    }
+    // Others join while it is still connected, then it goes away.
+    let url = gw.repo_url("big");
+    let others: Vec<_> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("other-{i}"));
+            let mut cmd = git.cmd(None);
+            cmd.args(["-c", "protocol.version=0", "clone", "-q", "--mirror", &url])
+                .arg(&dir);
+            (cmd.spawn().expect("spawn"), dir)
+        })
+        .collect();
+    // Wait until all three have joined the entry, then hang up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(
+        &gw.scrape(),
+        "gitgate_pack_cache_lookups_total",
+        &["result=\"hit\""],
+    ) < 3.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other clones never joined"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(first);
+    for (mut child, dir) in others {
+        assert!(
+            child.wait().expect("wait").success(),
+            "a joined clone failed"
+        );
+        git.fsck(&dir);
+        assert_eq!(
+            git.ok(None, &["--git-dir", path_str(&dir), "rev-parse", "main"])
+                .trim(),
+            head
+        );
+    }
+    assert_eq!(
+        gw.upload_pack_runs(),
+        runs + 1,
+        "the others did not share the first client's production"
+    );
+}
