@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
+use axum::handler::Handler;
 use axum::http::{header, Request};
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
 use crate::{git_http, ops};
@@ -19,6 +20,12 @@ use crate::{git_http, ops};
 ///
 /// The global stack runs top to bottom (outermost first).
 pub fn app(state: Arc<AppState>) -> Router {
+    // Git requests are authorized before the handler runs: before any cache lookup or
+    // node call, on every request. Operational endpoints stay outside auth.
+    let git = git_http::handle.layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::layer::require,
+    ));
     let stack = ServiceBuilder::new()
         // Take the client's X-Request-Id or make one, before anything logs.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -31,8 +38,14 @@ pub fn app(state: Arc<AppState>) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(())
+                .on_failure(()),
         )
+        // One summary line and the request metrics, once the body is over.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::access_log::record,
+        ))
         // Echo the request id so clients and proxies can quote it.
         .layer(PropagateRequestIdLayer::x_request_id())
         // git gzips large fetch bodies; inflate them as a stream.
@@ -42,7 +55,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/-/ready", get(ops::ready))
         .route("/-/metrics", get(ops::metrics))
         // Everything else is a smart-HTTP path (or a 404).
-        .fallback(git_http::handle)
+        .fallback(git)
         .with_state(state)
         .layer(stack)
 }
@@ -61,7 +74,10 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         repo = tracing::field::Empty,
         service = tracing::field::Empty,
         protocol = tracing::field::Empty,
+        user = tracing::field::Empty,
         cache = tracing::field::Empty,
         key = tracing::field::Empty,
+        node = tracing::field::Empty,
+        bytes_generated = tracing::field::Empty,
     )
 }

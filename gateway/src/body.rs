@@ -1,30 +1,29 @@
-//! Response bodies that count what they send and say how they ended.
+//! Response bodies streamed from storage (or the pack cache).
 //!
-//! Wraps a node's response stream: counts bytes, turns a stream error into an IO error
-//! (hyper then aborts the connection, so a truncated response never ends cleanly), and
-//! logs once, in the request's span, whether the body completed, broke, or was dropped
-//! because the client went away.
+//! A stream error becomes an IO error, on which hyper aborts the connection, so a
+//! truncated response never ends cleanly. The error is logged once, here, in the
+//! request's span; the request's summary line comes from [`crate::access_log`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::Stream;
+
+use crate::error::BoxError;
 
 /// A response body on its way to the client.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
 /// Wrap `inner` for sending as a response body. `generated` says whether these bytes
-/// were produced by a storage node for this request (a cache miss, or no cache), so the
-/// completion log line reports them as generated as well as served.
+/// were produced by a storage node for this request (a cache miss, or no cache); the
+/// byte count is then recorded as `bytes_generated` in the request's span.
 pub fn metered(inner: BodyStream, generated: bool) -> Metered {
     Metered {
         inner,
         bytes: 0,
         generated,
         span: tracing::Span::current(),
-        ended: false,
     }
 }
 
@@ -33,10 +32,8 @@ pub struct Metered {
     inner: BodyStream,
     bytes: u64,
     generated: bool,
-    /// The request's span, so the completion line carries its fields.
+    /// The request's span, so the abort line carries its fields.
     span: tracing::Span,
-    /// Set when the end or an error was seen, so `Drop` knows the client left early.
-    ended: bool,
 }
 
 impl Stream for Metered {
@@ -50,41 +47,20 @@ impl Stream for Metered {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.ended = true;
                 this.span.in_scope(|| {
-                    tracing::warn!(bytes_served = this.bytes, error = %err, "response aborted after a storage error");
+                    tracing::warn!(bytes_sent = this.bytes, error = %err, "response aborted after a storage error");
                 });
-                Poll::Ready(Some(Err(std::io::Error::other(err))))
                 // hyper aborts the connection on this error.
+                Poll::Ready(Some(Err(std::io::Error::other(err))))
             }
             Poll::Ready(None) => {
-                if !this.ended {
-                    this.ended = true;
-                    let generated = if this.generated { this.bytes } else { 0 };
-                    this.span.in_scope(|| {
-                        tracing::info!(
-                            bytes_served = this.bytes,
-                            bytes_generated = generated,
-                            "response complete"
-                        )
-                    });
-                }
+                this.span.record(
+                    "bytes_generated",
+                    if this.generated { this.bytes } else { 0 },
+                );
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.span.in_scope(|| {
-                tracing::info!(
-                    bytes_served = self.bytes,
-                    "client went away before the response ended"
-                );
-            });
         }
     }
 }

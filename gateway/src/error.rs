@@ -28,6 +28,21 @@ pub enum AppError {
     /// The repository does not exist.
     #[error("repository not found")]
     RepoNotFound,
+    /// No or unknown credentials.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Known client without the scope.
+    #[error("you do not have {permission} access to this repository")]
+    Forbidden {
+        /// `read` or `write`.
+        permission: &'static str,
+    },
+    /// The per-repository queue is full.
+    #[error("too many fetches of this repository are waiting; try again shortly")]
+    QueueFull,
+    /// Waited too long in the per-repository queue.
+    #[error("timed out waiting for a free slot for this repository; try again shortly")]
+    QueueTimeout,
     /// The request body is not a valid git request.
     #[error("malformed request: {0}")]
     BadRequest(#[from] ParseError),
@@ -63,6 +78,15 @@ impl From<ClientError> for AppError {
     }
 }
 
+impl From<crate::limits::LimitError> for AppError {
+    fn from(err: crate::limits::LimitError) -> Self {
+        match err {
+            crate::limits::LimitError::QueueFull => Self::QueueFull,
+            crate::limits::LimitError::Timeout => Self::QueueTimeout,
+        }
+    }
+}
+
 impl AppError {
     fn status(&self) -> StatusCode {
         match self {
@@ -70,7 +94,10 @@ impl AppError {
             Self::BadRepoPath(_) | Self::BadRequest(_) | Self::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::DumbHttp => StatusCode::FORBIDDEN,
+            Self::DumbHttp | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

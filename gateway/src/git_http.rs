@@ -25,6 +25,8 @@ use http_body_util::{BodyExt, Limited};
 use crate::body::{metered, BodyStream};
 use crate::error::{AppError, BoxError};
 use crate::generation::Generations;
+use crate::limits::{LimitError, RepoLimiter, Slot};
+use crate::metrics::GatewayMetrics;
 use crate::state::AppState;
 
 /// Version of the cache key format; bump when the key's fields change meaning.
@@ -70,7 +72,10 @@ pub async fn handle(
             };
             match service {
                 Service::UploadPack => upload_pack(&state, call, req.into_body()).await,
-                Service::ReceivePack => receive_pack(&state, call, req.into_body()).await,
+                Service::ReceivePack => {
+                    let (parts, body) = req.into_parts();
+                    receive_pack(&state, call, body, &parts.headers).await
+                }
             }
         }
         _ => Err(AppError::MethodNotAllowed),
@@ -98,9 +103,9 @@ async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppE
                 && state.create_on_push =>
         {
             create_for_push(node, call.repo).await?;
-            node.info_refs(call).await?
+            observed(&state.metrics, node, node.info_refs(call).await)?
         }
-        other => other?,
+        other => observed(&state.metrics, node, other)?,
     };
     Ok(git_response(
         boxed(stream),
@@ -141,7 +146,13 @@ async fn upload_pack(
             &normalized.canonical,
         );
         span.record("key", &key.to_hex()[..16]);
-        let upstream = upstream(node.clone(), OwnedCall::new(&call), body.clone());
+        let upstream = upstream(
+            node.clone(),
+            OwnedCall::new(&call),
+            body.clone(),
+            state.limiter.clone(),
+            state.metrics.clone(),
+        );
         match cache.fetch(key, upstream).await {
             Fetch::Hit(reader) => {
                 span.record("cache", "hit");
@@ -159,13 +170,50 @@ async fn upload_pack(
     } else {
         span.record("cache", "none");
     }
+    let slot = state.limiter.acquire(call.repo).await?;
     let request: RequestBody = Box::pin(futures_util::stream::once(async move { Ok(body) }));
-    let stream = node.rpc(call, request).await?;
+    let stream = observed(&state.metrics, node, node.rpc(call, request).await)?;
+    state
+        .metrics
+        .read_distribution
+        .with_label_values(&[node.name()])
+        .inc();
     Ok(git_response(
-        boxed(stream),
+        holding(boxed(stream), slot),
         Service::UploadPack.result_content_type(),
         true,
     ))
+}
+
+/// Count a node call's outcome and note the node in the request's span.
+fn observed<T>(
+    metrics: &GatewayMetrics,
+    node: &NodeClient,
+    result: Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.is_not_found() => "not_found",
+        Err(e) if e.is_unavailable() => "unavailable",
+        Err(_) => "error",
+    };
+    metrics
+        .backend
+        .with_label_values(&[node.name(), outcome])
+        .inc();
+    tracing::Span::current().record("node", node.name());
+    result
+}
+
+/// Keep `slot` (a concurrency slot) until the body is done with.
+fn holding(stream: BodyStream, slot: Option<Slot>) -> BodyStream {
+    match slot {
+        None => stream,
+        Some(slot) => Box::pin(stream.map(move |item| {
+            let _held_until_the_body_ends = &slot;
+            item
+        })),
+    }
 }
 
 /// Everything that can change an upload-pack response, and nothing else.
@@ -207,9 +255,16 @@ fn upstream(
     node: NodeClient,
     call: OwnedCall,
     body: Bytes,
+    limiter: Arc<RepoLimiter>,
+    metrics: GatewayMetrics,
 ) -> impl FnOnce() -> gitgate_packcache::Upstream {
     move || {
         Box::pin(async move {
+            // The producer takes the repository's slot; its readers share it.
+            let slot = limiter
+                .acquire(&call.repo)
+                .await
+                .map_err(UpstreamError::new)?;
             let git_call = GitCall {
                 repo: &call.repo,
                 service: Service::UploadPack,
@@ -218,11 +273,17 @@ fn upstream(
             };
             let request: RequestBody =
                 Box::pin(futures_util::stream::once(async move { Ok(body) }));
-            let stream = node
-                .rpc(git_call, request)
-                .await
+            let stream = observed(&metrics, &node, node.rpc(git_call, request).await)
                 .map_err(UpstreamError::new)?;
-            Ok(Box::pin(stream.map_err(UpstreamError::new)) as ByteStream)
+            metrics
+                .read_distribution
+                .with_label_values(&[node.name()])
+                .inc();
+            let stream = stream.map(move |item| {
+                let _held_until_the_stream_ends = &slot;
+                item.map_err(UpstreamError::new)
+            });
+            Ok(Box::pin(stream) as ByteStream)
         })
     }
 }
@@ -250,6 +311,12 @@ async fn cached_response(
 }
 
 fn read_error(err: ReadError) -> AppError {
+    if let Some(limit) = err
+        .upstream()
+        .and_then(|up| up.downcast_ref::<LimitError>())
+    {
+        return AppError::from(*limit);
+    }
     if let Some(client) = err
         .upstream()
         .and_then(|up| up.downcast_ref::<ClientError>())
@@ -268,15 +335,34 @@ async fn receive_pack(
     state: &AppState,
     call: GitCall<'_>,
     body: Body,
+    headers: &HeaderMap,
 ) -> Result<Response, AppError> {
     let node = state.nodes.for_repo(call.repo);
-    let request: RequestBody = Box::pin(TryStreamExt::map_err(
-        body.into_data_stream(),
-        std::io::Error::other,
-    ));
+    let limit = state.max_push_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(AppError::BodyTooLarge { limit });
+    }
+    // Chunked pushes are counted as they stream; past the limit the body fails, git is
+    // killed before it can apply anything, and the connection is aborted.
+    let mut seen = 0u64;
+    let counted = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return Err(std::io::Error::other(format!(
+                "push larger than limits.max_push_bytes ({limit} bytes)"
+            )));
+        }
+        Ok(chunk)
+    });
+    let request: RequestBody = Box::pin(counted);
     // New fetches must not be answered from entries made before this push...
     state.generations.bump(call.repo);
-    let stream = node.rpc(call, request).await?;
+    let stream = observed(&state.metrics, node, node.rpc(call, request).await)?;
     // ...nor from entries made while it runs: bump again as soon as the response has
     // ended (before the client sees its end), or when it is dropped unfinished.
     let mut bump = BumpOnEnd {

@@ -7,6 +7,10 @@
 //! Modules:
 //! - [`config`]: the TOML configuration, validated once;
 //! - [`app`]: the router and the middleware stack;
+//! - [`auth`]: client authentication and authorization;
+//! - [`access_log`]: one log line and request metrics per request;
+//! - [`limits`]: the per-repository limit on node-bound fetches;
+//! - [`metrics`]: the request path's metric families;
 //! - [`git_http`]: the smart-HTTP handlers;
 //! - [`body`]: streamed, metered response bodies;
 //! - [`error`]: the mapping of failures to responses;
@@ -15,12 +19,16 @@
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
 
+pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod generation;
 pub mod git_http;
+pub mod limits;
+pub mod metrics;
 pub mod ops;
 pub mod state;
 
@@ -138,13 +146,27 @@ pub async fn serve(
     let _evictor = cache
         .as_ref()
         .map(|c| c.spawn_evictor(evict_every(config.cache.cache.max_age)));
+    let metrics = metrics::GatewayMetrics::register(&registry)?;
+    let limiter = Arc::new(limits::RepoLimiter::new(
+        config.limits.fetch_concurrency_per_repo,
+        config.limits.fetch_queue_per_repo,
+        config.limits.fetch_queue_timeout,
+        metrics.clone(),
+    ));
+    if config.auth.anonymous == Some(auth::Permission::Write) {
+        tracing::warn!("auth.anonymous = \"write\": anyone who can reach this gateway may push");
+    }
     let state = Arc::new(state::AppState {
         nodes,
         create_on_push: config.storage.create_on_push,
         max_fetch_request_bytes: config.limits.max_fetch_request_bytes,
+        max_push_bytes: config.limits.max_push_bytes,
         cache,
         generations: Arc::default(),
         registry,
+        metrics,
+        limiter,
+        auth: std::sync::RwLock::new(Arc::new(config.auth.clone())),
     });
     let router = app::app(state);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

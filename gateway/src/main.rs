@@ -23,11 +23,23 @@ enum Command {
     Serve,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Read a client token on stdin and print the hash to put in `[[auth.tokens]]`.
+    HashToken,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::HashToken) = args.command {
+        let mut token = String::new();
+        std::io::stdin()
+            .read_line(&mut token)
+            .context("reading the token from stdin")?;
+        let token = token.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(!token.is_empty(), "no token on stdin");
+        println!("{}", gitgate::auth::token::hash_token(token));
+        return Ok(());
+    }
     let config = Config::load(&args.config)
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
     if let Some(Command::CheckConfig) = args.command {

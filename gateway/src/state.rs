@@ -1,11 +1,14 @@
 //! What the request handlers share.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use gitgate_packcache::PackCache;
 use gitgate_storage_client::NodeSet;
 
+use crate::auth::AuthConfig;
 use crate::generation::Generations;
+use crate::limits::RepoLimiter;
+use crate::metrics::GatewayMetrics;
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -15,10 +18,36 @@ pub struct AppState {
     pub create_on_push: bool,
     /// `limits.max_fetch_request_bytes`.
     pub max_fetch_request_bytes: u64,
+    /// `limits.max_push_bytes`.
+    pub max_push_bytes: u64,
     /// The pack cache, when `cache.enabled`.
     pub cache: Option<PackCache>,
     /// Repository generations (part of every cache key).
     pub generations: Arc<Generations>,
     /// The registry `/-/metrics` exposes.
     pub registry: prometheus::Registry,
+    /// The request path's metric families.
+    pub metrics: GatewayMetrics,
+    /// Per-repository limit on node-bound fetches.
+    pub limiter: Arc<RepoLimiter>,
+    /// Who may do what; replaced as a whole on reload (SIGHUP).
+    pub auth: RwLock<Arc<AuthConfig>>,
+}
+
+impl AppState {
+    /// The current auth configuration.
+    pub fn auth(&self) -> Arc<AuthConfig> {
+        self.auth
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replace the auth configuration.
+    pub fn set_auth(&self, auth: AuthConfig) {
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(auth);
+    }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[cache]`.
     pub cache: CacheSettings,
+    /// `[auth]`.
+    pub auth: crate::auth::AuthConfig,
     /// `[log]`.
     pub log: LogConfig,
 }
@@ -103,6 +105,18 @@ pub struct CacheSettings {
 pub struct LimitsConfig {
     /// Largest upload-pack (fetch) request body after gzip inflation.
     pub max_fetch_request_bytes: u64,
+    /// Largest push (receive-pack) request body.
+    pub max_push_bytes: u64,
+    /// Node-bound fetches per repository at once (0: unlimited).
+    pub fetch_concurrency_per_repo: usize,
+    /// Fetches that may wait for a slot, per repository.
+    pub fetch_queue_per_repo: usize,
+    /// How long a fetch may wait for a slot.
+    pub fetch_queue_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// How long a request body may stall between two chunks.
+    pub body_idle_timeout: Duration,
 }
 
 /// `[log]`.
@@ -155,6 +169,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default)]
     log: RawLog,
 }
@@ -227,22 +243,58 @@ struct RawNode {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawLimits {
-    #[serde(default = "default_fetch_request")]
     max_fetch_request_bytes: ByteSize,
+    max_push_bytes: ByteSize,
+    fetch_concurrency_per_repo: usize,
+    fetch_queue_per_repo: usize,
+    fetch_queue_timeout: HumanDuration,
+    header_timeout: HumanDuration,
+    body_idle_timeout: HumanDuration,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            max_fetch_request_bytes: default_fetch_request(),
+            max_fetch_request_bytes: ByteSize(64 << 20),
+            max_push_bytes: ByteSize(5 << 30),
+            fetch_concurrency_per_repo: 16,
+            fetch_queue_per_repo: 100,
+            fetch_queue_timeout: HumanDuration(Duration::from_secs(30)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_idle_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
 
-fn default_fetch_request() -> ByteSize {
-    ByteSize(64 << 20)
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    anonymous: Option<String>,
+    #[serde(default)]
+    public: Vec<String>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    hash: String,
+    #[serde(default)]
+    read: Vec<String>,
+    #[serde(default)]
+    write: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    secret: Option<String>,
+    header: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -253,7 +305,8 @@ struct RawLog {
 }
 
 impl Config {
-    /// Load and validate `path`.
+    /// Load and validate `path`; secrets may come from the environment
+    /// (`GITGATE_PROXY_SECRET`, `GITGATE_NODE_TOKEN_<NAME>`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -267,13 +320,24 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &base)
+        Self::parse_with_env(&text, &base, &|name| std::env::var(name).ok())
     }
 
-    /// Parse and validate configuration text; relative paths resolve against `base`.
+    /// Parse and validate configuration text without environment overrides.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, base, &|_| None)
+    }
+
+    /// Parse and validate configuration text; relative paths resolve against `base`;
+    /// `env` looks up secret overrides.
+    pub fn parse_with_env(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
-        let storage = validate_storage(raw.storage, base)?;
+        let storage = validate_storage(raw.storage, base, env)?;
+        let auth = validate_auth(raw.auth, env)?;
         let json = match raw.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -297,7 +361,22 @@ impl Config {
                 min_free_bytes: raw.cache.min_free_bytes.0,
             },
         };
+        if raw.limits.fetch_concurrency_per_repo > 0 && raw.limits.fetch_queue_timeout.0.is_zero() {
+            return Err(invalid(
+                "limits.fetch_queue_timeout",
+                "must be longer than zero",
+            ));
+        }
+        for (key, d) in [
+            ("limits.header_timeout", raw.limits.header_timeout.0),
+            ("limits.body_idle_timeout", raw.limits.body_idle_timeout.0),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
         Ok(Self {
+            auth,
             cache,
             listen: ListenConfig {
                 addr: raw.listen.addr,
@@ -306,6 +385,12 @@ impl Config {
             storage,
             limits: LimitsConfig {
                 max_fetch_request_bytes: raw.limits.max_fetch_request_bytes.0,
+                max_push_bytes: raw.limits.max_push_bytes.0,
+                fetch_concurrency_per_repo: raw.limits.fetch_concurrency_per_repo,
+                fetch_queue_per_repo: raw.limits.fetch_queue_per_repo,
+                fetch_queue_timeout: raw.limits.fetch_queue_timeout.0,
+                header_timeout: raw.limits.header_timeout.0,
+                body_idle_timeout: raw.limits.body_idle_timeout.0,
             },
             log: LogConfig {
                 json,
@@ -315,7 +400,93 @@ impl Config {
     }
 }
 
-fn validate_storage(raw: RawStorage, base: &Path) -> Result<StorageConfig, ConfigError> {
+fn validate_auth(
+    raw: RawAuth,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::auth::AuthConfig, ConfigError> {
+    use crate::auth::{pattern::RepoPattern, proxy::ProxySecret, token, Permission};
+    let anonymous = match raw.anonymous.as_deref() {
+        None | Some("none") => None,
+        Some("read") => Some(Permission::Read),
+        Some("write") => Some(Permission::Write),
+        Some(other) => {
+            return Err(invalid(
+                "auth.anonymous",
+                format!("expected \"none\", \"read\" or \"write\", got {other:?}"),
+            ))
+        }
+    };
+    let patterns = |key: String, list: Vec<String>| -> Result<Vec<RepoPattern>, ConfigError> {
+        list.iter()
+            .map(|p| RepoPattern::parse(p).map_err(|e| invalid(key.clone(), e)))
+            .collect()
+    };
+    let public = patterns("auth.public".into(), raw.public)?;
+    let mut tokens = token::TokenTable::default();
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in raw.tokens.into_iter().enumerate() {
+        let key = format!("auth.tokens[{i}]");
+        if t.name.is_empty() || !names.insert(t.name.clone()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                "a unique, non-empty name is required",
+            ));
+        }
+        if !token::valid_hash(&t.hash) {
+            return Err(invalid(
+                format!("{key}.hash"),
+                "expected \"blake3:<64 hex digits>\" as printed by `gitgate hash-token`",
+            ));
+        }
+        let read = patterns(format!("{key}.read"), t.read)?;
+        let write = patterns(format!("{key}.write"), t.write)?;
+        tokens.insert(token::TokenEntry::new(t.name, t.hash, read, write));
+    }
+    let proxy = match raw.proxy {
+        None => None,
+        Some(p) => {
+            let secret = env("GITGATE_PROXY_SECRET").or(p.secret).unwrap_or_default();
+            if secret.len() < 16 {
+                return Err(invalid("auth.proxy.secret", "a shared secret of at least 16 characters is required (or GITGATE_PROXY_SECRET)"));
+            }
+            let header = p
+                .header
+                .unwrap_or_else(|| crate::auth::proxy::DEFAULT_HEADER.into());
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || header.eq_ignore_ascii_case("authorization")
+            {
+                return Err(invalid(
+                    "auth.proxy.header",
+                    "a header name of [A-Za-z0-9-], not Authorization",
+                ));
+            }
+            Some(ProxySecret::new(secret).with_header(header))
+        }
+    };
+    Ok(crate::auth::AuthConfig {
+        anonymous,
+        public,
+        tokens,
+        proxy,
+    })
+}
+
+/// The environment variable that overrides a remote node's token.
+pub fn node_token_env(name: &str) -> String {
+    format!(
+        "GITGATE_NODE_TOKEN_{}",
+        name.to_ascii_uppercase().replace(['-', '.'], "_")
+    )
+}
+
+fn validate_storage(
+    raw: RawStorage,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StorageConfig, ConfigError> {
     if raw.nodes.is_empty() {
         return Err(invalid("storage.nodes", "at least one node is required"));
     }
@@ -357,7 +528,9 @@ fn validate_storage(raw: RawStorage, base: &Path) -> Result<StorageConfig, Confi
                 }
             }
             (None, Some(url)) => {
-                let token = node.token.unwrap_or_default();
+                let token = env(&node_token_env(&node.name))
+                    .or(node.token)
+                    .unwrap_or_default();
                 if token.len() < 16 {
                     return Err(invalid(
                         format!("{key}.token"),
@@ -422,6 +595,34 @@ mod tests {
         assert_eq!(d.cache.cache.max_bytes, c.cache.cache.max_bytes);
         assert_eq!(d.cache.cache.min_free_bytes, c.cache.cache.min_free_bytes);
         assert_eq!(c.cache.cache.dir, Path::new("/srv/gitgate/data/pack-cache"));
+        let (dl, cl) = (&d.limits, &c.limits);
+        assert_eq!(
+            (
+                dl.max_push_bytes,
+                dl.fetch_concurrency_per_repo,
+                dl.fetch_queue_per_repo
+            ),
+            (
+                cl.max_push_bytes,
+                cl.fetch_concurrency_per_repo,
+                cl.fetch_queue_per_repo
+            )
+        );
+        assert_eq!(
+            (
+                dl.fetch_queue_timeout,
+                dl.header_timeout,
+                dl.body_idle_timeout
+            ),
+            (
+                cl.fetch_queue_timeout,
+                cl.header_timeout,
+                cl.body_idle_timeout
+            )
+        );
+        // The example deliberately allows anonymous pushes (documented there); the
+        // default allows nothing.
+        assert_eq!(d.auth.anonymous, None);
     }
 
     #[test]

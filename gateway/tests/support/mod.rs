@@ -190,6 +190,8 @@ pub struct GatewayOptions {
     pub create_on_push: bool,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// An `[auth]` section; by default anyone may read and write.
+    pub auth: Option<String>,
 }
 
 impl TestGateway {
@@ -216,8 +218,10 @@ impl TestGateway {
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n",
-                options.create_on_push, options.extra
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n{}\n",
+                options.create_on_push,
+                options.extra,
+                options.auth.clone().unwrap_or_else(|| "[auth]\nanonymous = \"write\"".into())
             ),
         )
         .expect("write config");

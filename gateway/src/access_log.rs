@@ -1,0 +1,159 @@
+//! One log line and one set of metrics per request, written when the response body
+//! has ended (or broke, or the client went away), so the line carries the status, the
+//! duration until the last byte, and the bytes sent.
+//!
+//! The line is emitted inside the request's span, which holds the request id,
+//! repository, service, protocol, user, cache outcome and key.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use gitgate_proto::smart_http::{self, Endpoint};
+use gitgate_proto::{GitProtocol, ProtocolVersion};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::metrics::GatewayMetrics;
+use crate::state::AppState;
+
+/// Log and count the request once its response is over.
+pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let service = match smart_http::parse_path(req.uri().path()) {
+        Ok((_, Endpoint::Rpc(service))) => service.name(),
+        Ok((_, Endpoint::InfoRefs)) => match smart_http::service_from_query(req.uri().query()) {
+            Some(service) => service.name(),
+            None => "other",
+        },
+        Err(_) if req.uri().path().starts_with("/-/") => "ops",
+        Err(_) => "other",
+    };
+    let protocol = req
+        .headers()
+        .get("git-protocol")
+        .and_then(|v| GitProtocol::parse(v.as_bytes()))
+        .map_or(ProtocolVersion::V0, |p| p.version())
+        .label();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let logged = LoggedBody {
+        inner: body,
+        bytes: 0,
+        started,
+        status,
+        service,
+        protocol,
+        metrics: state.metrics.clone(),
+        span: tracing::Span::current(),
+        done: false,
+    };
+    Response::from_parts(parts, Body::new(logged))
+}
+
+/// A response body that reports itself when it is over.
+struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    started: Instant,
+    status: u16,
+    service: &'static str,
+    protocol: &'static str,
+    metrics: GatewayMetrics,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl LoggedBody {
+    fn finish(&mut self, outcome: &'static str) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[self.service, self.protocol, &self.status.to_string()])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[self.service])
+            .observe(elapsed.as_secs_f64());
+        let (status, bytes) = (self.status, self.bytes);
+        let duration_ms = elapsed.as_millis() as u64;
+        self.span.in_scope(|| {
+            if status >= 500 || outcome != "complete" {
+                tracing::warn!(
+                    status,
+                    duration_ms,
+                    bytes_sent = bytes,
+                    outcome,
+                    "request finished"
+                );
+            } else {
+                tracing::info!(
+                    status,
+                    duration_ms,
+                    bytes_sent = bytes,
+                    outcome,
+                    "request finished"
+                );
+            }
+        });
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.finish("aborted");
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                this.finish("complete");
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // Bodies that end without a final poll (empty ones) count as complete.
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client_gone"
+        };
+        self.finish(outcome);
+    }
+}

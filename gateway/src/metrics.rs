@@ -1,0 +1,98 @@
+//! The gateway's own metric families, registered once on the gateway's registry.
+//!
+//! Labels stay bounded: service, protocol, status code, node name, outcome; never a
+//! repository or a user. The pack cache and in-process nodes register their own
+//! families on the same registry.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Metric families of the request path.
+#[derive(Clone, Debug)]
+pub struct GatewayMetrics {
+    /// `gitgate_http_requests_total{service,protocol,code}`.
+    pub requests: IntCounterVec,
+    /// `gitgate_http_request_duration_seconds{service}`: until the response body ended.
+    pub duration: HistogramVec,
+    /// `gitgate_client_authentications_total{method,result}`.
+    pub client_auth: IntCounterVec,
+    /// `gitgate_backend_requests_total{node,result}`: calls to storage nodes.
+    pub backend: IntCounterVec,
+    /// `gitgate_read_distribution_total{node}`: fetches served by each node.
+    pub read_distribution: IntCounterVec,
+    /// `gitgate_concurrency_in_progress`: node-bound fetches holding a slot.
+    pub in_progress: IntGauge,
+    /// `gitgate_concurrency_queued`: fetches waiting for a slot.
+    pub queued: IntGauge,
+    /// `gitgate_concurrency_rejected_total{reason=queue_full|queue_timeout}`.
+    pub rejected: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    /// Create and register the families.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_http_requests_total",
+                    "HTTP requests by git service, protocol and status code.",
+                ),
+                &["service", "protocol", "code"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "gitgate_http_request_duration_seconds",
+                    "Time from request to the end of the response body.",
+                )
+                .buckets(vec![
+                    0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 30.0, 120.0, 600.0,
+                ]),
+                &["service"],
+            )?,
+            client_auth: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_client_authentications_total",
+                    "Client authorization decisions by credential kind.",
+                ),
+                &["method", "result"],
+            )?,
+            backend: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_backend_requests_total",
+                    "Calls to storage nodes by outcome.",
+                ),
+                &["node", "result"],
+            )?,
+            read_distribution: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_read_distribution_total",
+                    "Fetches sent to each storage node.",
+                ),
+                &["node"],
+            )?,
+            in_progress: IntGauge::new(
+                "gitgate_concurrency_in_progress",
+                "Node-bound fetches holding a concurrency slot.",
+            )?,
+            queued: IntGauge::new(
+                "gitgate_concurrency_queued",
+                "Fetches waiting for a concurrency slot.",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_concurrency_rejected_total",
+                    "Fetches refused by the per-repository limit.",
+                ),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.client_auth.clone()))?;
+        registry.register(Box::new(m.backend.clone()))?;
+        registry.register(Box::new(m.read_distribution.clone()))?;
+        registry.register(Box::new(m.in_progress.clone()))?;
+        registry.register(Box::new(m.queued.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        Ok(m)
+    }
+}
