@@ -19,7 +19,7 @@ use crate::{git_http, ops};
 /// Build the gateway's router.
 ///
 /// The global stack runs top to bottom (outermost first).
-pub fn app(state: Arc<AppState>) -> Router {
+pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Router {
     // Git requests are authorized before the handler runs: before any cache lookup or
     // node call, on every request. Operational endpoints stay outside auth.
     let git = git_http::handle.layer(middleware::from_fn_with_state(
@@ -48,6 +48,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         // Echo the request id so clients and proxies can quote it.
         .layer(PropagateRequestIdLayer::x_request_id())
+        // A request body that stalls longer than this between chunks fails (slowloris).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle_timeout))
         // git gzips large fetch bodies; inflate them as a stream.
         .layer(RequestDecompressionLayer::new());
     Router::new()

@@ -16,6 +16,7 @@
 //! - [`error`]: the mapping of failures to responses;
 //! - [`generation`]: per-repository generations, part of every cache key;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
+//! - [`server`]: connections, TLS, header timeouts and draining;
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
 
@@ -30,9 +31,10 @@ pub mod git_http;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod server;
 pub mod state;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use config::{Config, NodeLocation};
@@ -67,6 +69,9 @@ pub enum ServeError {
     /// Metrics could not be registered (a duplicate name: a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
     /// No nodes configured.
     #[error("no storage nodes configured")]
     NoNodes,
@@ -168,32 +173,17 @@ pub async fn serve(
         limiter,
         auth: std::sync::RwLock::new(Arc::new(config.auth.clone())),
     });
-    let router = app::app(state);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // The receiver only goes away when the server has already stopped.
-            let _ = stopping_tx.send(());
-        })
-        .into_future();
-    let grace = config.listen.shutdown_grace;
-    let grace_over = async move {
-        match stopping_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            Err(_) => std::future::pending().await,
-        }
+    let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
     };
-    tokio::select! {
-        result = server => {
-            tracing::info!("all connections closed");
-            Ok(result?)
-        }
-        () = grace_over => {
-            tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
-            Ok(())
-        }
-    }
+    let router = app::app(state, config.limits.body_idle_timeout);
+    let settings = server::ServerSettings {
+        tls,
+        header_timeout: config.limits.header_timeout,
+        shutdown_grace: config.listen.shutdown_grace,
+    };
+    Ok(server::run(listener, router, settings, shutdown).await?)
 }
 
 /// How often the evictor looks for expired entries: a tenth of `max_age`, between 100 ms

@@ -38,6 +38,10 @@ pub struct ListenConfig {
     pub addr: SocketAddr,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// PEM certificate chain; with `tls_key`, only HTTPS is served.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[storage]`.
@@ -205,6 +209,8 @@ struct RawListen {
     addr: SocketAddr,
     #[serde(default = "default_grace")]
     shutdown_grace: HumanDuration,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn default_grace() -> HumanDuration {
@@ -336,6 +342,9 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
+        if raw.listen.tls_cert.is_some() != raw.listen.tls_key.is_some() {
+            return Err(invalid("listen.tls_cert", "set both tls_cert and tls_key, or neither"));
+        }
         let storage = validate_storage(raw.storage, base, env)?;
         let auth = validate_auth(raw.auth, env)?;
         let json = match raw.log.format.as_deref() {
@@ -381,6 +390,8 @@ impl Config {
             listen: ListenConfig {
                 addr: raw.listen.addr,
                 shutdown_grace: raw.listen.shutdown_grace.0,
+                tls_cert: raw.listen.tls_cert.map(|p| base.join(p)),
+                tls_key: raw.listen.tls_key.map(|p| base.join(p)),
             },
             storage,
             limits: LimitsConfig {

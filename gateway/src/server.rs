@@ -1,0 +1,137 @@
+//! The HTTP server: accepting connections, TLS, per-connection limits and draining.
+//!
+//! Each connection is HTTP/1.1 served by hyper with a header read timeout (a client
+//! that trickles its headers is cut off), behind an optional rustls handshake (bounded
+//! by the same timeout). On shutdown the listener closes at once, connections finish
+//! their in-flight requests, and whatever is left after the grace period is closed.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{key}: {path}: {reason}")]
+    Pem {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("listen.tls_cert / listen.tls_key: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Build a TLS acceptor from PEM files (a certificate chain and its private key).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem { key: "listen.tls_cert", path: cert.display().to_string(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            key: "listen.tls_cert",
+            path: cert.display().to_string(),
+            reason: "no certificate found".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem { key: "listen.tls_key", path: key.display().to_string(), reason: e.to_string() })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connection settings.
+#[derive(Clone)]
+pub struct ServerSettings {
+    /// TLS, if configured; then plain HTTP is not served.
+    pub tls: Option<TlsAcceptor>,
+    /// Time allowed for the TLS handshake and the request headers.
+    pub header_timeout: Duration,
+    /// Time in-flight requests get after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// Serve `router` on `listener` until `shutdown`, then drain (see the module docs).
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = settings.tls.clone();
+        let handshake_timeout = settings.header_timeout;
+        tokio::spawn(async move {
+            let result = match tls {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("no longer accepting connections; draining");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
+        }
+    }
+    Ok(())
+}
