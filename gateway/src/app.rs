@@ -49,7 +49,9 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         // Echo the request id so clients and proxies can quote it.
         .layer(PropagateRequestIdLayer::x_request_id())
         // A request body that stalls longer than this between chunks fails (slowloris).
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle_timeout))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_idle_timeout,
+        ))
         // git gzips large fetch bodies; inflate them as a stream.
         .layer(RequestDecompressionLayer::new());
     Router::new()

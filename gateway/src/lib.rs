@@ -16,6 +16,7 @@
 //! - [`error`]: the mapping of failures to responses;
 //! - [`generation`]: per-repository generations, part of every cache key;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
+//! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
@@ -31,6 +32,7 @@ pub mod git_http;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod reload;
 pub mod server;
 pub mod state;
 
@@ -177,13 +179,29 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let router = app::app(state, config.limits.body_idle_timeout);
+    let router = app::app(state.clone(), config.limits.body_idle_timeout);
+    // Reloads on SIGHUP while serving; stops with serve.
+    let reloader = config
+        .path
+        .clone()
+        .map(|path| AbortOnDrop(tokio::spawn(reload::on_sighup(path, config.clone(), state))));
     let settings = server::ServerSettings {
         tls,
         header_timeout: config.limits.header_timeout,
         shutdown_grace: config.listen.shutdown_grace,
     };
-    Ok(server::run(listener, router, settings, shutdown).await?)
+    let served = server::run(listener, router, settings, shutdown).await;
+    drop(reloader);
+    Ok(served?)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often the evictor looks for expired entries: a tenth of `max_age`, between 100 ms

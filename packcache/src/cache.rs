@@ -51,9 +51,10 @@ impl BypassReason {
 
 /// Shared internals; entries, readers and producers hold an `Arc` of it.
 pub struct Inner {
-    config: CacheConfig,
+    /// Settings; all but `dir` can change while running ([`PackCache::reconfigure`]).
+    config: std::sync::RwLock<CacheConfig>,
     store: FileStore,
-    admission: Admission,
+    admission: std::sync::RwLock<Arc<Admission>>,
     pub(crate) metrics: CacheMetrics,
     /// Live entries. Lock order: this lock, then an entry's lock. Never held across
     /// `.await`.
@@ -96,9 +97,9 @@ impl PackCache {
         let admission = Admission::new(config.min_occurrences, config.max_age);
         Ok(Self {
             inner: Arc::new(Inner {
-                config,
+                config: std::sync::RwLock::new(config),
                 store,
-                admission,
+                admission: std::sync::RwLock::new(Arc::new(admission)),
                 metrics,
                 index: Mutex::new(HashMap::new()),
                 usage: AtomicU64::new(0),
@@ -116,7 +117,7 @@ impl PackCache {
             inner.metrics.lookups.with_label_values(&["hit"]).inc();
             return Fetch::Hit(reader);
         }
-        if !inner.admission.admit(&key) {
+        if !inner.admission().admit(&key) {
             return inner.bypass(BypassReason::NotAdmitted);
         }
         if let Some(reason) = self.make_room().await {
@@ -199,22 +200,63 @@ impl PackCache {
         self.inner.store.life_dir()
     }
 
+    /// Apply new `max_age`, `min_occurrences`, `max_bytes` and `min_free_bytes` (the
+    /// directory cannot change while running). Sighting counts restart when admission
+    /// settings change.
+    pub fn reconfigure(
+        &self,
+        max_age: Duration,
+        min_occurrences: u32,
+        max_bytes: u64,
+        min_free_bytes: u64,
+    ) {
+        let inner = &self.inner;
+        let mut config = inner.config.write().unwrap_or_else(|p| p.into_inner());
+        if config.min_occurrences != min_occurrences || config.max_age != max_age {
+            *inner.admission.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Admission::new(min_occurrences, max_age));
+        }
+        config.max_age = max_age;
+        config.min_occurrences = min_occurrences;
+        config.max_bytes = max_bytes;
+        config.min_free_bytes = min_free_bytes;
+        drop(config);
+        inner.metrics.enabled.reset();
+        let dir = inner
+            .store
+            .life_dir()
+            .parent()
+            .unwrap_or(inner.store.life_dir())
+            .display()
+            .to_string();
+        inner
+            .metrics
+            .enabled
+            .with_label_values(&[&dir, &humanize(max_age)])
+            .set(1);
+        inner.evict_expired();
+    }
+
     /// Evict old complete entries until a new one fits; `Some` if it still does not.
     async fn make_room(&self) -> Option<BypassReason> {
         let inner = &self.inner;
-        while inner.usage.load(Ordering::Relaxed) >= inner.config.max_bytes {
+        let (max_bytes, min_free_bytes) = {
+            let c = inner.config();
+            (c.max_bytes, c.min_free_bytes)
+        };
+        while inner.usage.load(Ordering::Relaxed) >= max_bytes {
             if !inner.evict_oldest("max_bytes") {
                 return Some(BypassReason::OverBudget);
             }
         }
-        if inner.config.min_free_bytes == 0 {
+        if min_free_bytes == 0 {
             return None;
         }
         loop {
             let probe = inner.clone();
             let free = tokio::task::spawn_blocking(move || probe.store.free_bytes_blocking()).await;
             match free {
-                Ok(Ok(free)) if free >= inner.config.min_free_bytes => return None,
+                Ok(Ok(free)) if free >= min_free_bytes => return None,
                 Ok(Ok(_)) => {
                     if !inner.evict_oldest("low_disk") {
                         return Some(BypassReason::LowDiskSpace);
@@ -271,6 +313,20 @@ fn humantime_like(d: Duration) -> String {
 }
 
 impl Inner {
+    fn config(&self) -> CacheConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn admission(&self) -> Arc<Admission> {
+        self.admission
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn lock_index(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
         self.index
             .lock()
@@ -353,10 +409,11 @@ impl Inner {
     }
 
     fn evict_expired(&self) {
+        let max_age = self.config().max_age;
         let mut index = self.lock_index();
         let expired: Vec<Arc<Entry>> = index
             .values()
-            .filter(|e| e.created.elapsed() >= self.config.max_age)
+            .filter(|e| e.created.elapsed() >= max_age)
             .cloned()
             .collect();
         for entry in expired {

@@ -33,7 +33,8 @@ pub struct RemoteNode {
     name: String,
     /// Base URL without a trailing slash, e.g. `http://10.0.0.2:9100`.
     base: String,
-    secret: Secret,
+    /// Shared with clones of this client, so a reload (SIGHUP) reaches all of them.
+    secret: std::sync::Arc<std::sync::RwLock<Secret>>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -70,9 +71,14 @@ impl RemoteNode {
         Ok(Self {
             name,
             base,
-            secret: Secret::new(token),
+            secret: std::sync::Arc::new(std::sync::RwLock::new(Secret::new(token))),
             client,
         })
+    }
+
+    /// Use `token` for requests from now on.
+    pub fn set_token(&self, token: &str) {
+        *self.secret.write().unwrap_or_else(|p| p.into_inner()) = Secret::new(token);
     }
 
     /// The configured name.
@@ -91,7 +97,13 @@ impl RemoteNode {
             .uri(format!("{}{}", self.base, path_and_query))
             .header(
                 header::AUTHORIZATION,
-                format!("Bearer {}", self.secret.token(SystemTime::now())),
+                format!(
+                    "Bearer {}",
+                    self.secret
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .token(SystemTime::now())
+                ),
             )
             .header("x-request-id", request_id)
     }

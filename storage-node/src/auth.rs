@@ -6,8 +6,10 @@
 //! `transitioning` mode a node accepts every request but counts the ones whose token
 //! would have been refused, so a secret can be rotated without failing traffic.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounterVec, Opts, Registry};
 
 /// Context string for deriving the MAC key from the configured secret.
 const KEY_CONTEXT: &str = "gitgate 2026 internal node auth v1";
@@ -71,40 +73,77 @@ pub enum Mode {
     Transitioning,
 }
 
-/// Checks tokens on a node and counts outcomes.
+/// Checks tokens on a node and counts outcomes in
+/// `gitgate_authentications_total{enforced,status}`. The secret and mode can be replaced
+/// while serving (SIGHUP), which is how a secret is rotated without failing requests.
 #[derive(Debug)]
 pub struct Verifier {
-    secret: Secret,
-    mode: Mode,
+    current: RwLock<(Secret, Mode)>,
     skew: Duration,
-    /// Requests whose token was valid.
-    pub accepted: AtomicU64,
-    /// Requests whose token was invalid (refused, or let through when transitioning).
-    pub rejected: AtomicU64,
+    outcomes: IntCounterVec,
+}
+
+impl AuthError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::BadSignature => "bad_signature",
+        }
+    }
 }
 
 impl Verifier {
-    /// A verifier for `secret`.
-    pub fn new(secret: Secret, mode: Mode, skew: Duration) -> Self {
-        Self {
-            secret,
-            mode,
+    /// A verifier for `secret`, registering its counter on `registry`.
+    pub fn new(
+        secret: Secret,
+        mode: Mode,
+        skew: Duration,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "gitgate_authentications_total",
+                "Internal token checks by enforcement and outcome.",
+            ),
+            &["enforced", "status"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
+        Ok(Self {
+            current: RwLock::new((secret, mode)),
             skew,
-            accepted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-        }
+            outcomes,
+        })
+    }
+
+    /// Replace the secret and mode.
+    pub fn reload(&self, secret: Secret, mode: Mode) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (secret, mode);
     }
 
     /// Check `token` (the value after `Bearer `). `Ok` means: let the request through.
     pub fn check(&self, token: Option<&str>, now: SystemTime) -> Result<(), AuthError> {
-        match verify(&self.secret, token, now, self.skew) {
+        let (secret, mode) = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let enforced = if mode == Mode::Enforced {
+            "true"
+        } else {
+            "false"
+        };
+        match verify(&secret, token, now, self.skew) {
             Ok(()) => {
-                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.outcomes.with_label_values(&[enforced, "ok"]).inc();
                 Ok(())
             }
             Err(err) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                match self.mode {
+                self.outcomes
+                    .with_label_values(&[enforced, err.label()])
+                    .inc();
+                match mode {
                     Mode::Enforced => Err(err),
                     Mode::Transitioning => {
                         tracing::warn!(error = %err, "accepting bad node token (transitioning mode)");
@@ -113,6 +152,14 @@ impl Verifier {
                 }
             }
         }
+    }
+
+    /// How many checks had `status` (`ok`, `missing`, `malformed`, `expired`,
+    /// `bad_signature`) under `enforced`.
+    pub fn count(&self, enforced: bool, status: &str) -> u64 {
+        self.outcomes
+            .with_label_values(&[if enforced { "true" } else { "false" }, status])
+            .get()
     }
 }
 
@@ -174,9 +221,23 @@ mod tests {
 
     #[test]
     fn transitioning_counts_but_accepts() {
-        let v = Verifier::new(Secret::new("new"), Mode::Transitioning, DEFAULT_SKEW);
+        let v = Verifier::new(
+            Secret::new("new"),
+            Mode::Transitioning,
+            DEFAULT_SKEW,
+            &Registry::new(),
+        )
+        .expect("verifier");
         let old = Secret::new("old").token(SystemTime::now());
         assert_eq!(v.check(Some(&old), SystemTime::now()), Ok(()));
-        assert_eq!(v.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(v.count(false, "bad_signature"), 1);
+        v.reload(Secret::new("old"), Mode::Enforced);
+        assert_eq!(v.check(Some(&old), SystemTime::now()), Ok(()));
+        assert_eq!(v.count(true, "ok"), 1);
+        let new = Secret::new("new").token(SystemTime::now());
+        assert_eq!(
+            v.check(Some(&new), SystemTime::now()),
+            Err(AuthError::BadSignature)
+        );
     }
 }

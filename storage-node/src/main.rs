@@ -1,4 +1,7 @@
 //! `gitgate-node`: serve the bare repositories under one directory to gitgate gateways.
+//!
+//! SIGHUP re-reads the config file and applies `node.token` and `node.auth_mode` (the
+//! way a shared secret is rotated); other keys need a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +21,15 @@ struct Args {
     config: PathBuf,
 }
 
+fn load(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
+    NodeConfig::load(path, std::env::var("GITGATE_NODE_TOKEN").ok())
+        .with_context(|| format!("loading {}", path.display()))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = NodeConfig::load(&args.config, std::env::var("GITGATE_NODE_TOKEN").ok())
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let config = load(&args.config)?;
     init_logging(config.json_logs);
     let registry = prometheus::Registry::new();
     let metrics = gitgate_storage_node::NodeMetrics::register(&registry, "self")
@@ -36,7 +43,15 @@ async fn main() -> anyhow::Result<()> {
     .context("opening node")?;
     let repos = node.list().await.context("discovering repositories")?;
     tracing::info!(root = %config.path.display(), repositories = repos.len(), "discovered repositories");
-    let verifier = Verifier::new(Secret::new(&config.token), config.auth_mode, DEFAULT_SKEW);
+    let verifier = Arc::new(
+        Verifier::new(
+            Secret::new(&config.token),
+            config.auth_mode,
+            DEFAULT_SKEW,
+            &registry,
+        )
+        .context("registering metrics")?,
+    );
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
@@ -44,16 +59,41 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, "gitgate-node listening");
     // One line on stdout for scripts and test harnesses that asked for port 0.
     println!("listening on http://{addr}");
+    let reloader = tokio::spawn(reload_on_sighup(args.config.clone(), verifier.clone()));
     gitgate_storage_node::serve(
         listener,
         Arc::new(node),
-        Arc::new(verifier),
+        verifier,
         registry,
         shutdown_signal(),
     )
     .await?;
+    reloader.abort();
     tracing::info!("gitgate-node stopped");
     Ok(())
+}
+
+/// Apply `node.token` and `node.auth_mode` from the config file on every SIGHUP.
+async fn reload_on_sighup(path: PathBuf, verifier: Arc<Verifier>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGHUP; reloading is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match load(&path) {
+            Ok(config) => {
+                verifier.reload(Secret::new(&config.token), config.auth_mode);
+                tracing::info!(auth_mode = ?config.auth_mode, "reloaded node token and auth mode");
+            }
+            Err(err) => tracing::error!(
+                error = format!("{err:#}"),
+                "reload failed; keeping the current settings"
+            ),
+        }
+    }
 }
 
 fn init_logging(json: bool) {
@@ -71,17 +111,18 @@ fn init_logging(json: bool) {
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(err) => {
             tracing::error!(error = %err, "cannot listen for SIGTERM; only ctrl-c stops the node");
-            let _ = ctrl_c.await;
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
             return;
         }
     };
     tokio::select! {
-        _ = ctrl_c => {}
+        _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");

@@ -3,7 +3,10 @@
 //! Registered on the caller's registry (the gateway's, for in-process nodes; the node
 //! binary's own, served at `/-/metrics`), with the node's name as a constant label.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Node metric families.
 #[derive(Clone, Debug)]
@@ -11,6 +14,45 @@ pub struct NodeMetrics {
     /// `gitgate_node_git_processes_total{node,service}`: git processes started, where
     /// `service` is `upload-pack`, `receive-pack` or `advertise-refs`.
     pub git_processes: IntCounterVec,
+    /// `gitgate_node_git_processes_running{node,service}`: git processes running now.
+    pub running: IntGaugeVec,
+    /// `gitgate_node_git_processes_running_max{node,service}`: the most that ever ran
+    /// at once since the node started (a high-water mark for capacity planning).
+    pub running_max: IntGaugeVec,
+}
+
+/// Counts one running git process; dropped when the process is done with.
+pub struct RunningGuard {
+    metrics: NodeMetrics,
+    service: &'static str,
+    counter: Arc<AtomicI64>,
+}
+
+impl NodeMetrics {
+    /// Count a git process for `service` as running until the guard drops.
+    pub fn running(&self, service: &'static str, counter: Arc<AtomicI64>) -> RunningGuard {
+        let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        self.running.with_label_values(&[service]).set(now);
+        let max = self.running_max.with_label_values(&[service]);
+        if now > max.get() {
+            max.set(now);
+        }
+        RunningGuard {
+            metrics: self.clone(),
+            service,
+            counter,
+        }
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let now = self.counter.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.metrics
+            .running
+            .with_label_values(&[self.service])
+            .set(now);
+    }
 }
 
 impl NodeMetrics {
@@ -24,10 +66,34 @@ impl NodeMetrics {
             .const_label("node", name),
             &["service"],
         )?;
+        let running = IntGaugeVec::new(
+            Opts::new(
+                "gitgate_node_git_processes_running",
+                "git processes running on the storage node.",
+            )
+            .const_label("node", name),
+            &["service"],
+        )?;
+        let running_max = IntGaugeVec::new(
+            Opts::new(
+                "gitgate_node_git_processes_running_max",
+                "Most git processes that ran at once on the storage node since it started.",
+            )
+            .const_label("node", name),
+            &["service"],
+        )?;
         registry.register(Box::new(git_processes.clone()))?;
+        registry.register(Box::new(running.clone()))?;
+        registry.register(Box::new(running_max.clone()))?;
         for service in ["upload-pack", "receive-pack", "advertise-refs"] {
             git_processes.with_label_values(&[service]);
+            running.with_label_values(&[service]);
+            running_max.with_label_values(&[service]);
         }
-        Ok(Self { git_processes })
+        Ok(Self {
+            git_processes,
+            running,
+            running_max,
+        })
     }
 }

@@ -4,6 +4,8 @@
 //! so a local node and a remote one behave the same.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use gitgate_proto::{advertise, GitProtocol, ProtocolVersion, RepoPath, Service};
@@ -66,6 +68,8 @@ pub struct Node {
     store: RepoStore,
     git: GitBinary,
     metrics: NodeMetrics,
+    /// Running git processes per kind: advertise-refs, upload-pack, receive-pack.
+    running: [Arc<AtomicI64>; 3],
 }
 
 impl Node {
@@ -77,7 +81,17 @@ impl Node {
             store,
             git,
             metrics: settings.metrics,
+            running: Default::default(),
         })
+    }
+
+    fn guard(&self, service: &'static str) -> Box<dyn Send + Sync> {
+        let slot = match service {
+            "advertise-refs" => 0,
+            "upload-pack" => 1,
+            _ => 2,
+        };
+        Box::new(self.metrics.running(service, self.running[slot].clone()))
     }
 
     /// The root directory.
@@ -103,7 +117,8 @@ impl Node {
     ) -> Result<GitStream, NodeError> {
         let dir = self.existing_dir(repo).await?;
         let cmd = self.git.service(service, &dir, protocol, true);
-        let advertisement = process::run("advertise-refs", cmd, None)?;
+        let guard = self.guard("advertise-refs");
+        let advertisement = process::run("advertise-refs", cmd, None, Some(guard))?;
         self.metrics
             .git_processes
             .with_label_values(&["advertise-refs"])
@@ -131,7 +146,8 @@ impl Node {
     ) -> Result<GitStream, NodeError> {
         let dir = self.existing_dir(repo).await?;
         let cmd = self.git.service(service, &dir, protocol, false);
-        let stream = process::run(service.subcommand(), cmd, Some(body))?;
+        let guard = self.guard(service.subcommand());
+        let stream = process::run(service.subcommand(), cmd, Some(body), Some(guard))?;
         self.metrics
             .git_processes
             .with_label_values(&[service.subcommand()])

@@ -63,11 +63,14 @@ pub enum GitStreamError {
     Remote(String),
 }
 
-/// Start `cmd` and stream its stdout. `body`, if any, is copied to its stdin.
+/// Start `cmd` and stream its stdout. `body`, if any, is copied to its stdin. `guard`
+/// is kept until git has been waited for or killed (the node counts running processes
+/// with it).
 pub fn run(
     what: &'static str,
     mut cmd: Command,
     body: Option<RequestBody>,
+    guard: Option<Box<dyn Send + Sync>>,
 ) -> Result<GitStream, GitStreamError> {
     let mut child = cmd.spawn().map_err(GitStreamError::Spawn)?;
     let pgid = child
@@ -88,6 +91,7 @@ pub fn run(
         stdin_task,
         stderr_task: Some(tokio::spawn(drain(stderr))),
         finished: false,
+        guard,
     };
     Ok(Box::pin(futures_util::stream::unfold(
         run,
@@ -144,6 +148,8 @@ struct GitRun {
     stderr_task: Option<JoinHandle<Vec<u8>>>,
     /// Set once git has been waited for; after that nothing is killed on drop.
     finished: bool,
+    /// Released when git is done (waited for, or killed on drop).
+    guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl GitRun {
@@ -178,6 +184,7 @@ impl GitRun {
     async fn finish(&mut self) -> Option<Result<Bytes, GitStreamError>> {
         let status = self.child.wait().await;
         self.finished = true;
+        self.guard = None;
         let stderr = match self.stderr_task.take() {
             Some(task) => task.await.unwrap_or_default(),
             None => Vec::new(),

@@ -17,6 +17,8 @@ use units::{ByteSize, HumanDuration};
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it came from (for reloads), when loaded from a file.
+    pub path: Option<PathBuf>,
     /// `[listen]`.
     pub listen: ListenConfig,
     /// `[storage]`.
@@ -326,7 +328,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse_with_env(&text, &base, &|name| std::env::var(name).ok())
+        let mut config = Self::parse_with_env(&text, &base, &|name| std::env::var(name).ok())?;
+        config.path = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parse and validate configuration text without environment overrides.
@@ -343,7 +347,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
         if raw.listen.tls_cert.is_some() != raw.listen.tls_key.is_some() {
-            return Err(invalid("listen.tls_cert", "set both tls_cert and tls_key, or neither"));
+            return Err(invalid(
+                "listen.tls_cert",
+                "set both tls_cert and tls_key, or neither",
+            ));
         }
         let storage = validate_storage(raw.storage, base, env)?;
         let auth = validate_auth(raw.auth, env)?;
@@ -385,6 +392,7 @@ impl Config {
             }
         }
         Ok(Self {
+            path: None,
             auth,
             cache,
             listen: ListenConfig {
