@@ -160,6 +160,8 @@ async fn upload_pack(
             }
             Fetch::Miss(reader) => {
                 span.record("cache", "miss");
+                // The producer (a detached task) calls this node for the entry.
+                span.record("node", node.name());
                 return cached_response(reader.into_stream(), true).await;
             }
             Fetch::Bypass(reason) => {

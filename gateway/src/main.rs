@@ -40,12 +40,22 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", gitgate::auth::token::hash_token(token));
         return Ok(());
     }
+    if let Some(Command::CheckConfig) = args.command {
+        return match Config::load(&args.config) {
+            Ok(_) => {
+                println!("{}: ok", args.config.display());
+                Ok(())
+            }
+            Err(err) => {
+                for problem in err.to_string().lines() {
+                    eprintln!("{}: {problem}", args.config.display());
+                }
+                std::process::exit(1);
+            }
+        };
+    }
     let config = Config::load(&args.config)
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
-    if let Some(Command::CheckConfig) = args.command {
-        println!("{}: ok", args.config.display());
-        return Ok(());
-    }
     init_logging(&config);
     let listener = tokio::net::TcpListener::bind(config.listen.addr)
         .await
@@ -53,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gitgate listening");
     // One line on stdout for scripts and test harnesses that asked for port 0.
-    println!("listening on http://{addr}");
+    let scheme = if config.listen.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("listening on {scheme}://{addr}");
     gitgate::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("gitgate stopped");
     Ok(())

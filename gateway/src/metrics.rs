@@ -93,6 +93,9 @@ impl GatewayMetrics {
         registry.register(Box::new(m.in_progress.clone()))?;
         registry.register(Box::new(m.queued.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
+        for reason in ["queue_full", "queue_timeout"] {
+            m.rejected.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 }

@@ -23,7 +23,7 @@ fn gateway(remote: bool, cache: &str) -> TestGateway {
         GatewayOptions {
             create_on_push: true,
             extra: format!("[cache]\n{cache}\n"),
-            auth: None,
+            ..Default::default()
         },
     )
 }

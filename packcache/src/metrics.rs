@@ -70,6 +70,16 @@ impl CacheMetrics {
         for result in ["hit", "miss", "bypass", "error"] {
             m.lookups.with_label_values(&[result]);
         }
+        for reason in [
+            "max_age",
+            "max_bytes",
+            "low_disk",
+            "failed",
+            "abandoned",
+            "write_error",
+        ] {
+            m.evictions.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 }

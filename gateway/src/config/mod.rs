@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// Invalid TOML, an unknown key or a value of the wrong type.
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
+    /// Several problems, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
     /// A value that parses but is not acceptable.
     #[error("{key}: {reason}")]
     Invalid {
@@ -346,26 +349,33 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
+        // Check every section, so one run reports every problem.
+        let mut problems = Vec::new();
         if raw.listen.tls_cert.is_some() != raw.listen.tls_key.is_some() {
-            return Err(invalid(
+            problems.push(invalid(
                 "listen.tls_cert",
                 "set both tls_cert and tls_key, or neither",
             ));
         }
-        let storage = validate_storage(raw.storage, base, env)?;
-        let auth = validate_auth(raw.auth, env)?;
+        let storage = validate_storage(raw.storage, base, env)
+            .map_err(|e| problems.push(e))
+            .ok();
+        let auth = validate_auth(raw.auth, env)
+            .map_err(|e| problems.push(e))
+            .ok();
         let json = match raw.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
-                return Err(invalid(
+                problems.push(invalid(
                     "log.format",
                     format!("expected \"text\" or \"json\", got {other:?}"),
-                ))
+                ));
+                false
             }
         };
         if raw.cache.max_age.0.is_zero() {
-            return Err(invalid("cache.max_age", "must be longer than zero"));
+            problems.push(invalid("cache.max_age", "must be longer than zero"));
         }
         let cache = CacheSettings {
             enabled: raw.cache.enabled,
@@ -378,7 +388,7 @@ impl Config {
             },
         };
         if raw.limits.fetch_concurrency_per_repo > 0 && raw.limits.fetch_queue_timeout.0.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits.fetch_queue_timeout",
                 "must be longer than zero",
             ));
@@ -388,9 +398,16 @@ impl Config {
             ("limits.body_idle_timeout", raw.limits.body_idle_timeout.0),
         ] {
             if d.is_zero() {
-                return Err(invalid(key, "must be longer than zero"));
+                problems.push(invalid(key, "must be longer than zero"));
             }
         }
+        let (Some(storage), Some(auth), true) = (storage, auth, problems.is_empty()) else {
+            return Err(if problems.len() == 1 {
+                problems.remove(0)
+            } else {
+                ConfigError::Many(problems)
+            });
+        };
         Ok(Self {
             path: None,
             auth,

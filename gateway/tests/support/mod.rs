@@ -139,20 +139,29 @@ impl Drop for Server {
 pub struct TestNode {
     pub server: Server,
     pub root: PathBuf,
+    /// Its config file (rewrite it and send SIGHUP to reload).
+    pub config: PathBuf,
     _dir: TempDir,
+}
+
+/// The node config text for `token` and `mode`, listening on `addr`.
+pub fn node_config(addr: &str, token: &str, mode: &str) -> String {
+    format!(
+        "[listen]\naddr = \"{addr}\"\n[node]\npath = \"repos\"\ntoken = \"{token}\"\nauth_mode = \"{mode}\"\n"
+    )
 }
 
 impl TestNode {
     pub fn start() -> Self {
+        Self::start_with(NODE_TOKEN, "enforced")
+    }
+
+    pub fn start_with(token: &str, mode: &str) -> Self {
         let dir = TempDir::new().expect("tempdir");
         let root = dir.path().join("repos");
         std::fs::create_dir_all(&root).expect("root");
         let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!("[listen]\naddr = \"127.0.0.1:0\"\n[node]\npath = \"repos\"\ntoken = \"{NODE_TOKEN}\"\n"),
-        )
-        .expect("write config");
+        std::fs::write(&config, node_config("127.0.0.1:0", token, mode)).expect("write config");
         let server = Server::start(
             &sibling_binary("gitgate-node"),
             &config,
@@ -162,9 +171,19 @@ impl TestNode {
         Self {
             server,
             root,
+            config,
             _dir: dir,
         }
     }
+}
+
+/// Send SIGHUP to `pid`.
+pub fn sighup(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
 }
 
 /// Where a test gateway's repositories live.
@@ -192,16 +211,24 @@ pub struct GatewayOptions {
     pub extra: String,
     /// An `[auth]` section; by default anyone may read and write.
     pub auth: Option<String>,
+    /// Extra keys for `[listen]`.
+    pub listen: String,
+    /// The node token the gateway uses for a remote node.
+    pub node_token: Option<String>,
 }
 
 impl TestGateway {
     pub fn start(remote: bool, options: GatewayOptions) -> Self {
         let dir = TempDir::new().expect("tempdir");
         let (backend, root, node_toml) = if remote {
-            let node = TestNode::start();
+            let token = options
+                .node_token
+                .clone()
+                .unwrap_or_else(|| NODE_TOKEN.to_owned());
+            let node = TestNode::start_with(&token, "enforced");
             let root = node.root.clone();
             let toml = format!(
-                "[[storage.nodes]]\nname = \"remote1\"\nurl = \"{}\"\ntoken = \"{NODE_TOKEN}\"\n",
+                "[[storage.nodes]]\nname = \"remote1\"\nurl = \"{}\"\ntoken = \"{token}\"\n",
                 node.server.url
             );
             (Backend::Remote(node), root, toml)
@@ -218,7 +245,8 @@ impl TestGateway {
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n{}\n",
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{}\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n{}\n",
+                options.listen,
                 options.create_on_push,
                 options.extra,
                 options.auth.clone().unwrap_or_else(|| "[auth]\nanonymous = \"write\"".into())
@@ -242,6 +270,10 @@ impl TestGateway {
     }
 
     fn wait_ready(&self) {
+        if self.server.url.starts_with("https://") {
+            // Plain HTTP cannot probe it; the TLS test waits with its own client.
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(resp) = http::get(self.server.authority(), "/-/ready") {
@@ -256,6 +288,11 @@ impl TestGateway {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The gateway's config file (rewrite it and send SIGHUP to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gitgate.toml")
     }
 
     /// Clone URL of `name`.
@@ -319,5 +356,13 @@ impl TestGateway {
             "gitgate_node_git_processes_total",
             &["service=\"upload-pack\""],
         ) as u64
+    }
+}
+
+impl GatewayOptions {
+    /// Add a `[limits]` section with `keys`.
+    pub fn with_limits(mut self, keys: &str) -> Self {
+        self.extra.push_str(&format!("\n[limits]\n{keys}\n"));
+        self
     }
 }

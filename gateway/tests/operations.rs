@@ -1,0 +1,891 @@
+//! Operating gitgate: the auth matrix, per-repository limits, slow clients, TLS,
+//! metrics and logs, secret rotation, and config checking — against real processes.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gitgate::auth::proxy::ProxySecret;
+use gitgate::auth::token::hash_token;
+use gitgate::auth::Permission;
+use gitgate_proto::RepoPath;
+use support::git::{default_client, make_source, seed_bare, Git};
+use support::{http, metric, node_config, sighup, GatewayOptions, TestGateway};
+use tempfile::TempDir;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+const READ_TOKEN: &str = "read-token-aaaaaaaaaaaaaaaa";
+const WRITE_TOKEN: &str = "write-token-bbbbbbbbbbbbbbbb";
+const PROXY_SECRET: &str = "proxy-secret-cccccccccccccccc";
+
+fn auth_section() -> String {
+    format!(
+        "[auth]\nanonymous = \"none\"\npublic = [\"oss/*\"]\n\
+         [[auth.tokens]]\nname = \"reader\"\nhash = \"{}\"\nread = [\"**\"]\n\
+         [[auth.tokens]]\nname = \"writer\"\nhash = \"{}\"\nwrite = [\"team/*\", \"oss/*\"]\n\
+         [auth.proxy]\nsecret = \"{PROXY_SECRET}\"\n",
+        hash_token(READ_TOKEN),
+        hash_token(WRITE_TOKEN)
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    Anonymous,
+    Reader,
+    Writer,
+    WrongToken,
+    ProxyValid,
+    ProxyExpired,
+    ProxyTampered,
+}
+
+fn header_for(who: Who, repo: &str) -> Option<String> {
+    let secret = ProxySecret::new(PROXY_SECRET.into());
+    let repo = RepoPath::parse(repo).expect("repo");
+    let now = SystemTime::now();
+    match who {
+        Who::Anonymous => None,
+        Who::Reader => Some(format!("Authorization: Bearer {READ_TOKEN}")),
+        Who::Writer => Some(format!("Authorization: Bearer {WRITE_TOKEN}")),
+        Who::WrongToken => Some("Authorization: Bearer not-a-known-token".into()),
+        Who::ProxyValid => Some(format!(
+            "gitgate-proxy-auth: {}",
+            secret.sign(&repo, Permission::Write, now + Duration::from_secs(300))
+        )),
+        Who::ProxyExpired => Some(format!(
+            "gitgate-proxy-auth: {}",
+            secret.sign(&repo, Permission::Write, now - Duration::from_secs(5))
+        )),
+        Who::ProxyTampered => {
+            let signed = secret.sign(&repo, Permission::Read, now + Duration::from_secs(300));
+            Some(format!(
+                "gitgate-proxy-auth: {}",
+                signed.replace("perm=read", "perm=write")
+            ))
+        }
+    }
+}
+
+fn git_as(
+    git: &Git,
+    who: Who,
+    repo: &str,
+    cwd: Option<&Path>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut full: Vec<String> = Vec::new();
+    if let Some(h) = header_for(who, repo) {
+        full.push("-c".into());
+        full.push(format!("http.extraHeader={h}"));
+    }
+    full.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+    git.output(cwd, &refs, &[])
+}
+
+#[test]
+fn auth_matrix_holds_for_clone_and_push_including_cache_hits() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            auth: Some(auth_section()),
+            extra: "[cache]\nmin_occurrences = 0\n".into(),
+            ..Default::default()
+        },
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 5);
+    for repo in ["oss/pub", "team/priv"] {
+        seed_bare(&git, &work, &gw.repo_dir(repo));
+    }
+    let private_head = git
+        .ok(Some(&work), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    // Warm the cache with an authorized clone, so the refusals below are refusals of
+    // cache hits too.
+    let warm = tmp.path().join("warm");
+    let out = git_as(
+        &git,
+        Who::Writer,
+        "team/priv",
+        None,
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &gw.repo_url("team/priv"),
+            path_str(&warm),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    use Who::*;
+    // (who, repo, may clone, may push)
+    let cases = [
+        (Anonymous, "oss/pub", true, false),
+        (Anonymous, "team/priv", false, false),
+        (Reader, "oss/pub", true, false),
+        (Reader, "team/priv", true, false),
+        (Writer, "oss/pub", true, true),
+        (Writer, "team/priv", true, true),
+        (WrongToken, "oss/pub", false, false),
+        (WrongToken, "team/priv", false, false),
+        (ProxyValid, "team/priv", true, true),
+        (ProxyExpired, "team/priv", false, false),
+        (ProxyTampered, "team/priv", false, false),
+    ];
+    for (i, (who, repo, may_clone, may_push)) in cases.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("case-{i}"));
+        let out = git_as(
+            &git,
+            who,
+            repo,
+            None,
+            &[
+                "-c",
+                "protocol.version=0",
+                "clone",
+                "-q",
+                &gw.repo_url(repo),
+                path_str(&dir),
+            ],
+        );
+        assert_eq!(
+            out.status.success(),
+            may_clone,
+            "{who:?} clone {repo}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !may_clone {
+            assert!(
+                !dir.join(".git/objects/pack").exists()
+                    || std::fs::read_dir(dir.join(".git/objects/pack"))
+                        .map(|d| d.count())
+                        .unwrap_or(0)
+                        == 0,
+                "{who:?} got objects of {repo}"
+            );
+            // And a raw fetch request for the private head gets no pack either.
+            let mut body = Vec::new();
+            let want = format!("want {private_head} multi_ack_detailed no-done side-band-64k thin-pack no-progress ofs-delta deepen-since deepen-not agent=git/2.47.3\n");
+            body.extend_from_slice(format!("{:04x}{want}", want.len() + 4).as_bytes());
+            body.extend_from_slice(b"00000009done\n");
+            let mut headers =
+                vec!["Content-Type: application/x-git-upload-pack-request".to_owned()];
+            headers.extend(header_for(who, repo));
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let resp = http::post(
+                gw.server.authority(),
+                &format!("/{repo}.git/git-upload-pack"),
+                &headers,
+                &body,
+            )
+            .expect("post");
+            assert!(
+                matches!(resp.status, 401 | 403),
+                "{who:?} {repo}: {}",
+                resp.status
+            );
+            assert!(
+                !resp.body.windows(4).any(|w| w == b"PACK"),
+                "{who:?} leaked a pack of {repo}"
+            );
+            if resp.status == 401 {
+                assert!(
+                    resp.head
+                        .to_ascii_lowercase()
+                        .contains("www-authenticate: basic"),
+                    "{}",
+                    resp.head
+                );
+            }
+            continue;
+        }
+        git.commit_file(&dir, &format!("f{i}.txt"), "x\n", "change");
+        let out = git_as(
+            &git,
+            who,
+            repo,
+            Some(&dir),
+            &["push", "-q", "origin", &format!("HEAD:refs/heads/case-{i}")],
+        );
+        assert_eq!(
+            out.status.success(),
+            may_push,
+            "{who:?} push {repo}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let landed = git.output(
+            None,
+            &[
+                "--git-dir",
+                path_str(&gw.repo_dir(repo)),
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/case-{i}"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            landed.status.success(),
+            may_push,
+            "{who:?} push {repo} landed = {}",
+            landed.status.success()
+        );
+    }
+    let scrape = gw.scrape();
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_client_authentications_total",
+            &["result=\"forbidden\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_client_authentications_total",
+            &["result=\"unauthenticated\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_pack_cache_lookups_total",
+            &["result=\"hit\""]
+        ) >= 1.0,
+        "no cache hit was exercised"
+    );
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn per_repository_limit_caps_node_work_and_refuses_past_the_queue() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            extra: "[cache]\nenabled = false\n".into(),
+            listen: String::new(),
+            ..Default::default()
+        }
+        .with_limits("fetch_concurrency_per_repo = 4\nfetch_queue_per_repo = 4\nfetch_queue_timeout = \"120s\"\n"),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    std::fs::write(work.join("blob.bin"), noise(12 << 20, 5)).expect("write");
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url("hot"), "main"]);
+
+    let url = gw.repo_url("hot");
+    let children: Vec<_> = (0..32)
+        .map(|i| {
+            let dir = tmp.path().join(format!("c{i}"));
+            let started = Instant::now();
+            let child = git
+                .cmd(None)
+                .args(["-c", "protocol.version=0", "clone", "-q", "--bare", &url])
+                .arg(&dir)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            (child, started)
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for (child, started) in children {
+        let out = child.wait_with_output().expect("wait");
+        if out.status.success() {
+            ok += 1;
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("429") || err.contains("503"),
+                "unexpected failure: {err}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "a refusal was not quick"
+            );
+            refused += 1;
+        }
+    }
+    let scrape = gw.scrape();
+    let max = metric(
+        &scrape,
+        "gitgate_node_git_processes_running_max",
+        &["service=\"upload-pack\""],
+    );
+    assert!(
+        max <= 4.0,
+        "{max} upload-packs ran at once with a limit of 4"
+    );
+    assert!(ok >= 4, "only {ok} clones finished");
+    assert!(
+        refused >= 1,
+        "nobody was refused: the queue bound was never reached"
+    );
+    assert_eq!(
+        metric(&scrape, "gitgate_concurrency_rejected_total", &[]) as usize,
+        refused
+    );
+    eprintln!("{ok} clones finished, {refused} refused, at most {max} upload-packs at once");
+}
+
+#[test]
+fn slow_clients_are_cut_off_while_clones_keep_working() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions::default()
+            .with_limits("header_timeout = \"1s\"\nbody_idle_timeout = \"1s\"\n"),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 4);
+    seed_bare(&git, &work, &gw.repo_dir("r"));
+
+    // Headers trickled one byte at a time.
+    let trickle = {
+        let authority = gw.server.authority().to_owned();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&authority).expect("connect");
+            let started = Instant::now();
+            for b in b"GET /-/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+                .iter()
+                .chain(std::iter::repeat(&b'a').take(100))
+            {
+                if s.write_all(&[*b]).is_err() {
+                    return started.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            started.elapsed()
+        })
+    };
+    // A body that stalls after a few bytes.
+    let stall = {
+        let authority = gw.server.authority().to_owned();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&authority).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(b"POST /r.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: 1000\r\n\r\n0032want ").expect("send");
+            let started = Instant::now();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        })
+    };
+    // Meanwhile, ordinary clones work.
+    for i in 0..3 {
+        git.ok(
+            None,
+            &[
+                "clone",
+                "-q",
+                &gw.repo_url("r"),
+                path_str(&tmp.path().join(format!("ok{i}"))),
+            ],
+        );
+    }
+    let trickled = trickle.join().expect("thread");
+    assert!(
+        trickled < Duration::from_secs(5),
+        "a trickling client held its connection for {trickled:?}"
+    );
+    let (stalled, answer) = stall.join().expect("thread");
+    assert!(
+        stalled < Duration::from_secs(5),
+        "a stalled body held its request for {stalled:?}"
+    );
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 400")
+            || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+fn openssl(args: &[&str], cwd: &Path) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn https_clone_with_a_test_ca_and_no_plain_http() {
+    let tmp = TempDir::new().expect("tempdir");
+    let d = tmp.path();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gitgate test CA",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        d,
+    );
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+        d,
+    );
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            listen: format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                d.join("server.pem").display(),
+                d.join("server.key").display()
+            ),
+            ..Default::default()
+        },
+    );
+    assert!(gw.server.url.starts_with("https://"), "{}", gw.server.url);
+    let git = default_client();
+    let work = make_source(&git, d, 3);
+    seed_bare(&git, &work, &gw.repo_dir("secure"));
+    let url = format!("{}/secure.git", gw.server.url);
+    let ca = d.join("ca.pem");
+    let env = [("GIT_SSL_CAINFO", path_str(&ca))];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !git
+        .output(None, &["ls-remote", &url], &env)
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "HTTPS never became ready:\n{}",
+            gw.server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let clone = d.join("clone");
+    git.ok_env(None, &["clone", "-q", &url, path_str(&clone)], &env);
+    git.fsck(&clone.join(".git"));
+    // Without the CA, git refuses the certificate; over plain HTTP nothing is served.
+    assert!(!git.output(None, &["ls-remote", &url], &[]).status.success());
+    let plain = url.replace("https://", "http://");
+    assert!(!git
+        .output(None, &["ls-remote", &plain], &[])
+        .status
+        .success());
+    assert!(http::get(gw.server.authority(), "/-/health").map_or(true, |r| r.status != 200));
+}
+
+#[test]
+fn metrics_pass_promtool_and_json_logs_carry_the_fields() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            extra: "[log]\nformat = \"json\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 3);
+    seed_bare(&git, &work, &gw.repo_dir("m"));
+    git.ok(
+        None,
+        &[
+            "-c",
+            "protocol.version=2",
+            "clone",
+            "-q",
+            &gw.repo_url("m"),
+            path_str(&tmp.path().join("c")),
+        ],
+    );
+    let scrape = gw.scrape();
+    for family in [
+        "gitgate_pack_cache_lookups_total",
+        "gitgate_pack_cache_generated_bytes_total",
+        "gitgate_pack_cache_served_bytes_total",
+        "gitgate_pack_cache_disk_usage_bytes",
+        "gitgate_pack_cache_entries",
+        "gitgate_pack_cache_evictions_total",
+        "gitgate_pack_cache_enabled",
+        "gitgate_http_requests_total",
+        "gitgate_http_request_duration_seconds",
+        "gitgate_backend_requests_total",
+        "gitgate_read_distribution_total",
+        "gitgate_client_authentications_total",
+        "gitgate_concurrency_in_progress",
+        "gitgate_concurrency_queued",
+    ] {
+        assert!(
+            scrape.contains(&format!("# TYPE {family} ")),
+            "{family} missing from the scrape"
+        );
+    }
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let promtool =
+        promtool.expect("promtool is needed (Debian package prometheus; .ci/run installs it)");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("feed");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every metric the shipped dashboard queries exists.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )
+    .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("gitgate_"))
+            {
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    scrape.contains(&format!("# TYPE {family} ")),
+                    "dashboard queries {family}, which is not exported"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 14);
+
+    let log = gw.server.log_text();
+    let finished: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request finished")
+        .collect();
+    assert!(!finished.is_empty(), "no JSON request lines:\n{log}");
+    let fetch = finished
+        .iter()
+        .find(|v| {
+            v["span"]["service"] == "git-upload-pack"
+                && v["span"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/git-upload-pack"))
+                && v["span"]["cache"] == "miss"
+        })
+        .unwrap_or_else(|| panic!("no fetch line in {finished:#?}"));
+    for field in [
+        "request_id",
+        "repo",
+        "service",
+        "protocol",
+        "cache",
+        "key",
+        "node",
+        "user",
+    ] {
+        assert!(
+            fetch["span"][field].is_string(),
+            "span field {field} missing: {fetch}"
+        );
+    }
+    for field in ["status", "duration_ms", "bytes_sent"] {
+        assert!(
+            fetch["fields"][field].is_number(),
+            "field {field} missing: {fetch}"
+        );
+    }
+    assert_eq!(fetch["span"]["protocol"], "v2");
+}
+
+#[test]
+fn rotating_the_internal_secret_fails_no_request() {
+    const OLD: &str = "old-internal-secret-11111111";
+    const NEW: &str = "new-internal-secret-22222222";
+    let gw = TestGateway::start(
+        true,
+        GatewayOptions {
+            node_token: Some(OLD.into()),
+            ..Default::default()
+        },
+    );
+    let support::Backend::Remote(node) = &gw.backend else {
+        panic!("remote node expected")
+    };
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 3);
+    seed_bare(&git, &work, &gw.repo_dir("rot"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker = {
+        let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+        let url = gw.repo_url("rot");
+        let dir = tmp.path().to_owned();
+        std::thread::spawn(move || {
+            let git = default_client();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let target = dir.join(format!("loop-{i}"));
+                let out = git.output(
+                    None,
+                    &["clone", "-q", "--bare", &url, path_str(&target)],
+                    &[],
+                );
+                if !out.status.success() {
+                    failures
+                        .lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                let _ = std::fs::remove_dir_all(&target);
+                done.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        })
+    };
+    let wait_for_progress = || {
+        let start = done.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::SeqCst) < start + 2 {
+            assert!(Instant::now() < deadline, "the clone loop stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let wait_for_log = |text: &dyn Fn() -> String, needle: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while text().matches(needle).count() < count {
+            assert!(Instant::now() < deadline, "no {needle:?} in the log");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let node_addr = node.server.authority().to_owned();
+    wait_for_progress();
+    // 1. The node accepts both while it moves to the new secret.
+    std::fs::write(&node.config, node_config(&node_addr, NEW, "transitioning"))
+        .expect("node config");
+    sighup(node.server.pid());
+    wait_for_log(&|| node.server.log_text(), "reloaded node token", 1);
+    wait_for_progress();
+    // 2. The gateway switches to the new secret.
+    let config = std::fs::read_to_string(gw.config_path())
+        .expect("config")
+        .replace(OLD, NEW);
+    std::fs::write(gw.config_path(), config).expect("gateway config");
+    sighup(gw.server.pid());
+    wait_for_log(&|| gw.server.log_text(), "configuration reloaded", 1);
+    wait_for_progress();
+    // 3. The node enforces the new secret only.
+    std::fs::write(&node.config, node_config(&node_addr, NEW, "enforced")).expect("node config");
+    sighup(node.server.pid());
+    wait_for_log(&|| node.server.log_text(), "reloaded node token", 2);
+    wait_for_progress();
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("worker");
+    let failures = failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during rotation: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let node_scrape = String::from_utf8(http::get(&node_addr, "/-/metrics").expect("scrape").body)
+        .expect("utf-8");
+    assert!(
+        metric(
+            &node_scrape,
+            "gitgate_authentications_total",
+            &["enforced=\"false\"", "status=\"bad_signature\""]
+        ) >= 1.0,
+        "the transition window saw no old-secret request:\n{node_scrape}"
+    );
+    assert!(
+        metric(
+            &node_scrape,
+            "gitgate_authentications_total",
+            &["enforced=\"true\"", "status=\"bad_signature\""]
+        ) == 0.0
+    );
+}
+
+#[test]
+fn check_config_names_the_key_of_every_problem() {
+    let tmp = TempDir::new().expect("tempdir");
+    let base = "[listen]\naddr = \"127.0.0.1:0\"\n[storage]\n[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("{base}[cache]\nmax_age = \"soon\"\n"),
+            vec!["max_age"],
+        ),
+        (format!("{base}[cache]\nbogus = 1\n"), vec!["bogus"]),
+        (
+            base.replace("path = \"repos\"", "path = \"repos\"\nurl = \"http://x:1\""),
+            vec!["storage.nodes[0]"],
+        ),
+        (
+            format!("{base}[auth]\nanonymous = \"everyone\"\n"),
+            vec!["auth.anonymous"],
+        ),
+        (
+            format!("{base}[[auth.tokens]]\nname = \"t\"\nhash = \"plain\"\n"),
+            vec!["auth.tokens[0].hash"],
+        ),
+        (
+            format!("{base}[auth]\npublic = [\"a//b\"]\n"),
+            vec!["auth.public"],
+        ),
+        (
+            base.replace("[listen]\n", "[listen]\ntls_cert = \"c.pem\"\n"),
+            vec!["listen.tls_cert"],
+        ),
+        (
+            format!("{base}[log]\nformat = \"xml\"\n[limits]\nheader_timeout = \"0s\"\n"),
+            vec!["log.format", "limits.header_timeout"],
+        ),
+    ];
+    for (i, (text, keys)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "case {i} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for key in keys {
+            assert!(err.contains(key), "case {i}: {key} not named in: {err}");
+        }
+    }
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, base).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The shipped example is valid.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
