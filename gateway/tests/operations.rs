@@ -385,7 +385,7 @@ fn slow_clients_are_cut_off_while_clones_keep_working() {
             let started = Instant::now();
             for b in b"GET /-/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
                 .iter()
-                .chain(std::iter::repeat(&b'a').take(100))
+                .chain(std::iter::repeat_n(&b'a', 100))
             {
                 if s.write_all(&[*b]).is_err() {
                     return started.elapsed();
