@@ -1,0 +1,492 @@
+//! `gitgate-load bench`: the three servers, the same scenarios, interleaved and
+//! repeated in one invocation, medians, and a table of ratios to the nginx baseline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+
+use crate::corpus::{self, Shape};
+use crate::measure::{self, Accounting};
+use crate::scenarios::{self, Corpus, Kind, Mode, Outcome, Scenario};
+use crate::servers::{self, Setup};
+use crate::stats::{median, percentile};
+
+/// Options of a bench run.
+pub struct BenchOptions {
+    /// Scratch space (repositories, server state, clones).
+    pub workdir: PathBuf,
+    /// Use this bare repository instead of the synthetic corpus.
+    pub repo: Option<PathBuf>,
+    /// Small corpus, for smoke runs.
+    pub tiny: bool,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Repetitions of every (scenario, server) pair.
+    pub repeat: usize,
+    /// Corpus seed.
+    pub seed: u64,
+    /// The gitgate binary.
+    pub gitgate: PathBuf,
+    /// Where to write the Markdown report, if anywhere.
+    pub results: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+struct Run {
+    outcome: Outcome,
+    cpu: f64,
+    rss: u64,
+}
+
+const SERVERS: [servers::Kind; 3] = [
+    servers::Kind::GitgateCache,
+    servers::Kind::GitgateNoCache,
+    servers::Kind::Nginx,
+];
+
+fn scenarios(n: usize) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "fanout (replay)",
+            kind: Kind::Fanout,
+            mode: Mode::Replay,
+            clients: n,
+        },
+        Scenario {
+            name: "fanout (git clone)",
+            kind: Kind::Fanout,
+            mode: Mode::Git,
+            clients: n,
+        },
+        Scenario {
+            name: "shallow (replay)",
+            kind: Kind::Shallow,
+            mode: Mode::Replay,
+            clients: n,
+        },
+        Scenario {
+            name: "shallow (git clone --depth 1)",
+            kind: Kind::Shallow,
+            mode: Mode::Git,
+            clients: n,
+        },
+        Scenario {
+            name: "unique (replay)",
+            kind: Kind::Unique,
+            mode: Mode::Replay,
+            clients: n,
+        },
+        Scenario {
+            name: "incremental (replay)",
+            kind: Kind::Incremental,
+            mode: Mode::Replay,
+            clients: n,
+        },
+        Scenario {
+            name: "single clone (git)",
+            kind: Kind::Fanout,
+            mode: Mode::Git,
+            clients: 1,
+        },
+        Scenario {
+            name: "mixed: pushes during fetches",
+            kind: Kind::Mixed,
+            mode: Mode::Replay,
+            clients: n,
+        },
+    ]
+}
+
+fn git(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("git").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn prepare(opts: &BenchOptions) -> anyhow::Result<(Setup, Corpus, Corpus)> {
+    let repos = opts.workdir.join("repos");
+    std::fs::create_dir_all(&repos)?;
+    let corpus_path = repos.join("corpus.git");
+    let marker = format!("seed={} tiny={} repo={:?}", opts.seed, opts.tiny, opts.repo);
+    let marker_file = opts.workdir.join("corpus.marker");
+    if std::fs::read_to_string(&marker_file).ok().as_deref() != Some(marker.as_str()) {
+        let _ = std::fs::remove_dir_all(&corpus_path);
+        match &opts.repo {
+            Some(src) => git(&[
+                "clone",
+                "-q",
+                "--mirror",
+                &src.display().to_string(),
+                &corpus_path.display().to_string(),
+            ])?,
+            None => {
+                let shape = if opts.tiny { Shape::TINY } else { Shape::FULL };
+                println!("generating corpus {shape:?} from seed {}", opts.seed);
+                corpus::generate("git", &corpus_path, shape, opts.seed)?;
+            }
+        }
+        std::fs::write(&marker_file, &marker)?;
+    }
+    let mixed_path = repos.join("mixed.git");
+    let _ = std::fs::remove_dir_all(&mixed_path);
+    git(&[
+        "clone",
+        "-q",
+        "--mirror",
+        &corpus_path.display().to_string(),
+        &mixed_path.display().to_string(),
+    ])?;
+    let static_dir = opts.workdir.join("static");
+    std::fs::create_dir_all(&static_dir)?;
+    let setup = Setup {
+        gitgate: opts.gitgate.clone(),
+        repos,
+        work: opts.workdir.join("servers"),
+        static_dir,
+    };
+    Ok((
+        setup,
+        Corpus::load("git", &corpus_path, "corpus")?,
+        Corpus::load("git", &mixed_path, "mixed")?,
+    ))
+}
+
+fn pack_bytes(repo: &Path) -> u64 {
+    std::fs::read_dir(repo.join("objects/pack"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Run the benchmark.
+pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
+    for tool in ["nginx", "fcgiwrap", "git"] {
+        ensure!(
+            servers::installed(tool),
+            "{tool} is not installed (load-tests/bench.sh installs it)"
+        );
+    }
+    let (setup, corpus, mixed) = prepare(opts)?;
+    let pack = pack_bytes(&corpus.path);
+    println!(
+        "corpus: {} ({} MiB of pack, {} commits on main, {} ref tips), seed {}",
+        corpus.path.display(),
+        pack >> 20,
+        corpus.history.len(),
+        corpus.tips.len(),
+        opts.seed
+    );
+    let ceiling = scenarios::loopback_ceiling(if opts.tiny { 256 << 20 } else { 4 << 30 })?;
+    println!("loopback ceiling: {:.0} MiB/s", ceiling / (1 << 20) as f64);
+    let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
+    let mut method = String::new();
+    let list = scenarios(opts.clients);
+    for rep in 0..opts.repeat {
+        for (si, scenario) in list.iter().enumerate() {
+            let target = if scenario.kind == Kind::Mixed {
+                &mixed
+            } else {
+                &corpus
+            };
+            // Interleave: a different server goes first in each repetition.
+            for k in 0..SERVERS.len() {
+                let vi = (k + rep + si) % SERVERS.len();
+                let server = servers::start(SERVERS[vi], &setup)?;
+                let acct = Accounting::attach(SERVERS[vi].label(), &server.pids);
+                method = acct.method().to_owned();
+                let before = acct.cpu_seconds();
+                let outcome = scenarios::run(
+                    scenario,
+                    &server.authority,
+                    target,
+                    &opts.workdir.join("clients"),
+                    "git",
+                )?;
+                let cpu = acct.cpu_seconds() - before;
+                let rss = measure::peak_rss(server.main_pid);
+                acct.detach();
+                drop(server);
+                println!(
+                    "rep {rep} {:<32} {:<18} wall {:>7.2}s cpu {:>7.2}s errors {} unverified {}{}",
+                    scenario.name,
+                    SERVERS[vi].label(),
+                    outcome.wall.as_secs_f64(),
+                    cpu,
+                    outcome.errors,
+                    outcome.verify_failures,
+                    outcome
+                        .first_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+                runs.entry((si, vi))
+                    .or_default()
+                    .push(Run { outcome, cpu, rss });
+            }
+        }
+    }
+    let (static_tp, hit_tp) = throughput(&setup, &corpus, opts.clients)?;
+    let report = report(
+        opts, &list, &runs, &method, ceiling, static_tp, hit_tp, pack,
+    );
+    println!("\n{report}");
+    if let Some(path) = &opts.results {
+        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+        println!("written to {}", path.display());
+    }
+    let failures: usize = runs
+        .values()
+        .flatten()
+        .map(|r| r.outcome.errors + r.outcome.verify_failures)
+        .sum();
+    ensure!(
+        failures == 0,
+        "{failures} requests failed or did not verify"
+    );
+    Ok(())
+}
+
+/// Cache-hit aggregate throughput against nginx serving the same bytes as a file.
+fn throughput(setup: &Setup, corpus: &Corpus, clients: usize) -> anyhow::Result<(f64, f64)> {
+    let server = servers::start(servers::Kind::GitgateCache, setup)?;
+    let fetch = scenarios::Scenario {
+        name: "warm",
+        kind: Kind::Fanout,
+        mode: Mode::Replay,
+        clients: 1,
+    };
+    // Warm the entry, keep the bytes for nginx to serve statically.
+    let body = crate::replay::Fetch {
+        wants: corpus.tips.clone(),
+        haves: vec![],
+        deepen: None,
+    }
+    .body();
+    let headers = [
+        ("Content-Type", "application/x-git-upload-pack-request"),
+        ("Git-Protocol", "version=2"),
+    ];
+    let warm = crate::http::request(
+        &server.authority,
+        "POST",
+        &format!("/{}.git/git-upload-pack", corpus.name),
+        &headers,
+        &body,
+    )?;
+    std::fs::write(setup.static_dir.join("clone-response.bin"), &warm.body)?;
+    let _ = fetch;
+    let hits = scenarios::run(
+        &Scenario {
+            name: "hits",
+            kind: Kind::Fanout,
+            mode: Mode::Replay,
+            clients,
+        },
+        &server.authority,
+        corpus,
+        &setup.work.join("hits"),
+        "git",
+    )?;
+    let hit_tp = hits.bytes as f64 / hits.wall.as_secs_f64();
+    drop(server);
+    let nginx = servers::start(servers::Kind::Nginx, setup)?;
+    let static_tp =
+        scenarios::static_throughput(&nginx.authority, "/static/clone-response.bin", clients)?;
+    Ok((static_tp, hit_tp))
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    opts: &BenchOptions,
+    list: &[Scenario],
+    runs: &BTreeMap<(usize, usize), Vec<Run>>,
+    method: &str,
+    ceiling: f64,
+    static_tp: f64,
+    hit_tp: f64,
+    pack: u64,
+) -> String {
+    let mib = |b: f64| b / (1 << 20) as f64;
+    let mut out = String::new();
+    let _ = writeln!(out, "# gitgate load test results\n");
+    let _ = writeln!(out, "Command: `{}`  ", opts.command);
+    let _ = writeln!(out, "Corpus: {} MiB of pack (seed {}{}); {} clients; {} repetitions, interleaved; medians shown.  ", pack >> 20, opts.seed, opts.repo.as_ref().map(|r| format!(", from {}", r.display())).unwrap_or_default(), opts.clients, opts.repeat);
+    let _ = writeln!(
+        out,
+        "Server CPU measured with {method}; gitgate peak RSS is VmHWM of the gitgate process.  "
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {} cores. Loopback ceiling (one TCP stream): {:.0} MiB/s.\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        mib(ceiling)
+    );
+    let _ = writeln!(out, "| scenario | server | wall s | server CPU s | CPU vs nginx | wall vs nginx | TTFB p50/p95/p99 s | duration p50/p95/p99 s | MiB | errors | unverified |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut medians: BTreeMap<(usize, usize), (f64, f64)> = BTreeMap::new();
+    for (si, _) in list.iter().enumerate() {
+        for vi in 0..SERVERS.len() {
+            if let Some(rs) = runs.get(&(si, vi)) {
+                let wall = median(
+                    &rs.iter()
+                        .map(|r| r.outcome.wall.as_secs_f64())
+                        .collect::<Vec<_>>(),
+                );
+                let cpu = median(&rs.iter().map(|r| r.cpu).collect::<Vec<_>>());
+                medians.insert((si, vi), (wall, cpu));
+            }
+        }
+    }
+    for (si, s) in list.iter().enumerate() {
+        let base = medians.get(&(si, 2)).copied();
+        for (vi, server) in SERVERS.iter().enumerate() {
+            let Some(rs) = runs.get(&(si, vi)) else {
+                continue;
+            };
+            let (wall, cpu) = medians[&(si, vi)];
+            let ttfb: Vec<Duration> = rs.iter().flat_map(|r| r.outcome.ttfb.clone()).collect();
+            let dur: Vec<Duration> = rs
+                .iter()
+                .flat_map(|r| r.outcome.durations.clone())
+                .collect();
+            let bytes = median(
+                &rs.iter()
+                    .map(|r| r.outcome.bytes as f64)
+                    .collect::<Vec<_>>(),
+            );
+            let errors: usize = rs.iter().map(|r| r.outcome.errors).sum();
+            let unverified: usize = rs.iter().map(|r| r.outcome.verify_failures).sum();
+            let ratio = |a: f64, b: Option<f64>| {
+                b.filter(|b| *b > 0.0)
+                    .map_or("-".into(), |b| format!("{:.3}×", a / b))
+            };
+            let ttfb_text = if ttfb.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{}/{}/{}",
+                    secs(percentile(&ttfb, 50.0)),
+                    secs(percentile(&ttfb, 95.0)),
+                    secs(percentile(&ttfb, 99.0))
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {} | {} | {} | {}/{}/{} | {:.1} | {} | {} |",
+                if vi == 0 { s.name } else { "" },
+                server.label(),
+                wall,
+                cpu,
+                ratio(cpu, base.map(|b| b.1)),
+                ratio(wall, base.map(|b| b.0)),
+                ttfb_text,
+                secs(percentile(&dur, 50.0)),
+                secs(percentile(&dur, 95.0)),
+                secs(percentile(&dur, 99.0)),
+                mib(bytes),
+                errors,
+                unverified
+            );
+        }
+    }
+    let rss = runs
+        .iter()
+        .filter(|((si, vi), _)| {
+            *vi == 0 && list[*si].kind == Kind::Fanout && list[*si].clients == opts.clients
+        })
+        .flat_map(|(_, rs)| rs.iter().map(|r| r.rss))
+        .max()
+        .unwrap_or(0);
+    let cpu_ratio = |si: usize| {
+        medians
+            .get(&(si, 0))
+            .zip(medians.get(&(si, 2)))
+            .map(|(g, n)| g.1 / n.1.max(1e-9))
+    };
+    let wall_ratio = |si: usize| {
+        medians
+            .get(&(si, 0))
+            .zip(medians.get(&(si, 2)))
+            .map(|(g, n)| g.0 / n.0.max(1e-9))
+    };
+    let verdict = |v: Option<f64>, target: f64, below: bool| match v {
+        None => "not measured".to_owned(),
+        Some(v) if (below && v <= target) || (!below && v >= target) => format!("{v:.3} — met"),
+        Some(v) => format!("{v:.3} — **missed**"),
+    };
+    let _ = writeln!(
+        out,
+        "\n## Targets (gitgate with the cache vs nginx + git http-backend)\n"
+    );
+    let _ = writeln!(out, "| target | goal | measured |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| `--depth 1` fan-out N={}, server CPU (git clients) | ≤ 0.05× | {} |",
+        opts.clients,
+        verdict(cpu_ratio(3), 0.05, true)
+    );
+    let _ = writeln!(
+        out,
+        "| `--depth 1` fan-out N={}, server CPU (replay) | ≤ 0.05× | {} |",
+        opts.clients,
+        verdict(cpu_ratio(2), 0.05, true)
+    );
+    let _ = writeln!(
+        out,
+        "| full fan-out N={}, server CPU (git clients) | ≤ 0.10× | {} |",
+        opts.clients,
+        verdict(cpu_ratio(1), 0.10, true)
+    );
+    let _ = writeln!(
+        out,
+        "| full fan-out N={}, server CPU (replay) | ≤ 0.10× | {} |",
+        opts.clients,
+        verdict(cpu_ratio(0), 0.10, true)
+    );
+    let _ = writeln!(
+        out,
+        "| full fan-out N={}, wall time (git clients) | ≤ 0.20× | {} |",
+        opts.clients,
+        verdict(wall_ratio(1), 0.20, true)
+    );
+    let _ = writeln!(
+        out,
+        "| full fan-out N={}, wall time (replay) | ≤ 0.20× | {} |",
+        opts.clients,
+        verdict(wall_ratio(0), 0.20, true)
+    );
+    let _ = writeln!(out, "| cache-hit aggregate throughput vs nginx static file | ≥ 0.70× | {} ({:.0} vs {:.0} MiB/s) |", verdict(Some(hit_tp / static_tp.max(1.0)), 0.70, false), mib(hit_tp), mib(static_tp));
+    let _ = writeln!(
+        out,
+        "| single unique clone, wall time | ≤ 1.05× | {} |",
+        verdict(wall_ratio(6), 1.05, true)
+    );
+    let _ = writeln!(
+        out,
+        "| gitgate peak RSS, {} concurrent full clones | ≤ 64 MiB | {:.1} MiB — {} |",
+        opts.clients,
+        mib(rss as f64),
+        if rss <= 64 << 20 { "met" } else { "**missed**" }
+    );
+    out
+}

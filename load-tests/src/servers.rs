@@ -1,0 +1,259 @@
+//! The servers under test, started fresh for every measured run: gitgate with the pack
+//! cache, gitgate without it, and nginx + fcgiwrap + `git http-backend` (the baseline),
+//! all over the same directory of bare repositories.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// gitgate, pack cache on.
+    GitgateCache,
+    /// gitgate, pack cache off.
+    GitgateNoCache,
+    /// nginx + fcgiwrap + git http-backend.
+    Nginx,
+}
+
+impl Kind {
+    /// Column label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::GitgateCache => "gitgate+cache",
+            Self::GitgateNoCache => "gitgate-nocache",
+            Self::Nginx => "nginx+http-backend",
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// `127.0.0.1:PORT`.
+    pub authority: String,
+    /// The long-lived processes (their children are found through /proc).
+    pub pids: Vec<u32>,
+    /// The process whose memory is reported (gitgate itself; nginx's master).
+    pub main_pid: u32,
+    children: Vec<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Paths the servers need.
+pub struct Setup {
+    /// The gitgate binary.
+    pub gitgate: PathBuf,
+    /// Directory of bare repositories.
+    pub repos: PathBuf,
+    /// Scratch directory for configs, sockets, caches, logs.
+    pub work: PathBuf,
+    /// Directory nginx serves at `/static/`.
+    pub static_dir: PathBuf,
+}
+
+/// Start a server of `kind`.
+pub fn start(kind: Kind, setup: &Setup) -> anyhow::Result<Server> {
+    match kind {
+        Kind::GitgateCache => gitgate(kind, setup, true),
+        Kind::GitgateNoCache => gitgate(kind, setup, false),
+        Kind::Nginx => nginx(setup),
+    }
+}
+
+fn gitgate(kind: Kind, setup: &Setup, cache: bool) -> anyhow::Result<Server> {
+    let dir = setup.work.join(kind.label());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("gitgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[storage]\n[[storage.nodes]]\nname = \"local\"\npath = \"{}\"\n\
+             [cache]\nenabled = {cache}\ndir = \"{}\"\nmin_free_bytes = 0\n\
+             [limits]\nfetch_concurrency_per_repo = 0\n[auth]\nanonymous = \"write\"\n[log]\nlevel = \"warn\"\n",
+            setup.repos.display(),
+            dir.join("cache").display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("gitgate.log"))?;
+    let mut child = Command::new(&setup.gitgate)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", setup.gitgate.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line)?;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    let Some(authority) = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .map(str::to_owned)
+    else {
+        bail!(
+            "gitgate did not start: {line:?}; see {}",
+            dir.join("gitgate.log").display()
+        );
+    };
+    let pid = child.id();
+    Ok(Server {
+        authority,
+        pids: vec![pid],
+        main_pid: pid,
+        children: vec![child],
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(authority: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(authority).is_err() {
+        if Instant::now() > deadline {
+            bail!("{authority} never accepted connections");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The `git-http-backend` of the git that gitgate's nodes run (`git` in PATH).
+pub fn http_backend() -> anyhow::Result<PathBuf> {
+    let out = Command::new("git").arg("--exec-path").output()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("git-http-backend");
+    anyhow::ensure!(path.exists(), "{} not found", path.display());
+    Ok(path)
+}
+
+fn nginx(setup: &Setup) -> anyhow::Result<Server> {
+    let dir = setup.work.join("nginx");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let socket = dir.join("fcgiwrap.sock");
+    let port = free_port()?;
+    let backend = http_backend()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+{user}
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_max_body_size 0;
+  client_body_temp_path {dir}/tmp/body;
+  fastcgi_temp_path {dir}/tmp/fastcgi;
+  proxy_temp_path {dir}/tmp/proxy;
+  uwsgi_temp_path {dir}/tmp/uwsgi;
+  scgi_temp_path {dir}/tmp/scgi;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{port};
+    location /static/ {{ alias {static_dir}/; }}
+    location ~ ^/.+\.git/(info/refs|git-upload-pack|git-receive-pack)$ {{
+      include /etc/nginx/fastcgi_params;
+      fastcgi_pass unix:{socket};
+      fastcgi_param SCRIPT_FILENAME {backend};
+      fastcgi_param GIT_PROJECT_ROOT {repos};
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param GIT_CONFIG_COUNT 1;
+      fastcgi_param GIT_CONFIG_KEY_0 http.receivepack;
+      fastcgi_param GIT_CONFIG_VALUE_0 true;
+      fastcgi_param PATH_INFO $uri;
+      fastcgi_param GIT_PROTOCOL $http_git_protocol;
+      fastcgi_buffering off;
+      fastcgi_request_buffering off;
+      fastcgi_read_timeout 600s;
+    }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            // Workers must reach fcgiwrap's socket; as root, keep them as root.
+            user = if is_root() { "user root;" } else { "" },
+            static_dir = setup.static_dir.display(),
+            socket = socket.display(),
+            backend = backend.display(),
+            repos = setup.repos.display(),
+        ),
+    )?;
+    // fcgiwrap runs one request per child: give it as many children as clients so the
+    // baseline is not serialized.
+    let fcgi = Command::new("fcgiwrap")
+        .args(["-c", "64", "-s"])
+        .arg(format!("unix:{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fcgiwrap.log"))?)
+        .spawn()
+        .context("starting fcgiwrap (apt-get install fcgiwrap)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "fcgiwrap did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr"))?)
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let authority = format!("127.0.0.1:{port}");
+    wait_for_port(&authority)?;
+    let pids = vec![nginx.id(), fcgi.id()];
+    Ok(Server {
+        authority,
+        main_pid: nginx.id(),
+        pids,
+        children: vec![nginx, fcgi],
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Is `name` a program in PATH?
+pub fn installed(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
+}
