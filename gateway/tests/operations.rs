@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{noise, path_str};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,10 +20,6 @@ use gitgate_proto::RepoPath;
 use support::git::{default_client, make_source, seed_bare, Git};
 use support::{http, metric, node_config, sighup, GatewayOptions, TestGateway};
 use tempfile::TempDir;
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 const READ_TOKEN: &str = "read-token-aaaaaaaaaaaaaaaa";
 const WRITE_TOKEN: &str = "write-token-bbbbbbbbbbbbbbbb";
@@ -274,19 +272,6 @@ fn auth_matrix_holds_for_clone_and_push_including_cache_hits() {
         ) >= 1.0,
         "no cache hit was exercised"
     );
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{noise, path_str};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,10 +14,6 @@ use std::process::Command;
 use support::git::{default_client, make_source, seed_bare, Git};
 use support::{http, metric, GatewayOptions, TestGateway};
 use tempfile::TempDir;
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn gateway(remote: bool, cache: &str) -> TestGateway {
     TestGateway::start(
@@ -345,20 +343,6 @@ fn depth_and_filter_clones_have_their_own_keys() {
         3.0,
         "each reused once"
     );
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn large_repo(gw: &TestGateway, git: &Git, tmp: &Path, name: &str, mib: usize) -> String {

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{noise, path_str};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -33,10 +35,6 @@ both_backends!(
     large_gzipped_fetch_request,
     client_disconnect_kills_git,
 );
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn clone_v0_and_v2(remote: bool) {
     let gw = TestGateway::start(remote, GatewayOptions::default());
@@ -293,20 +291,6 @@ fn push_operations(remote: bool) {
     let recorded = std::fs::read_to_string(bare.join("push-options.txt")).expect("hook ran");
     assert_eq!(recorded.trim(), "2 ci.skip reviewer=alice");
     git.fsck(&bare);
-}
-
-/// Deterministic incompressible bytes (xorshift64*).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn push_100mb_blob_streams(remote: bool) {
