@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 kind,
                 mode,
                 clients,
+                verify: true,
             };
             let scratch = std::env::temp_dir().join(format!("gitgate-load-{}", std::process::id()));
             let o = scenarios::run(&s, &authority, &corpus, &scratch, "git")?;

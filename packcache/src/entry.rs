@@ -89,6 +89,41 @@ pub struct State {
     pub spill: Vec<(u64, mpsc::Sender<Bytes>)>,
     /// Whether the entry is still in the index (new readers may join).
     pub in_index: bool,
+    /// The most recently written chunks with their offsets (at most [`TAIL_BYTES`]),
+    /// so readers keeping up with the producer take bytes from memory instead of
+    /// reading them back from the file.
+    pub tail: std::collections::VecDeque<(u64, Bytes)>,
+    /// Bytes held in `tail`.
+    pub tail_bytes: usize,
+}
+
+/// How much of the newest output an entry keeps in memory for readers at the head.
+pub const TAIL_BYTES: usize = 4 << 20;
+
+impl State {
+    /// Remember a chunk just written at `offset`, dropping the oldest beyond the cap.
+    pub fn push_tail(&mut self, offset: u64, chunk: Bytes) {
+        self.tail_bytes += chunk.len();
+        self.tail.push_back((offset, chunk));
+        while self.tail_bytes > TAIL_BYTES {
+            match self.tail.pop_front() {
+                Some((_, old)) => self.tail_bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The written bytes from `pos`, if they are still in the tail.
+    pub fn from_tail(&self, pos: u64) -> Option<Bytes> {
+        let (first, _) = self.tail.front()?;
+        if pos < *first {
+            return None;
+        }
+        self.tail.iter().find_map(|(offset, chunk)| {
+            let end = offset + chunk.len() as u64;
+            (pos >= *offset && pos < end).then(|| chunk.slice((pos - offset) as usize..))
+        })
+    }
 }
 
 /// A cache entry.
@@ -125,6 +160,8 @@ impl Entry {
                 next_reader: 0,
                 spill: Vec::new(),
                 in_index: true,
+                tail: std::collections::VecDeque::new(),
+                tail_bytes: 0,
             }),
             changed: watch::channel(0).0,
             abandoned: Notify::new(),

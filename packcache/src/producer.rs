@@ -83,9 +83,11 @@ async fn drive(inner: &Arc<Inner>, entry: &Arc<Entry>, upstream: Upstream) -> Ou
         let spilling = entry.lock().spill_at.is_some();
         if !spilling {
             match write_at(inner, entry, chunk.clone(), offset).await {
+                // (`chunk` is reference-counted: the clone shares its bytes.)
                 Ok(()) => {
-                    offset += len;
                     let mut state = entry.lock();
+                    state.push_tail(offset, chunk);
+                    offset += len;
                     state.written = offset;
                     if state.in_index {
                         inner.add_usage(len);
