@@ -27,6 +27,7 @@ use crate::error::{AppError, BoxError};
 use crate::generation::Generations;
 use crate::limits::{LimitError, RepoLimiter, Slot};
 use crate::metrics::GatewayMetrics;
+use gitgate_storage_client::health::HealthMonitor;
 use crate::state::AppState;
 
 /// Version of the cache key format; bump when the key's fields change meaning.
@@ -95,7 +96,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppError> {
-    let node = state.nodes.for_repo(call.repo);
+    let (index, node) = healthy_node(state, call.repo)?;
     let stream = match node.info_refs(call).await {
         Err(err)
             if err.is_not_found()
@@ -103,9 +104,9 @@ async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppE
                 && state.create_on_push =>
         {
             create_for_push(node, call.repo).await?;
-            observed(&state.metrics, node, node.info_refs(call).await)?
+            observed(&state.metrics, &state.health, (index, node), node.info_refs(call).await)?
         }
-        other => observed(&state.metrics, node, other)?,
+        other => observed(&state.metrics, &state.health, (index, node), other)?,
     };
     Ok(git_response(
         boxed(stream),
@@ -136,7 +137,7 @@ async fn upload_pack(
     let version = version_of(call.protocol);
     // Validate before any node sees it; the canonical form keys the pack cache.
     let normalized = normalize::upload_pack(version, &body)?;
-    let node = state.nodes.for_repo(call.repo);
+    let (index, node) = healthy_node(state, call.repo)?;
     let span = tracing::Span::current();
     if let (Some(cache), true) = (&state.cache, normalized.cacheable) {
         let key = cache_key(
@@ -146,13 +147,16 @@ async fn upload_pack(
             &normalized.canonical,
         );
         span.record("key", &key.to_hex()[..16]);
-        let upstream = upstream(
-            node.clone(),
-            OwnedCall::new(&call),
-            body.clone(),
-            state.limiter.clone(),
-            state.metrics.clone(),
-        );
+        let upstream = Producer {
+            node: node.clone(),
+            index,
+            call: OwnedCall::new(&call),
+            body: body.clone(),
+            limiter: state.limiter.clone(),
+            metrics: state.metrics.clone(),
+            health: state.health.clone(),
+        }
+        .into_upstream();
         match cache.fetch(key, upstream).await {
             Fetch::Hit(reader) => {
                 span.record("cache", "hit");
@@ -174,7 +178,7 @@ async fn upload_pack(
     }
     let slot = state.limiter.acquire(call.repo).await?;
     let request: RequestBody = Box::pin(futures_util::stream::once(async move { Ok(body) }));
-    let stream = observed(&state.metrics, node, node.rpc(call, request).await)?;
+    let stream = observed(&state.metrics, &state.health, (index, node), node.rpc(call, request).await)?;
     state
         .metrics
         .read_distribution
@@ -187,22 +191,35 @@ async fn upload_pack(
     ))
 }
 
-/// Count a node call's outcome and note the node in the request's span.
+/// The node that serves `repo`, if it is up; otherwise 503 at once instead of waiting
+/// for a connection that is known to fail.
+fn healthy_node<'a>(state: &'a AppState, repo: &RepoPath) -> Result<(usize, &'a NodeClient), AppError> {
+    let (index, node) = state.nodes.for_repo(repo);
+    if state.health.is_healthy(index) {
+        Ok((index, node))
+    } else {
+        Err(AppError::Unavailable(format!("storage node {} is down", node.name()).into()))
+    }
+}
+
+/// Count a node call's outcome, report unreachable nodes to the health monitor, and
+/// note the node in the request's span.
 fn observed<T>(
     metrics: &GatewayMetrics,
-    node: &NodeClient,
+    health: &HealthMonitor,
+    (index, node): (usize, &NodeClient),
     result: Result<T, ClientError>,
 ) -> Result<T, ClientError> {
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.is_not_found() => "not_found",
-        Err(e) if e.is_unavailable() => "unavailable",
+        Err(e) if e.is_unavailable() => {
+            health.report_failure(index);
+            "unavailable"
+        }
         Err(_) => "error",
     };
-    metrics
-        .backend
-        .with_label_values(&[node.name(), outcome])
-        .inc();
+    metrics.backend.with_label_values(&[node.name(), outcome]).inc();
     tracing::Span::current().record("node", node.name());
     result
 }
@@ -253,13 +270,19 @@ impl OwnedCall {
 
 /// The producer of a cache entry: the same upload-pack call, owned so it can outlive
 /// the request that started it.
-fn upstream(
+struct Producer {
     node: NodeClient,
+    index: usize,
     call: OwnedCall,
     body: Bytes,
     limiter: Arc<RepoLimiter>,
     metrics: GatewayMetrics,
-) -> impl FnOnce() -> gitgate_packcache::Upstream {
+    health: Arc<HealthMonitor>,
+}
+
+impl Producer {
+    fn into_upstream(self) -> impl FnOnce() -> gitgate_packcache::Upstream {
+    let Producer { node, index, call, body, limiter, metrics, health } = self;
     move || {
         Box::pin(async move {
             // The producer takes the repository's slot; its readers share it.
@@ -275,7 +298,7 @@ fn upstream(
             };
             let request: RequestBody =
                 Box::pin(futures_util::stream::once(async move { Ok(body) }));
-            let stream = observed(&metrics, &node, node.rpc(git_call, request).await)
+            let stream = observed(&metrics, &health, (index, &node), node.rpc(git_call, request).await)
                 .map_err(UpstreamError::new)?;
             metrics
                 .read_distribution
@@ -288,6 +311,8 @@ fn upstream(
             Ok(Box::pin(stream) as ByteStream)
         })
     }
+}
+
 }
 
 /// Answer from a cache reader: wait for the first bytes so a failure before any output
@@ -339,7 +364,7 @@ async fn receive_pack(
     body: Body,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let node = state.nodes.for_repo(call.repo);
+    let (index, node) = healthy_node(state, call.repo)?;
     let limit = state.max_push_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -364,7 +389,7 @@ async fn receive_pack(
     let request: RequestBody = Box::pin(counted);
     // New fetches must not be answered from entries made before this push...
     state.generations.bump(call.repo);
-    let stream = observed(&state.metrics, node, node.rpc(call, request).await)?;
+    let stream = observed(&state.metrics, &state.health, (index, node), node.rpc(call, request).await)?;
     // ...nor from entries made while it runs: bump again as soon as the response has
     // ended (before the client sees its end), or when it is dropped unfinished.
     let mut bump = BumpOnEnd {

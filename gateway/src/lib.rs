@@ -163,7 +163,15 @@ pub async fn serve(
     if config.auth.anonymous == Some(auth::Permission::Write) {
         tracing::warn!("auth.anonymous = \"write\": anyone who can reach this gateway may push");
     }
+    let health = Arc::new(gitgate_storage_client::health::HealthMonitor::new(
+        nodes.nodes().iter().map(|n| n.name().to_owned()).collect(),
+        config.storage.health,
+        &registry,
+    )?);
+    // Active checks run while serving and stop with serve.
+    let _health_checks = health.spawn(nodes.nodes().to_vec());
     let state = Arc::new(state::AppState {
+        health,
         nodes,
         create_on_push: config.storage.create_on_push,
         max_fetch_request_bytes: config.limits.max_fetch_request_bytes,

@@ -13,19 +13,14 @@ pub async fn health() -> &'static str {
     "ok\n"
 }
 
-/// `/-/ready`: at least one storage node answers its health check.
+/// `/-/ready`: at least one storage node passes its health checks.
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut problems = Vec::new();
-    for node in state.nodes.nodes() {
-        match node.check_health().await {
-            Ok(()) => return (StatusCode::OK, "ready\n".to_owned()),
-            Err(err) => problems.push(err.to_string()),
-        }
+    if state.health.any_healthy() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        let names: Vec<&str> = state.nodes.nodes().iter().map(|n| n.name()).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no healthy storage node ({})\n", names.join(", ")))
     }
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: {}\n", problems.join("; ")),
-    )
 }
 
 /// `/-/metrics`: the registry in Prometheus text format.

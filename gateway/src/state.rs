@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     /// Per-repository limit on node-bound fetches.
     pub limiter: Arc<RepoLimiter>,
+    /// Which storage nodes are up.
+    pub health: Arc<gitgate_storage_client::health::HealthMonitor>,
     /// Who may do what; replaced as a whole on reload (SIGHUP).
     pub auth: RwLock<Arc<AuthConfig>>,
 }

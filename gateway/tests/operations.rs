@@ -590,6 +590,7 @@ fn metrics_pass_promtool_and_json_logs_carry_the_fields() {
         "gitgate_client_authentications_total",
         "gitgate_concurrency_in_progress",
         "gitgate_concurrency_queued",
+        "gitgate_node_healthy",
     ] {
         assert!(
             scrape.contains(&format!("# TYPE {family} ")),

@@ -637,12 +637,18 @@ fn unreachable_node_is_503_and_the_gateway_keeps_serving() {
     );
     let err = git.fails(None, &["ls-remote", &gw.repo_url("r")]);
     assert!(err.contains("503"), "{err}");
-    assert_eq!(
-        http::get(gw.server.authority(), "/-/ready")
-            .expect("ready")
-            .status,
-        503
-    );
+    // Health checks mark the node down within the detection window (3 × 1s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http::get(gw.server.authority(), "/-/ready").expect("ready").status != 503 {
+        assert!(Instant::now() < deadline, "/-/ready never reported the dead node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scrape = gw.scrape();
+    assert_eq!(support::metric(&scrape, "gitgate_node_healthy", &["node=\"remote1\""]), 0.0);
+    let started = Instant::now();
+    let resp = http::get(gw.server.authority(), "/r.git/info/refs?service=git-upload-pack").expect("response");
+    assert_eq!(resp.status, 503);
+    assert!(started.elapsed() < Duration::from_millis(500), "a known-down node was still tried");
     assert_eq!(
         http::get(gw.server.authority(), "/-/health")
             .expect("health")

@@ -174,9 +174,9 @@ impl NodeSet {
         &self.nodes
     }
 
-    /// The node that serves `repo`. With a single node (all that is supported until
-    /// replica routing is built) that is always the same one.
-    pub fn for_repo(&self, _repo: &RepoPath) -> &NodeClient {
-        &self.nodes[0]
+    /// The node that serves `repo`, with its index. With a single node (all that is
+    /// supported until replica routing is built) that is always the same one.
+    pub fn for_repo(&self, _repo: &RepoPath) -> (usize, &NodeClient) {
+        (0, &self.nodes[0])
     }
 }

@@ -4,13 +4,17 @@
 //! in-process from a local directory or is a remote `gitgate-node` reached over HTTP;
 //! the gateway's request path never asks which. [`NodeSet`] holds the configured nodes.
 //!
+//! [`health`] tracks whether nodes are up (active checks plus failures seen by real
+//! requests).
+//!
 //! Not built yet (see the README): replica metadata, routing between replicas,
-//! replication and health-driven failover. With one node configured, every request goes
-//! to it.
+//! replication and failover. With one node configured, every request goes to it while
+//! it is healthy.
 #![deny(missing_docs)]
 
 mod client;
 mod error;
+pub mod health;
 pub mod remote;
 
 pub use client::{GitCall, NodeClient, NodeSet};

@@ -57,6 +57,8 @@ pub struct StorageConfig {
     pub replication: Replication,
     /// The storage nodes.
     pub nodes: Vec<NodeConfig>,
+    /// Active health checks and when a node counts as down.
+    pub health: gitgate_storage_client::health::HealthPolicy,
 }
 
 /// When a write is acknowledged.
@@ -233,6 +235,20 @@ struct RawStorage {
     replication: Replication,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    #[serde(default = "default_health_interval")]
+    health_interval: HumanDuration,
+    #[serde(default = "default_health_interval")]
+    health_timeout: HumanDuration,
+    #[serde(default = "default_health_failures")]
+    health_failures: u32,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn default_health_failures() -> u32 {
+    3
 }
 
 fn default_factor() -> u32 {
@@ -593,7 +609,18 @@ fn validate_storage(
             location,
         });
     }
+    if raw.health_interval.0.is_zero() || raw.health_timeout.0.is_zero() {
+        return Err(invalid("storage.health_interval", "health_interval and health_timeout must be longer than zero"));
+    }
+    if raw.health_failures == 0 {
+        return Err(invalid("storage.health_failures", "must be at least 1"));
+    }
     Ok(StorageConfig {
+        health: gitgate_storage_client::health::HealthPolicy {
+            interval: raw.health_interval.0,
+            timeout: raw.health_timeout.0,
+            failures_before_down: raw.health_failures,
+        },
         create_on_push: raw.create_on_push,
         replication_factor: raw.replication_factor,
         replication: raw.replication,
