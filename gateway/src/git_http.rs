@@ -27,8 +27,8 @@ use crate::error::{AppError, BoxError};
 use crate::generation::Generations;
 use crate::limits::{LimitError, RepoLimiter, Slot};
 use crate::metrics::GatewayMetrics;
-use gitgate_storage_client::health::HealthMonitor;
 use crate::state::AppState;
+use gitgate_storage_client::health::HealthMonitor;
 
 /// Version of the cache key format; bump when the key's fields change meaning.
 const CACHE_KEY_FORMAT: u32 = 1;
@@ -104,7 +104,12 @@ async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppE
                 && state.create_on_push =>
         {
             create_for_push(node, call.repo).await?;
-            observed(&state.metrics, &state.health, (index, node), node.info_refs(call).await)?
+            observed(
+                &state.metrics,
+                &state.health,
+                (index, node),
+                node.info_refs(call).await,
+            )?
         }
         other => observed(&state.metrics, &state.health, (index, node), other)?,
     };
@@ -178,7 +183,12 @@ async fn upload_pack(
     }
     let slot = state.limiter.acquire(call.repo).await?;
     let request: RequestBody = Box::pin(futures_util::stream::once(async move { Ok(body) }));
-    let stream = observed(&state.metrics, &state.health, (index, node), node.rpc(call, request).await)?;
+    let stream = observed(
+        &state.metrics,
+        &state.health,
+        (index, node),
+        node.rpc(call, request).await,
+    )?;
     state
         .metrics
         .read_distribution
@@ -193,12 +203,17 @@ async fn upload_pack(
 
 /// The node that serves `repo`, if it is up; otherwise 503 at once instead of waiting
 /// for a connection that is known to fail.
-fn healthy_node<'a>(state: &'a AppState, repo: &RepoPath) -> Result<(usize, &'a NodeClient), AppError> {
+fn healthy_node<'a>(
+    state: &'a AppState,
+    repo: &RepoPath,
+) -> Result<(usize, &'a NodeClient), AppError> {
     let (index, node) = state.nodes.for_repo(repo);
     if state.health.is_healthy(index) {
         Ok((index, node))
     } else {
-        Err(AppError::Unavailable(format!("storage node {} is down", node.name()).into()))
+        Err(AppError::Unavailable(
+            format!("storage node {} is down", node.name()).into(),
+        ))
     }
 }
 
@@ -219,7 +234,10 @@ fn observed<T>(
         }
         Err(_) => "error",
     };
-    metrics.backend.with_label_values(&[node.name(), outcome]).inc();
+    metrics
+        .backend
+        .with_label_values(&[node.name(), outcome])
+        .inc();
     tracing::Span::current().record("node", node.name());
     result
 }
@@ -282,37 +300,49 @@ struct Producer {
 
 impl Producer {
     fn into_upstream(self) -> impl FnOnce() -> gitgate_packcache::Upstream {
-    let Producer { node, index, call, body, limiter, metrics, health } = self;
-    move || {
-        Box::pin(async move {
-            // The producer takes the repository's slot; its readers share it.
-            let slot = limiter
-                .acquire(&call.repo)
-                .await
+        let Producer {
+            node,
+            index,
+            call,
+            body,
+            limiter,
+            metrics,
+            health,
+        } = self;
+        move || {
+            Box::pin(async move {
+                // The producer takes the repository's slot; its readers share it.
+                let slot = limiter
+                    .acquire(&call.repo)
+                    .await
+                    .map_err(UpstreamError::new)?;
+                let git_call = GitCall {
+                    repo: &call.repo,
+                    service: Service::UploadPack,
+                    protocol: call.protocol.as_ref(),
+                    request_id: &call.request_id,
+                };
+                let request: RequestBody =
+                    Box::pin(futures_util::stream::once(async move { Ok(body) }));
+                let stream = observed(
+                    &metrics,
+                    &health,
+                    (index, &node),
+                    node.rpc(git_call, request).await,
+                )
                 .map_err(UpstreamError::new)?;
-            let git_call = GitCall {
-                repo: &call.repo,
-                service: Service::UploadPack,
-                protocol: call.protocol.as_ref(),
-                request_id: &call.request_id,
-            };
-            let request: RequestBody =
-                Box::pin(futures_util::stream::once(async move { Ok(body) }));
-            let stream = observed(&metrics, &health, (index, &node), node.rpc(git_call, request).await)
-                .map_err(UpstreamError::new)?;
-            metrics
-                .read_distribution
-                .with_label_values(&[node.name()])
-                .inc();
-            let stream = stream.map(move |item| {
-                let _held_until_the_stream_ends = &slot;
-                item.map_err(UpstreamError::new)
-            });
-            Ok(Box::pin(stream) as ByteStream)
-        })
+                metrics
+                    .read_distribution
+                    .with_label_values(&[node.name()])
+                    .inc();
+                let stream = stream.map(move |item| {
+                    let _held_until_the_stream_ends = &slot;
+                    item.map_err(UpstreamError::new)
+                });
+                Ok(Box::pin(stream) as ByteStream)
+            })
+        }
     }
-}
-
 }
 
 /// Answer from a cache reader: wait for the first bytes so a failure before any output
@@ -389,7 +419,12 @@ async fn receive_pack(
     let request: RequestBody = Box::pin(counted);
     // New fetches must not be answered from entries made before this push...
     state.generations.bump(call.repo);
-    let stream = observed(&state.metrics, &state.health, (index, node), node.rpc(call, request).await)?;
+    let stream = observed(
+        &state.metrics,
+        &state.health,
+        (index, node),
+        node.rpc(call, request).await,
+    )?;
     // ...nor from entries made while it runs: bump again as soon as the response has
     // ended (before the client sees its end), or when it is dropped unfinished.
     let mut bump = BumpOnEnd {

@@ -19,7 +19,13 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         let names: Vec<&str> = state.nodes.nodes().iter().map(|n| n.name()).collect();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no healthy storage node ({})\n", names.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no healthy storage node ({})\n",
+                names.join(", ")
+            ),
+        )
     }
 }
 

@@ -639,16 +639,33 @@ fn unreachable_node_is_503_and_the_gateway_keeps_serving() {
     assert!(err.contains("503"), "{err}");
     // Health checks mark the node down within the detection window (3 × 1s).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http::get(gw.server.authority(), "/-/ready").expect("ready").status != 503 {
-        assert!(Instant::now() < deadline, "/-/ready never reported the dead node");
+    while http::get(gw.server.authority(), "/-/ready")
+        .expect("ready")
+        .status
+        != 503
+    {
+        assert!(
+            Instant::now() < deadline,
+            "/-/ready never reported the dead node"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let scrape = gw.scrape();
-    assert_eq!(support::metric(&scrape, "gitgate_node_healthy", &["node=\"remote1\""]), 0.0);
+    assert_eq!(
+        support::metric(&scrape, "gitgate_node_healthy", &["node=\"remote1\""]),
+        0.0
+    );
     let started = Instant::now();
-    let resp = http::get(gw.server.authority(), "/r.git/info/refs?service=git-upload-pack").expect("response");
+    let resp = http::get(
+        gw.server.authority(),
+        "/r.git/info/refs?service=git-upload-pack",
+    )
+    .expect("response");
     assert_eq!(resp.status, 503);
-    assert!(started.elapsed() < Duration::from_millis(500), "a known-down node was still tried");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a known-down node was still tried"
+    );
     assert_eq!(
         http::get(gw.server.authority(), "/-/health")
             .expect("health")

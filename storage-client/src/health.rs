@@ -26,7 +26,11 @@ pub struct HealthPolicy {
 
 impl Default for HealthPolicy {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(1), timeout: Duration::from_secs(1), failures_before_down: 3 }
+        Self {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures_before_down: 3,
+        }
     }
 }
 
@@ -41,7 +45,10 @@ pub struct HealthState {
 
 impl Default for HealthState {
     fn default() -> Self {
-        Self { healthy: true, consecutive_failures: 0 }
+        Self {
+            healthy: true,
+            consecutive_failures: 0,
+        }
     }
 }
 
@@ -82,22 +89,44 @@ impl Drop for HealthHandle {
 
 impl HealthMonitor {
     /// Monitor nodes named `names` (in the order of the node set).
-    pub fn new(names: Vec<String>, policy: HealthPolicy, registry: &Registry) -> Result<Self, prometheus::Error> {
-        let gauge = IntGaugeVec::new(Opts::new("gitgate_node_healthy", "1 when a storage node passes its health checks."), &["node"])?;
+    pub fn new(
+        names: Vec<String>,
+        policy: HealthPolicy,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
+        let gauge = IntGaugeVec::new(
+            Opts::new(
+                "gitgate_node_healthy",
+                "1 when a storage node passes its health checks.",
+            ),
+            &["node"],
+        )?;
         registry.register(Box::new(gauge.clone()))?;
         for name in &names {
             gauge.with_label_values(&[name]).set(1);
         }
-        let states = names.iter().map(|_| Mutex::new(HealthState::default())).collect();
-        Ok(Self { names, states, policy, gauge })
+        let states = names
+            .iter()
+            .map(|_| Mutex::new(HealthState::default()))
+            .collect();
+        Ok(Self {
+            names,
+            states,
+            policy,
+            gauge,
+        })
     }
 
     fn record(&self, index: usize, ok: bool) {
-        let Some(state) = self.states.get(index) else { return };
+        let Some(state) = self.states.get(index) else {
+            return;
+        };
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         if state.record(ok, &self.policy) {
             let name = &self.names[index];
-            self.gauge.with_label_values(&[name]).set(i64::from(state.healthy));
+            self.gauge
+                .with_label_values(&[name])
+                .set(i64::from(state.healthy));
             if state.healthy {
                 tracing::info!(node = %name, "storage node is healthy again");
             } else {
@@ -132,7 +161,10 @@ impl HealthMonitor {
             loop {
                 tick.tick().await;
                 for (i, node) in nodes.iter().enumerate() {
-                    let ok = matches!(tokio::time::timeout(monitor.policy.timeout, node.check_health()).await, Ok(Ok(())));
+                    let ok = matches!(
+                        tokio::time::timeout(monitor.policy.timeout, node.check_health()).await,
+                        Ok(Ok(()))
+                    );
                     monitor.record(i, ok);
                 }
             }

@@ -610,7 +610,10 @@ fn validate_storage(
         });
     }
     if raw.health_interval.0.is_zero() || raw.health_timeout.0.is_zero() {
-        return Err(invalid("storage.health_interval", "health_interval and health_timeout must be longer than zero"));
+        return Err(invalid(
+            "storage.health_interval",
+            "health_interval and health_timeout must be longer than zero",
+        ));
     }
     if raw.health_failures == 0 {
         return Err(invalid("storage.health_failures", "must be at least 1"));
