@@ -297,10 +297,7 @@ fn per_repository_limit_caps_node_work_and_refuses_past_the_queue() {
         .ok(Some(&work), &["rev-parse", "HEAD"])
         .trim()
         .to_owned();
-    let mut body = Vec::new();
-    let want = format!("want {head} side-band-64k ofs-delta\n");
-    body.extend_from_slice(format!("{:04x}{want}", want.len() + 4).as_bytes());
-    body.extend_from_slice(b"00000009done\n");
+    let body = support::fetch_everything(&head);
 
     // 32 cache-missing fetches at once; each client reads slowly, so slots stay taken.
     let barrier = Arc::new(std::sync::Barrier::new(32));

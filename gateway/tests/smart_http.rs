@@ -568,13 +568,7 @@ fn client_disconnect_kills_git(remote: bool) {
     git.ok(Some(&work), &["push", "-q", &gw.repo_url("large"), "main"]);
 
     // Ask for everything, read a little, then hang up.
-    let mut body = Vec::new();
-    push_pkt(
-        &mut body,
-        format!("want {head} side-band-64k ofs-delta\n").as_bytes(),
-    );
-    body.extend_from_slice(b"0000");
-    push_pkt(&mut body, b"done\n");
+    let body = support::fetch_everything(&head);
     let mut stream = TcpStream::connect(gw.server.authority()).expect("connect");
     let req = format!(
         "POST /large.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
@@ -696,13 +690,7 @@ fn shutdown_lets_inflight_clones_finish_within_the_grace_period() {
         .to_owned();
     git.ok(Some(&work), &["push", "-q", &gw.repo_url("r"), "main"]);
 
-    let mut body = Vec::new();
-    push_pkt(
-        &mut body,
-        format!("want {head} side-band-64k ofs-delta\n").as_bytes(),
-    );
-    body.extend_from_slice(b"0000");
-    push_pkt(&mut body, b"done\n");
+    let body = support::fetch_everything(&head);
     let open = || {
         let mut s = TcpStream::connect(gw.server.authority()).expect("connect");
         let req = format!(

@@ -385,3 +385,12 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A v0 upload-pack request body wanting `head` (and everything behind it), with
+/// `done`: what a clone asks once negotiation is over.
+pub fn fetch_everything(head: &str) -> Vec<u8> {
+    let want = format!("want {head} side-band-64k ofs-delta\n");
+    let mut body = format!("{:04x}{want}", want.len() + 4).into_bytes();
+    body.extend_from_slice(b"00000009done\n");
+    body
+}
