@@ -46,6 +46,9 @@ pub enum AppError {
     /// The request body is not a valid git request.
     #[error("malformed request: {0}")]
     BadRequest(#[from] ParseError),
+    /// A protocol v2 command upload-pack does not serve.
+    #[error("unsupported protocol v2 command {0:?}")]
+    UnsupportedCommand(String),
     /// The request body could not be read (client went away, bad gzip).
     #[error("reading request body: {0}")]
     BodyRead(String),
@@ -91,9 +94,10 @@ impl AppError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NotGit | Self::RepoNotFound => StatusCode::NOT_FOUND,
-            Self::BadRepoPath(_) | Self::BadRequest(_) | Self::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRepoPath(_)
+            | Self::BadRequest(_)
+            | Self::BodyRead(_)
+            | Self::UnsupportedCommand(_) => StatusCode::BAD_REQUEST,
             Self::DumbHttp | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,

@@ -30,6 +30,10 @@ use crate::metrics::GatewayMetrics;
 use crate::state::AppState;
 use gitgate_storage_client::health::HealthMonitor;
 
+/// The protocol v2 commands upload-pack serves; anything else is refused here with a
+/// clear 400 instead of failing inside git.
+const V2_COMMANDS: &[&str] = &["ls-refs", "fetch", "object-info", "bundle-uri"];
+
 /// Version of the cache key format; bump when the key's fields change meaning.
 const CACHE_KEY_FORMAT: u32 = 1;
 
@@ -142,6 +146,11 @@ async fn upload_pack(
     let version = version_of(call.protocol);
     // Validate before any node sees it; the canonical form keys the pack cache.
     let normalized = normalize::upload_pack(version, &body)?;
+    if let Some(command) = &normalized.command {
+        if !V2_COMMANDS.contains(&command.as_str()) {
+            return Err(AppError::UnsupportedCommand(command.clone()));
+        }
+    }
     let (index, node) = healthy_node(state, call.repo)?;
     let span = tracing::Span::current();
     if let (Some(cache), true) = (&state.cache, normalized.cacheable) {

@@ -423,6 +423,24 @@ fn empty_missing_and_hostile_paths(remote: bool) {
         );
     }
     assert_eq!(snapshot(), before, "a hostile request changed the disk");
+    // Malformed and unsupported requests are refused before any node sees them.
+    let unknown = b"0017command=rm-rf-repo\n00010000";
+    let resp = http::post(
+        gw.server.authority(),
+        "/empty.git/git-upload-pack",
+        &["Git-Protocol: version=2"],
+        unknown,
+    )
+    .expect("response");
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    let resp = http::post(
+        gw.server.authority(),
+        "/empty.git/git-upload-pack",
+        &[],
+        b"00zzgarbage",
+    )
+    .expect("response");
+    assert_eq!(resp.status, 400);
     // Dumb HTTP is refused clearly.
     let resp = http::get(gw.server.authority(), "/empty.git/info/refs").expect("response");
     assert_eq!(resp.status, 403);

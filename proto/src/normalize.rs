@@ -34,6 +34,8 @@ use crate::ObjectId;
 pub struct Normalized {
     /// Whether the request ends negotiation and its response may be cached.
     pub cacheable: bool,
+    /// The v2 command (`fetch`, `ls-refs`, ...); `None` for v0.
+    pub command: Option<String>,
     /// Unambiguous (length-prefixed) encoding of every field that can change the response.
     pub canonical: Vec<u8>,
 }
@@ -62,6 +64,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             enc.field(if req.done { b"done" } else { b"open" });
             Ok(Normalized {
                 cacheable: req.done && !req.wants.is_empty(),
+                command: None,
                 canonical: enc.out,
             })
         }
@@ -82,6 +85,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                 enc.list(b"args", req.args.iter().cloned());
                 return Ok(Normalized {
                     cacheable: false,
+                    command: Some(req.command),
                     canonical: enc.out,
                 });
             }
@@ -98,6 +102,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             let wants_something = !f.wants.is_empty() || !f.want_refs.is_empty();
             Ok(Normalized {
                 cacheable: f.done && wants_something,
+                command: Some(req.command),
                 canonical: enc.out,
             })
         }
