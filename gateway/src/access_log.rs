@@ -20,6 +20,7 @@ use gitgate_proto::{GitProtocol, ProtocolVersion};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::metrics::GatewayMetrics;
+use crate::progress::ConnProgress;
 use crate::state::AppState;
 
 /// Log and count the request once its response is over.
@@ -40,6 +41,7 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
         .and_then(|v| GitProtocol::parse(v.as_bytes()))
         .map_or(ProtocolVersion::V0, |p| p.version())
         .label();
+    let progress = req.extensions().get::<Arc<ConnProgress>>().cloned();
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
@@ -53,7 +55,11 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
         metrics: state.metrics.clone(),
         span: tracing::Span::current(),
         done: false,
+        progress,
     };
+    if let Some(p) = &logged.progress {
+        p.start();
+    }
     Response::from_parts(parts, Body::new(logged))
 }
 
@@ -68,6 +74,8 @@ struct LoggedBody {
     metrics: GatewayMetrics,
     span: tracing::Span,
     done: bool,
+    /// The connection's progress tracker (absent when served without the server loop).
+    progress: Option<Arc<ConnProgress>>,
 }
 
 impl LoggedBody {
@@ -76,6 +84,9 @@ impl LoggedBody {
             return;
         }
         self.done = true;
+        if let Some(p) = &self.progress {
+            p.end();
+        }
         let elapsed = self.started.elapsed();
         self.metrics
             .requests
@@ -123,6 +134,9 @@ impl HttpBody for LoggedBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
+                if let Some(p) = &this.progress {
+                    p.progress();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -133,7 +147,12 @@ impl HttpBody for LoggedBody {
                 this.finish("complete");
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if let Some(p) = &this.progress {
+                    p.waiting_on_source();
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`error`]: the mapping of failures to responses;
 //! - [`generation`]: per-repository generations, part of every cache key;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
+//! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
 //! - [`state`]: what the handlers share.
@@ -32,6 +33,7 @@ pub mod git_http;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod progress;
 pub mod reload;
 pub mod server;
 pub mod state;
@@ -197,6 +199,7 @@ pub async fn serve(
         tls,
         header_timeout: config.limits.header_timeout,
         shutdown_grace: config.listen.shutdown_grace,
+        send_timeout: config.limits.send_timeout,
     };
     let served = server::run(listener, router, settings, shutdown).await;
     drop(reloader);

@@ -18,6 +18,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::progress::ConnProgress;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// Time in-flight requests get after shutdown starts.
     pub shutdown_grace: Duration,
+    /// A response whose client takes no bytes for this long is closed.
+    pub send_timeout: Duration,
 }
 
 /// Serve `router` on `listener` until `shutdown`, then drain (see the module docs).
@@ -109,34 +114,53 @@ pub async fn run(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY not set");
         }
-        let service = TowerToHyperService::new(router.clone());
+        // Every request on this connection reports its response progress here.
+        let progress = Arc::new(ConnProgress::default());
+        let tagged = progress.clone();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(tagged.clone());
+                req
+            },
+        ));
+        let send_timeout = settings.send_timeout;
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = settings.tls.clone();
         let handshake_timeout = settings.header_timeout;
         tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                .await
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+            let served = async {
+                match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tcp), service))
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                    .await
+                            }
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
                         }
                     }
+                }
+            };
+            // Dropping the connection drops its response, and any git process behind it.
+            let result = tokio::select! {
+                result = served => result,
+                () = crate::progress::stall(progress, send_timeout) => {
+                    tracing::info!(%peer, timeout = ?send_timeout, "client stopped reading its response; closing the connection");
+                    Ok(())
                 }
             };
             if let Err(err) = result {

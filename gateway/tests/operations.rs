@@ -903,3 +903,68 @@ fn check_config_names_the_key_of_every_problem() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_and_git_stopped() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            extra: "[cache]\nenabled = false\n".into(),
+            ..Default::default()
+        }
+        .with_limits("send_timeout = \"1s\"\n"),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    std::fs::write(work.join("blob.bin"), noise(24 << 20, 9)).expect("write");
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url("big"), "main"]);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    let body = support::fetch_everything(&head);
+
+    let mut s = TcpStream::connect(gw.server.authority()).expect("connect");
+    let req = format!(
+        "POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    s.write_all(&body).expect("send");
+    let mut first = vec![0u8; 32 * 1024];
+    s.read_exact(&mut first).expect("first bytes");
+    assert!(
+        !support::procs::processes_under(&gw.root).is_empty(),
+        "no git process was serving (the test would prove nothing)"
+    );
+    // Stop reading. The server must give up on us and stop git.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !support::procs::processes_under(&gw.root).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "git still runs for a client that stopped reading"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What the client can still read ends without a clean end of the response.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "a cut-off response ended cleanly"
+    );
+    assert!(
+        gw.server.log_text().contains("client stopped reading"),
+        "{}",
+        gw.server.log_text()
+    );
+    // Others are still served.
+    git.ok(None, &["ls-remote", &gw.repo_url("big")]);
+}

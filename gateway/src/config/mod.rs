@@ -125,6 +125,8 @@ pub struct LimitsConfig {
     pub header_timeout: Duration,
     /// How long a request body may stall between two chunks.
     pub body_idle_timeout: Duration,
+    /// How long a client may take no response bytes while some are ready.
+    pub send_timeout: Duration,
 }
 
 /// `[log]`.
@@ -279,6 +281,7 @@ struct RawLimits {
     fetch_queue_timeout: HumanDuration,
     header_timeout: HumanDuration,
     body_idle_timeout: HumanDuration,
+    send_timeout: HumanDuration,
 }
 
 impl Default for RawLimits {
@@ -291,6 +294,7 @@ impl Default for RawLimits {
             fetch_queue_timeout: HumanDuration(Duration::from_secs(30)),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             body_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(120)),
         }
     }
 }
@@ -412,6 +416,7 @@ impl Config {
         for (key, d) in [
             ("limits.header_timeout", raw.limits.header_timeout.0),
             ("limits.body_idle_timeout", raw.limits.body_idle_timeout.0),
+            ("limits.send_timeout", raw.limits.send_timeout.0),
         ] {
             if d.is_zero() {
                 problems.push(invalid(key, "must be longer than zero"));
@@ -443,6 +448,7 @@ impl Config {
                 fetch_queue_timeout: raw.limits.fetch_queue_timeout.0,
                 header_timeout: raw.limits.header_timeout.0,
                 body_idle_timeout: raw.limits.body_idle_timeout.0,
+                send_timeout: raw.limits.send_timeout.0,
             },
             log: LogConfig {
                 json,
