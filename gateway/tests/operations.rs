@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{noise, path_str};
+use support::path_str;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -287,16 +287,7 @@ fn per_repository_limit_caps_node_work_and_refuses_past_the_queue() {
     );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
-    let work = tmp.path().join("work");
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    std::fs::write(work.join("blob.bin"), noise(3 << 20, 5)).expect("write");
-    git.ok(Some(&work), &["add", "-A"]);
-    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
-    git.ok(Some(&work), &["push", "-q", &gw.repo_url("hot"), "main"]);
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "hot", &[3 << 20], 5);
     let body = support::fetch_everything(&head);
 
     // 32 cache-missing fetches at once; each client reads slowly, so slots stay taken.
@@ -917,16 +908,7 @@ fn a_client_that_stops_reading_is_disconnected_and_git_stopped() {
     );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
-    let work = tmp.path().join("work");
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    std::fs::write(work.join("blob.bin"), noise(24 << 20, 9)).expect("write");
-    git.ok(Some(&work), &["add", "-A"]);
-    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
-    git.ok(Some(&work), &["push", "-q", &gw.repo_url("big"), "main"]);
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "big", &[24 << 20], 9);
     let body = support::fetch_everything(&head);
 
     let mut s = TcpStream::connect(gw.server.authority()).expect("connect");

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{noise, path_str};
+use support::path_str;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -346,21 +346,7 @@ fn depth_and_filter_clones_have_their_own_keys() {
 }
 
 fn large_repo(gw: &TestGateway, git: &Git, tmp: &Path, name: &str, mib: usize) -> String {
-    let work = tmp.join(format!("work-{name}"));
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    for i in 0..4 {
-        std::fs::write(
-            work.join(format!("blob{i}.bin")),
-            noise((mib << 20) / 4, i as u64 + 11),
-        )
-        .expect("write");
-    }
-    git.ok(Some(&work), &["add", "-A"]);
-    git.ok(Some(&work), &["commit", "-q", "-m", "large"]);
-    git.ok(Some(&work), &["push", "-q", &gw.repo_url(name), "main"]);
-    git.ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned()
+    support::push_incompressible(gw, git, tmp, name, &[(mib << 20) / 4; 4], 11)
 }
 
 struct Mount(PathBuf);

@@ -572,18 +572,7 @@ fn client_disconnect_kills_git(remote: bool) {
     );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
-    let work = tmp.path().join("work");
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    for i in 0..4 {
-        std::fs::write(work.join(format!("blob{i}.bin")), noise(12 << 20, i + 1)).expect("write");
-    }
-    git.ok(Some(&work), &["add", "-A"]);
-    git.ok(Some(&work), &["commit", "-q", "-m", "large"]);
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    git.ok(Some(&work), &["push", "-q", &gw.repo_url("large"), "main"]);
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "large", &[12 << 20; 4], 1);
 
     // Ask for everything, read a little, then hang up.
     let body = support::fetch_everything(&head);
@@ -697,16 +686,7 @@ fn shutdown_lets_inflight_clones_finish_within_the_grace_period() {
     );
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
-    let work = tmp.path().join("work");
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    std::fs::write(work.join("blob.bin"), noise(24 << 20, 3)).expect("write");
-    git.ok(Some(&work), &["add", "-A"]);
-    git.ok(Some(&work), &["commit", "-q", "-m", "blob"]);
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    git.ok(Some(&work), &["push", "-q", &gw.repo_url("r"), "main"]);
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "r", &[24 << 20], 3);
 
     let body = support::fetch_everything(&head);
     let open = || {

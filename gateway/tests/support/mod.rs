@@ -394,3 +394,31 @@ pub fn fetch_everything(head: &str) -> Vec<u8> {
     body.extend_from_slice(b"00000009done\n");
     body
 }
+
+/// Create repository `name` through the gateway (it needs `create_on_push`) with one
+/// commit holding incompressible files of `sizes` bytes (seeded `seed`, `seed + 1`, ...);
+/// returns the commit id.
+pub fn push_incompressible(
+    gw: &TestGateway,
+    git: &git::Git,
+    dir: &Path,
+    name: &str,
+    sizes: &[usize],
+    seed: u64,
+) -> String {
+    let work = dir.join(format!("work-{}", name.replace('/', "-")));
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(
+            work.join(format!("blob{i}.bin")),
+            noise(*size, seed + i as u64),
+        )
+        .expect("write blob");
+    }
+    git.ok(Some(&work), &["add", "-A"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "incompressible"]);
+    git.ok(Some(&work), &["push", "-q", &gw.repo_url(name), "main"]);
+    git.ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned()
+}
