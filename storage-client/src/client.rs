@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use gitgate_proto::{GitProtocol, RepoPath, Service};
-use gitgate_storage_node::{process, GitStream, Node, RepoState, RequestBody};
+use gitgate_storage_node::http::ReplicateRequest;
+use gitgate_storage_node::{process, GitStream, Node, ReplicaSource, RepoState, RequestBody};
 
 use crate::error::ClientError;
 use crate::remote::RemoteNode;
@@ -125,6 +126,63 @@ impl NodeClient {
                 .await
                 .map_err(|e| Self::local_error(name, repo, e)),
             Self::Remote(r) => r.delete(repo).await,
+        }
+    }
+
+    /// Every repository on the node.
+    pub async fn list(&self) -> Result<Vec<RepoPath>, ClientError> {
+        match self {
+            Self::Local { name, node } => node.list().await.map_err(|source| ClientError::Local {
+                node: name.clone(),
+                source,
+            }),
+            Self::Remote(r) => {
+                let names = r.list().await?;
+                // A name that does not parse is skipped, not fatal: discovery goes on.
+                Ok(names
+                    .iter()
+                    .filter_map(|name| match RepoPath::parse(name) {
+                        Ok(repo) => Some(repo),
+                        Err(err) => {
+                            tracing::warn!(node = r.name(), name, error = %err, "skipping unusable repository name");
+                            None
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Make this node's copy of `repo` an exact copy of `source`'s (creating it when
+    /// missing), with HEAD pointing at `head`. Returns this node's resulting state.
+    ///
+    /// In-process nodes fetch from each other by path, remote nodes from each other
+    /// over their authenticated git endpoint; the two kinds cannot be mixed.
+    pub async fn replicate_from(
+        &self,
+        repo: &RepoPath,
+        source: &NodeClient,
+        head: Option<&str>,
+    ) -> Result<RepoState, ClientError> {
+        match (self, source) {
+            (Self::Local { name, node }, Self::Local { node: from, .. }) => {
+                let source = ReplicaSource::Path(from.repo_dir(repo));
+                node.replicate(repo, &source, head)
+                    .await
+                    .map_err(|e| Self::local_error(name, repo, e))
+            }
+            (Self::Remote(target), Self::Remote(from)) => {
+                let (source_url, authorization) = from.fetch_source(repo);
+                let request = ReplicateRequest {
+                    source_url,
+                    authorization,
+                    head: head.map(str::to_owned),
+                };
+                target.replicate(repo, &request).await
+            }
+            _ => Err(ClientError::Unsupported(
+                "replication between an in-process node and a remote node",
+            )),
         }
     }
 

@@ -40,6 +40,9 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
+    /// The operation is not possible with this configuration.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// An in-process node failed.
     #[error("node {node}: {source}")]
     Local {

@@ -15,6 +15,7 @@
 mod client;
 mod error;
 pub mod health;
+pub mod metadata;
 pub mod remote;
 
 pub use client::{GitCall, NodeClient, NodeSet};

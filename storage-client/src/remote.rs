@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use gitgate_proto::RepoPath;
 use gitgate_storage_node::auth::Secret;
+use gitgate_storage_node::http::ReplicateRequest;
 use gitgate_storage_node::{process, GitStream, GitStreamError, RepoState, RequestBody};
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Limited};
@@ -24,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a replication (a `git fetch` between nodes) may take.
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How much of an error body is kept.
 const ERROR_BODY_LIMIT: usize = 4096;
 
@@ -220,12 +223,29 @@ impl RemoteNode {
         what: &str,
         repo: &RepoPath,
     ) -> Result<Bytes, ClientError> {
+        self.admin_with(method, what, repo, None, ADMIN_TIMEOUT)
+            .await
+    }
+
+    async fn admin_with(
+        &self,
+        method: Method,
+        what: &str,
+        repo: &RepoPath,
+        json: Option<Vec<u8>>,
+        limit: Duration,
+    ) -> Result<Bytes, ClientError> {
         let path = format!("/admin/{what}?repo={}", repo.as_str());
-        let req = self
-            .request(method, &path, "-")
-            .body(Body::empty())
-            .map_err(|e| self.build_error(e))?;
-        let resp = self.send_with_timeout(req, ADMIN_TIMEOUT).await?;
+        let mut req = self.request(method, &path, "-");
+        let body = match json {
+            Some(json) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json)
+            }
+            None => Body::empty(),
+        };
+        let req = req.body(body).map_err(|e| self.build_error(e))?;
+        let resp = self.send_with_timeout(req, limit).await?;
         let resp = self.check(resp, repo).await?;
         let body = Limited::new(resp.into_body(), 1 << 20);
         match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
@@ -243,10 +263,76 @@ impl RemoteNode {
 
     pub(crate) async fn state(&self, repo: &RepoPath) -> Result<RepoState, ClientError> {
         let body = self.admin(Method::GET, "state", repo).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+        self.decode(&body)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
             node: self.name.clone(),
             reason: e.to_string(),
         })
+    }
+
+    /// The repository's smart-HTTP URL on this node and a fresh `Authorization` value
+    /// for it: what another node needs to fetch from here.
+    pub(crate) fn fetch_source(&self, repo: &RepoPath) -> (String, String) {
+        let token = self
+            .secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .token(SystemTime::now());
+        (
+            format!("{}/{}", self.base, repo.relative_dir()),
+            format!("Bearer {token}"),
+        )
+    }
+
+    pub(crate) async fn replicate(
+        &self,
+        repo: &RepoPath,
+        request: &ReplicateRequest,
+    ) -> Result<RepoState, ClientError> {
+        let json = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
+            node: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let body = self
+            .admin_with(
+                Method::POST,
+                "replicate",
+                repo,
+                Some(json),
+                REPLICATE_TIMEOUT,
+            )
+            .await?;
+        self.decode(&body)
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<String>, ClientError> {
+        let req = self
+            .request(Method::GET, "/admin/repos", "-")
+            .body(Body::empty())
+            .map_err(|e| self.build_error(e))?;
+        let resp = self.send_with_timeout(req, ADMIN_TIMEOUT).await?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Status {
+                node: self.name.clone(),
+                status: resp.status().as_u16(),
+                message: "listing repositories failed".into(),
+            });
+        }
+        let body = Limited::new(resp.into_body(), 64 << 20);
+        match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => self.decode(&collected.to_bytes()),
+            Ok(Err(err)) => Err(ClientError::Decode {
+                node: self.name.clone(),
+                reason: err.to_string(),
+            }),
+            Err(_) => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: "listing timed out".into(),
+            }),
+        }
     }
 
     pub(crate) async fn create(&self, repo: &RepoPath) -> Result<(), ClientError> {

@@ -99,6 +99,59 @@ impl GitBinary {
         cmd
     }
 
+    /// `git fetch --prune <source> +refs/*:refs/*` into the bare repository at
+    /// `repo_dir`: afterwards its refs are exactly the source's. `auth_header`, when
+    /// given, is sent with every HTTP request; it travels in the environment so it never
+    /// shows in a process listing.
+    pub fn mirror_fetch(
+        &self,
+        repo_dir: &Path,
+        source: &str,
+        auth_header: Option<&str>,
+    ) -> Command {
+        let mut cmd = self.base();
+        cmd.args([
+            "-c",
+            "protocol.version=2",
+            "-c",
+            "http.followRedirects=false",
+        ])
+        .arg("-C")
+        .arg(repo_dir)
+        .args([
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-write-fetch-head",
+            "--no-auto-gc",
+            "--update-head-ok",
+            "--",
+        ])
+        .arg(source)
+        .arg("+refs/*:refs/*");
+        if let Some(header) = auth_header {
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// `git symbolic-ref HEAD <target>` in the bare repository at `repo_dir`.
+    pub fn set_head(&self, repo_dir: &Path, target: &str) -> Command {
+        let mut cmd = self.base();
+        cmd.arg("-C")
+            .arg(repo_dir)
+            .args(["symbolic-ref", "HEAD", target])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// `git init --bare --quiet <dir>`.
     pub fn init_bare(&self, repo_dir: &Path) -> Command {
         let mut cmd = self.base();

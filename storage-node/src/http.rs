@@ -4,7 +4,8 @@
 //! - ordinary smart HTTP for git (`info/refs`, `git-upload-pack`, `git-receive-pack`),
 //!   so gateways and other nodes (replication) use plain git traffic;
 //! - `GET /admin/repos`, `GET /admin/state?repo=`, `POST /admin/create?repo=`,
-//!   `POST /admin/delete?repo=`: the admin API, JSON answers.
+//!   `POST /admin/delete?repo=`, `POST /admin/replicate?repo=` (JSON body
+//!   [`ReplicateRequest`]; answers the resulting state): the admin API, JSON answers.
 //!
 //! Everything but health requires `Authorization: Bearer <token>` (see [`crate::auth`]).
 //! Request bodies may be gzip-encoded. A git response that fails after its first byte
@@ -24,12 +25,12 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use gitgate_proto::smart_http::{self, Endpoint, RouteError};
 use gitgate_proto::{GitProtocol, RepoPath, Service};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::auth::Verifier;
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, ReplicaSource};
 use crate::process::{self, GitStream};
 
 /// Shared state of the node's handlers.
@@ -45,6 +46,7 @@ pub fn router(node: Arc<Node>, verifier: Arc<Verifier>, registry: prometheus::Re
         .route("/admin/state", get(state))
         .route("/admin/create", post(create))
         .route("/admin/delete", post(delete))
+        .route("/admin/replicate", post(replicate))
         .fallback(git)
         // Clients (other nodes replicating with `git fetch`) gzip large fetch bodies.
         .layer(RequestDecompressionLayer::new())
@@ -160,6 +162,34 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The body of `POST /admin/replicate`: copy the repository from another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicateRequest {
+    /// The repository's smart-HTTP URL on the source node.
+    pub source_url: String,
+    /// The `Authorization` header value the source node accepts.
+    pub authorization: String,
+    /// What HEAD should point to afterwards (the source's HEAD).
+    pub head: Option<String>,
+}
+
+async fn replicate(
+    State(s): State<AppState>,
+    Query(q): Query<RepoQuery>,
+    Json(body): Json<ReplicateRequest>,
+) -> Result<Response, ApiError> {
+    let repo = repo_from(&q)?;
+    let source = ReplicaSource::Http {
+        url: body.source_url,
+        authorization: body.authorization,
+    };
+    let state = s
+        .node
+        .replicate(&repo, &source, body.head.as_deref())
+        .await?;
+    Ok(Json(state).into_response())
+}
+
 async fn git(
     State(s): State<AppState>,
     method: Method,
@@ -246,6 +276,9 @@ fn error_response(err: &NodeError) -> Response {
     }
     if err.is_already_exists() {
         return (StatusCode::CONFLICT, "repository already exists\n").into_response();
+    }
+    if let NodeError::BadReplication(bad) = err {
+        return (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response();
     }
     tracing::error!(error = %err, "node operation failed");
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()

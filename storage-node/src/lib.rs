@@ -1,7 +1,7 @@
 //! A gitgate storage node: bare repositories on local disk, served with the real `git`.
 //!
 //! The crate is a library first. [`Node`] is the node's whole behaviour as async
-//! methods (smart-HTTP services, repository state, create and delete); the gateway
+//! methods (smart-HTTP services, repository state, create, delete and replication); the gateway
 //! calls it directly for in-process nodes, and [`serve`] puts the same methods behind
 //! the authenticated internal HTTP API that the `gitgate-node` binary runs.
 //!
@@ -30,6 +30,6 @@ pub mod repos;
 
 pub use http::{router, serve};
 pub use metrics::NodeMetrics;
-pub use node::{Node, NodeError, NodeSettings};
+pub use node::{BadReplication, Node, NodeError, NodeSettings, ReplicaSource};
 pub use process::{GitStream, GitStreamError, RequestBody};
 pub use refstate::RepoState;

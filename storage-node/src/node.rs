@@ -36,6 +36,9 @@ pub enum NodeError {
     /// Managing the repository on disk failed (or it already exists).
     #[error(transparent)]
     Store(#[from] RepoStoreError),
+    /// A replication request was malformed.
+    #[error(transparent)]
+    BadReplication(#[from] BadReplication),
     /// git failed to start or failed before answering.
     #[error(transparent)]
     Git(#[from] GitStreamError),
@@ -62,14 +65,40 @@ impl NodeError {
     }
 }
 
+/// Where a replica's refs and objects are copied from.
+#[derive(Debug, Clone)]
+pub enum ReplicaSource {
+    /// The repository's directory on another node in this process.
+    Path(PathBuf),
+    /// The repository's smart-HTTP URL on a remote node (`http://` or `https://`), and
+    /// the `Authorization` header value that node accepts.
+    Http {
+        /// The URL.
+        url: String,
+        /// The header value, e.g. `Bearer v1....`.
+        authorization: String,
+    },
+}
+
+/// A replication request that cannot be carried out as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BadReplication {
+    /// Only http(s) sources are fetched from over the network.
+    #[error("replication source must be an http:// or https:// URL")]
+    Scheme,
+    /// HEAD must name a ref under `refs/`.
+    #[error("invalid HEAD target {0:?}")]
+    Head(String),
+}
+
 /// A storage node over one root directory.
 #[derive(Debug)]
 pub struct Node {
     store: RepoStore,
     git: GitBinary,
     metrics: NodeMetrics,
-    /// Running git processes per kind: advertise-refs, upload-pack, receive-pack.
-    running: [Arc<AtomicI64>; 3],
+    /// Running git processes per kind: advertise-refs, upload-pack, receive-pack, fetch.
+    running: [Arc<AtomicI64>; 4],
 }
 
 impl Node {
@@ -89,6 +118,7 @@ impl Node {
         let slot = match service {
             "advertise-refs" => 0,
             "upload-pack" => 1,
+            "fetch" => 3,
             _ => 2,
         };
         Box::new(self.metrics.running(service, self.running[slot].clone()))
@@ -153,6 +183,57 @@ impl Node {
             .with_label_values(&[service.subcommand()])
             .inc();
         Ok(stream)
+    }
+
+    /// The directory of `repo` under this node's root (which may not exist).
+    pub fn repo_dir(&self, repo: &RepoPath) -> PathBuf {
+        self.store.dir(repo)
+    }
+
+    /// Make this node's copy of `repo` an exact copy of `source`'s refs (creating the
+    /// repository when missing): `git fetch --prune` of every ref, then HEAD set to
+    /// `head` when given. Returns the resulting state.
+    pub async fn replicate(
+        &self,
+        repo: &RepoPath,
+        source: &ReplicaSource,
+        head: Option<&str>,
+    ) -> Result<RepoState, NodeError> {
+        if let Some(head) = head {
+            let valid = head.starts_with("refs/") && gix::refs::FullName::try_from(head).is_ok();
+            if !valid {
+                return Err(BadReplication::Head(head.to_owned()).into());
+            }
+        }
+        let (from, authorization) = match source {
+            ReplicaSource::Path(path) => (path.to_string_lossy().into_owned(), None),
+            ReplicaSource::Http { url, authorization } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(BadReplication::Scheme.into());
+                }
+                (url.clone(), Some(format!("Authorization: {authorization}")))
+            }
+        };
+        match self.store.create(&self.git, repo).await {
+            Ok(()) => tracing::info!(repo = %repo, "created repository for replication"),
+            Err(RepoStoreError::AlreadyExists(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let dir = self.store.dir(repo);
+        let _running = self.guard("fetch");
+        self.metrics
+            .git_processes
+            .with_label_values(&["fetch"])
+            .inc();
+        process::run_to_end(
+            "fetch",
+            self.git.mirror_fetch(&dir, &from, authorization.as_deref()),
+        )
+        .await?;
+        if let Some(head) = head {
+            process::run_to_end("symbolic-ref", self.git.set_head(&dir, head)).await?;
+        }
+        self.state(repo).await
     }
 
     /// Whether the repository exists, its HEAD and ref checksum.

@@ -2,7 +2,8 @@
 //!
 //! The checksum is blake3 over the sorted lines `<ref name> <target>\n` (a symbolic
 //! ref's target is `ref: <name>`), so two replicas with the same refs have the same
-//! checksum regardless of packing. Reading happens on a blocking thread.
+//! checksum regardless of packing. The newest branch tip's commit time comes along, so
+//! copies that disagree can be ordered. Reading happens on a blocking thread.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,10 @@ pub struct RepoState {
     pub checksum: Option<String>,
     /// Number of refs (HEAD excluded).
     pub refs: usize,
+    /// The newest committer time (seconds since the epoch) among the branch tips, used
+    /// to tell which of two disagreeing copies is more recent.
+    #[serde(default)]
+    pub latest: Option<i64>,
 }
 
 impl RepoState {
@@ -29,6 +34,7 @@ impl RepoState {
             head: None,
             checksum: None,
             refs: 0,
+            latest: None,
         }
     }
 }
@@ -67,8 +73,18 @@ fn read_blocking(dir: PathBuf) -> Result<RepoState, RefStateError> {
         .map(|name| name.as_bstr().to_string());
     let platform = repo.references().map_err(|e| fail(e.to_string()))?;
     let mut lines = Vec::new();
+    let mut latest: Option<i64> = None;
     for reference in platform.all().map_err(|e| fail(e.to_string()))? {
-        let reference = reference.map_err(|e| fail(e.to_string()))?;
+        let mut reference = reference.map_err(|e| fail(e.to_string()))?;
+        if reference.name().as_bstr().starts_with(b"refs/heads/") {
+            // Best effort: a branch pointing at something odd just has no time.
+            let time = reference
+                .peel_to_commit()
+                .ok()
+                .and_then(|commit| commit.time().ok())
+                .map(|time| time.seconds);
+            latest = latest.max(time);
+        }
         let target = match reference.target() {
             gix::refs::TargetRef::Object(oid) => oid.to_string(),
             gix::refs::TargetRef::Symbolic(name) => format!("ref: {}", name.as_bstr()),
@@ -85,5 +101,6 @@ fn read_blocking(dir: PathBuf) -> Result<RepoState, RefStateError> {
         head,
         checksum: Some(hasher.finalize().to_hex().to_string()),
         refs: lines.len(),
+        latest,
     })
 }

@@ -1,0 +1,397 @@
+//! The embedded metadata store: SQLite in one file, for a single gateway.
+//!
+//! WAL journal with `synchronous = FULL`, so every change is on disk when its call
+//! returns (a push is acknowledged only after its generation is durable). Calls run on
+//! tokio's blocking pool, one at a time. Write locks are in-process: one gateway owns
+//! the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gitgate_proto::RepoPath;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::lock::LocalLocks;
+use super::{
+    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord,
+    RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
+};
+
+/// SQLite metadata in a file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    conn: Arc<Mutex<Connection>>,
+    locks: LocalLocks,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// `$N` placeholders as SQLite's `?N`.
+fn sqlite(statement: &str) -> String {
+    statement.replace('$', "?")
+}
+
+impl EmbeddedStore {
+    /// Open (creating when missing) the store at `path`; its directory is created too.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        let opened = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            let conn = Connection::open(&path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            for table in sql::SCHEMA {
+                conn.execute(table, [])?;
+            }
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            locks: LocalLocks::default(),
+            path: opened,
+        })
+    }
+
+    /// Run `f` with the connection on the blocking pool.
+    fn call<'a, T, F>(&'a self, f: F) -> StoreFuture<'a, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut conn)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        statement: &'static str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> StoreFuture<'a, ()> {
+        self.call(move |conn| {
+            conn.execute(&sqlite(statement), rusqlite::params_from_iter(args))?;
+            Ok(())
+        })
+    }
+}
+
+fn text(value: &str) -> rusqlite::types::Value {
+    rusqlite::types::Value::Text(value.to_owned())
+}
+
+fn opt_text(value: Option<&str>) -> rusqlite::types::Value {
+    value.map_or(rusqlite::types::Value::Null, text)
+}
+
+fn int(value: i64) -> rusqlite::types::Value {
+    rusqlite::types::Value::Integer(value)
+}
+
+fn job_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i32, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn jobs(rows: Vec<(String, String, String, i32, i64)>) -> Result<Vec<Job>, StoreError> {
+    rows.into_iter()
+        .map(|(repo, target, kind, attempts, created_ms)| {
+            Ok(Job {
+                repo: parse_repo(&repo)?,
+                target,
+                kind: JobKind::parse(&kind)?,
+                attempts,
+                created_ms,
+            })
+        })
+        .collect()
+}
+
+impl MetadataStore for EmbeddedStore {
+    fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>> {
+        let repo = repo.clone();
+        self.call(move |conn| {
+            let name = repo.as_str();
+            let head = conn
+                .query_row(&sqlite(sql::GET_REPO), [name], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<i64>>(5)?,
+                    ))
+                })
+                .optional()?;
+            let Some((generation, primary, checksum, write_node, write_owner, started)) = head
+            else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(&sqlite(sql::GET_REPLICAS))?;
+            let replicas = stmt
+                .query_map([name], |row| {
+                    Ok(ReplicaRecord {
+                        node: row.get(0)?,
+                        generation: row.get(1)?,
+                        checksum: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let write = match (write_node, write_owner, started) {
+                (Some(node), Some(owner), Some(started_ms)) => Some(WriteMarker {
+                    node,
+                    owner,
+                    started_ms,
+                }),
+                _ => None,
+            };
+            Ok(Some(RepoRecord {
+                repo,
+                generation,
+                primary,
+                checksum,
+                write,
+                replicas,
+            }))
+        })
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<RepoPath>> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare_cached(sql::LIST_REPOS)?;
+            let names = stmt
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            names.iter().map(|n| parse_repo(n)).collect()
+        })
+    }
+
+    fn register<'a>(&'a self, new: &'a NewRepo) -> StoreFuture<'a, bool> {
+        let new = new.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let inserted = tx.execute(
+                &sqlite(sql::INSERT_REPO),
+                params![new.repo.as_str(), new.generation, new.checksum],
+            )? == 1;
+            if inserted {
+                for replica in &new.replicas {
+                    tx.execute(
+                        &sqlite(sql::SET_REPLICA),
+                        params![
+                            new.repo.as_str(),
+                            replica.node,
+                            replica.generation,
+                            replica.checksum
+                        ],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(inserted)
+        })
+    }
+
+    fn forget<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()> {
+        self.exec(sql::DELETE_REPO, vec![text(repo.as_str())])
+    }
+
+    fn set_primary<'a>(&'a self, repo: &'a RepoPath, node: &'a str) -> StoreFuture<'a, ()> {
+        self.exec(sql::SET_PRIMARY, vec![text(repo.as_str()), text(node)])
+    }
+
+    fn begin_write<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        marker: &'a WriteMarker,
+    ) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::BEGIN_WRITE,
+            vec![
+                text(repo.as_str()),
+                text(&marker.node),
+                text(&marker.owner),
+                int(marker.started_ms),
+            ],
+        )
+    }
+
+    fn finish_write<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        holders: &'a [String],
+        checksum: Option<&'a str>,
+    ) -> StoreFuture<'a, i64> {
+        let repo = repo.clone();
+        let holders = holders.to_vec();
+        let checksum = checksum.map(str::to_owned);
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let generation: i64 = tx
+                .query_row(
+                    &sqlite(sql::BUMP_REPO),
+                    params![repo.as_str(), checksum],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::Corrupt(format!("{repo} is not registered")))?;
+            for node in &holders {
+                tx.execute(
+                    &sqlite(sql::SET_REPLICA),
+                    params![repo.as_str(), node, generation, checksum],
+                )?;
+            }
+            tx.commit()?;
+            Ok(generation)
+        })
+    }
+
+    fn clear_write<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()> {
+        self.exec(sql::CLEAR_WRITE, vec![text(repo.as_str())])
+    }
+
+    fn record_replica<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        node: &'a str,
+        generation: i64,
+        checksum: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::UPSERT_REPLICA,
+            vec![
+                text(repo.as_str()),
+                text(node),
+                int(generation),
+                opt_text(checksum),
+            ],
+        )
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        kind: JobKind,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::ENQUEUE,
+            vec![
+                text(repo.as_str()),
+                text(target),
+                text(kind.as_str()),
+                int(now_ms),
+            ],
+        )
+    }
+
+    fn claim<'a>(
+        &'a self,
+        owner: &'a str,
+        now_ms: i64,
+        lease: Duration,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<Job>> {
+        let owner = owner.to_owned();
+        let expires = now_ms.saturating_add(millis(lease));
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(&sqlite(sql::CLAIM_EMBEDDED))?;
+            let rows = stmt
+                .query_map(params![owner, now_ms, expires, limit], job_from)?
+                .collect::<Result<Vec<_>, _>>()?;
+            jobs(rows)
+        })
+    }
+
+    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::COMPLETE,
+            vec![text(job.repo.as_str()), text(&job.target), text(owner)],
+        )
+    }
+
+    fn retry<'a>(
+        &'a self,
+        job: &'a Job,
+        owner: &'a str,
+        error: &'a str,
+        not_before_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::RETRY,
+            vec![
+                text(job.repo.as_str()),
+                text(&job.target),
+                text(owner),
+                text(error),
+                int(not_before_ms),
+            ],
+        )
+    }
+
+    fn wake<'a>(&'a self, target: &'a str, now_ms: i64) -> StoreFuture<'a, ()> {
+        self.exec(sql::WAKE, vec![text(target), int(now_ms)])
+    }
+
+    fn jobs_of<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Vec<Job>> {
+        let name = repo.as_str().to_owned();
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(&sqlite(sql::JOBS_OF))?;
+            let rows = stmt
+                .query_map([name], job_from)?
+                .collect::<Result<Vec<_>, _>>()?;
+            jobs(rows)
+        })
+    }
+
+    fn job_counts(&self, now_ms: i64) -> StoreFuture<'_, JobCounts> {
+        self.call(move |conn| {
+            Ok(conn.query_row(&sqlite(sql::JOB_COUNTS), [now_ms], |row| {
+                Ok(JobCounts {
+                    queued: row.get(0)?,
+                    running: row.get(1)?,
+                    retrying: row.get(2)?,
+                })
+            })?)
+        })
+    }
+
+    fn lock<'a>(&'a self, repo: &'a RepoPath, wait: Duration) -> StoreFuture<'a, RepoLock> {
+        Box::pin(self.locks.lock(repo, wait))
+    }
+
+    fn try_lock<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoLock>> {
+        let lock = self.locks.try_lock(repo);
+        Box::pin(async move { Ok(lock) })
+    }
+}

@@ -1,0 +1,490 @@
+//! The shared metadata store: PostgreSQL, so several gateways see the same generations,
+//! primaries, markers and jobs.
+//!
+//! Connections come from a small pool; one that failed is dropped, and the next call
+//! connects again. A repository's write lock is a session advisory lock held on a
+//! pooled connection for as long as the lock lives: if the gateway dies, PostgreSQL
+//! ends the session and the lock is released with it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gitgate_proto::RepoPath;
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord,
+    RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
+};
+
+/// Idle connections kept for reuse.
+const MAX_IDLE: usize = 16;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PostgreSQL metadata.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresStore")
+    }
+}
+
+struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// A pooled connection, returned to the pool when dropped unless it failed.
+struct Conn {
+    client: Option<Client>,
+    pool: Arc<Pool>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        // Only taken out in `drop`.
+        self.client
+            .as_ref()
+            .expect("connection present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("connection present until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(client);
+                }
+            }
+        }
+    }
+}
+
+impl Pool {
+    async fn get(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        loop {
+            let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match reused {
+                Some(client) if client.is_closed() => continue,
+                Some(client) => {
+                    return Ok(Conn {
+                        client: Some(client),
+                        pool: self.clone(),
+                    })
+                }
+                None => break,
+            }
+        }
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "postgres connection ended");
+            }
+        });
+        Ok(Conn {
+            client: Some(client),
+            pool: self.clone(),
+        })
+    }
+}
+
+/// The advisory-lock key of a repository: 64 bits of its name's blake3 hash.
+fn lock_key(repo: &RepoPath) -> i64 {
+    let hash = blake3::hash(repo.as_str().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// A held advisory lock; unlocks (and returns the connection) when dropped.
+struct AdvisoryLock {
+    conn: Option<Conn>,
+    key: i64,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let key = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let unlocked = conn
+                        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+                        .await
+                        .map(|row| row.get::<_, bool>(0));
+                    if !matches!(unlocked, Ok(true)) {
+                        // Do not reuse a session that may still hold the lock.
+                        let mut conn = conn;
+                        drop(conn.client.take());
+                    }
+                });
+            }
+            Err(_) => {
+                // No runtime: closing the session releases the lock.
+                let mut conn = conn;
+                drop(conn.client.take());
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connect to `url` and create the tables if needed.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("gitgate");
+        let pool = Arc::new(Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+        });
+        let conn = pool.get().await?;
+        // Gateways starting together must not race on CREATE TABLE.
+        conn.execute("SELECT pg_advisory_lock(7150254127)", &[])
+            .await?;
+        let created = async {
+            for table in sql::SCHEMA {
+                conn.batch_execute(table).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }
+        .await;
+        conn.execute("SELECT pg_advisory_unlock(7150254127)", &[])
+            .await?;
+        created?;
+        Ok(Self { pool })
+    }
+
+    async fn exec(
+        &self,
+        statement: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let conn = self.pool.get().await?;
+        Ok(conn.execute(statement, args).await?)
+    }
+}
+
+fn job_from(row: &tokio_postgres::Row) -> Result<Job, StoreError> {
+    let repo: String = row.try_get(0)?;
+    let kind: String = row.try_get(2)?;
+    Ok(Job {
+        repo: parse_repo(&repo)?,
+        target: row.try_get(1)?,
+        kind: JobKind::parse(&kind)?,
+        attempts: row.try_get(3)?,
+        created_ms: row.try_get(4)?,
+    })
+}
+
+impl MetadataStore for PostgresStore {
+    fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let name = repo.as_str();
+            let Some(row) = conn.query_opt(sql::GET_REPO, &[&name]).await? else {
+                return Ok(None);
+            };
+            let replicas = conn
+                .query(sql::GET_REPLICAS, &[&name])
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(ReplicaRecord {
+                        node: r.try_get(0)?,
+                        generation: r.try_get(1)?,
+                        checksum: r.try_get(2)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+            let write = match (
+                row.try_get::<_, Option<String>>(3)?,
+                row.try_get::<_, Option<String>>(4)?,
+                row.try_get::<_, Option<i64>>(5)?,
+            ) {
+                (Some(node), Some(owner), Some(started_ms)) => Some(WriteMarker {
+                    node,
+                    owner,
+                    started_ms,
+                }),
+                _ => None,
+            };
+            Ok(Some(RepoRecord {
+                repo: repo.clone(),
+                generation: row.try_get(0)?,
+                primary: row.try_get(1)?,
+                checksum: row.try_get(2)?,
+                write,
+                replicas,
+            }))
+        })
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<RepoPath>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            conn.query(sql::LIST_REPOS, &[])
+                .await?
+                .iter()
+                .map(|row| parse_repo(&row.try_get::<_, String>(0)?))
+                .collect()
+        })
+    }
+
+    fn register<'a>(&'a self, new: &'a NewRepo) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.pool.get().await?;
+            let tx = conn.transaction().await?;
+            let name = new.repo.as_str();
+            let inserted = tx
+                .execute(sql::INSERT_REPO, &[&name, &new.generation, &new.checksum])
+                .await?
+                == 1;
+            if inserted {
+                for replica in &new.replicas {
+                    tx.execute(
+                        sql::SET_REPLICA,
+                        &[&name, &replica.node, &replica.generation, &replica.checksum],
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
+    }
+
+    fn forget<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::DELETE_REPO, &[&repo.as_str()]).await?;
+            Ok(())
+        })
+    }
+
+    fn set_primary<'a>(&'a self, repo: &'a RepoPath, node: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::SET_PRIMARY, &[&repo.as_str(), &node])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn begin_write<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        marker: &'a WriteMarker,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                sql::BEGIN_WRITE,
+                &[
+                    &repo.as_str(),
+                    &marker.node,
+                    &marker.owner,
+                    &marker.started_ms,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn finish_write<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        holders: &'a [String],
+        checksum: Option<&'a str>,
+    ) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let mut conn = self.pool.get().await?;
+            let tx = conn.transaction().await?;
+            let name = repo.as_str();
+            let row = tx
+                .query_opt(sql::BUMP_REPO, &[&name, &checksum])
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("{repo} is not registered")))?;
+            let generation: i64 = row.try_get(0)?;
+            for node in holders {
+                tx.execute(sql::SET_REPLICA, &[&name, node, &generation, &checksum])
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(generation)
+        })
+    }
+
+    fn clear_write<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::CLEAR_WRITE, &[&repo.as_str()]).await?;
+            Ok(())
+        })
+    }
+
+    fn record_replica<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        node: &'a str,
+        generation: i64,
+        checksum: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                sql::UPSERT_REPLICA,
+                &[&repo.as_str(), &node, &generation, &checksum],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        kind: JobKind,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                sql::ENQUEUE,
+                &[&repo.as_str(), &target, &kind.as_str(), &now_ms],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        owner: &'a str,
+        now_ms: i64,
+        lease: Duration,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<Job>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let expires = now_ms.saturating_add(millis(lease));
+            conn.query(sql::CLAIM_POSTGRES, &[&owner, &now_ms, &expires, &limit])
+                .await?
+                .iter()
+                .map(job_from)
+                .collect()
+        })
+    }
+
+    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::COMPLETE, &[&job.repo.as_str(), &job.target, &owner])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn retry<'a>(
+        &'a self,
+        job: &'a Job,
+        owner: &'a str,
+        error: &'a str,
+        not_before_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                sql::RETRY,
+                &[
+                    &job.repo.as_str(),
+                    &job.target,
+                    &owner,
+                    &error,
+                    &not_before_ms,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn wake<'a>(&'a self, target: &'a str, now_ms: i64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::WAKE, &[&target, &now_ms]).await?;
+            Ok(())
+        })
+    }
+
+    fn jobs_of<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Vec<Job>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            conn.query(sql::JOBS_OF, &[&repo.as_str()])
+                .await?
+                .iter()
+                .map(job_from)
+                .collect()
+        })
+    }
+
+    fn job_counts(&self, now_ms: i64) -> StoreFuture<'_, JobCounts> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let row = conn.query_one(sql::JOB_COUNTS, &[&now_ms]).await?;
+            Ok(JobCounts {
+                queued: row.try_get(0)?,
+                running: row.try_get(1)?,
+                retrying: row.try_get(2)?,
+            })
+        })
+    }
+
+    fn lock<'a>(&'a self, repo: &'a RepoPath, wait: Duration) -> StoreFuture<'a, RepoLock> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut pause = Duration::from_millis(5);
+            loop {
+                if let Some(lock) = self.try_lock(repo).await? {
+                    return Ok(lock);
+                }
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(StoreError::LockTimeout(repo.clone()));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        })
+    }
+
+    fn try_lock<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoLock>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let key = lock_key(repo);
+            let row = conn
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?;
+            if row.try_get::<_, bool>(0)? {
+                Ok(Some(RepoLock::new(AdvisoryLock {
+                    conn: Some(conn),
+                    key,
+                })))
+            } else {
+                Ok(None)
+            }
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! One conformance suite, run against both metadata stores: the embedded SQLite file
+//! and a real PostgreSQL server started for the test. Each run uses two store handles
+//! over the same data (two opens of the same file or URL), as two gateways would.
+
+mod support;
+
+use std::time::Duration;
+
+use gitgate_proto::RepoPath;
+use gitgate_storage_client::metadata::embedded::EmbeddedStore;
+use gitgate_storage_client::metadata::postgres::PostgresStore;
+use gitgate_storage_client::metadata::{
+    JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord, StoreError, WriteMarker, NO_COPY,
+};
+use support::postgres::ThrowawayPostgres;
+
+fn repo(name: &str) -> RepoPath {
+    RepoPath::parse(name).expect("valid repo")
+}
+
+fn replica(node: &str, generation: i64) -> ReplicaRecord {
+    ReplicaRecord {
+        node: node.into(),
+        generation,
+        checksum: None,
+    }
+}
+
+fn new_repo(name: &str) -> NewRepo {
+    NewRepo {
+        repo: repo(name),
+        generation: 0,
+        checksum: Some("c0".into()),
+        replicas: vec![replica("b", NO_COPY), replica("a", 0), replica("c", 0)],
+    }
+}
+
+async fn registration(s: &dyn MetadataStore) {
+    let r = repo("group/one.git");
+    assert_eq!(s.get(&r).await.unwrap(), None);
+    assert!(s.register(&new_repo("group/one.git")).await.unwrap());
+    // A second registration changes nothing.
+    let mut again = new_repo("group/one.git");
+    again.generation = 7;
+    assert!(!s.register(&again).await.unwrap());
+    let record = s.get(&r).await.unwrap().expect("registered");
+    assert_eq!(record.generation, 0);
+    assert_eq!(record.checksum.as_deref(), Some("c0"));
+    assert_eq!(record.primary, None);
+    assert_eq!(record.write, None);
+    let nodes: Vec<_> = record.replicas.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes, ["a", "b", "c"], "replicas in node order");
+    assert!(record.is_up_to_date("a"));
+    assert!(!record.is_up_to_date("b"));
+    assert!(!record.is_up_to_date("zzz"));
+    assert!(s.list().await.unwrap().contains(&r));
+}
+
+async fn generations(s: &dyn MetadataStore, other: &dyn MetadataStore) {
+    let r = repo("gens.git");
+    s.register(&new_repo("gens.git")).await.unwrap();
+    s.set_primary(&r, "a").await.unwrap();
+    let marker = WriteMarker {
+        node: "a".into(),
+        owner: "gw-1".into(),
+        started_ms: 1234,
+    };
+    s.begin_write(&r, &marker).await.unwrap();
+    // The other handle sees the marker: that is what crash repair relies on.
+    let seen = other.get(&r).await.unwrap().unwrap();
+    assert_eq!(seen.write.as_ref(), Some(&marker));
+    assert_eq!(seen.primary.as_deref(), Some("a"));
+
+    let generation = s
+        .finish_write(&r, &["a".to_owned()], Some("c1"))
+        .await
+        .unwrap();
+    assert_eq!(generation, 1);
+    let record = other.get(&r).await.unwrap().unwrap();
+    assert_eq!(record.generation, 1);
+    assert_eq!(record.checksum.as_deref(), Some("c1"));
+    assert_eq!(record.write, None, "finishing clears the marker");
+    assert!(record.is_up_to_date("a"));
+    assert!(!record.is_up_to_date("c"), "non-holders fall behind");
+    assert_eq!(record.replica("a").unwrap().checksum.as_deref(), Some("c1"));
+
+    // Replication raises a generation...
+    s.record_replica(&r, "c", 1, Some("c1")).await.unwrap();
+    assert!(other.get(&r).await.unwrap().unwrap().is_up_to_date("c"));
+    // ...and never lowers it.
+    s.record_replica(&r, "c", 0, Some("old")).await.unwrap();
+    let record = other.get(&r).await.unwrap().unwrap();
+    assert_eq!(record.replica("c").unwrap().generation, 1);
+    assert_eq!(record.replica("c").unwrap().checksum.as_deref(), Some("c1"));
+    // A node that was not a replica becomes one.
+    s.record_replica(&r, "d", 1, Some("c1")).await.unwrap();
+    assert!(other.get(&r).await.unwrap().unwrap().is_up_to_date("d"));
+
+    // A write that changed nothing only clears its marker.
+    s.begin_write(&r, &marker).await.unwrap();
+    s.clear_write(&r).await.unwrap();
+    let record = other.get(&r).await.unwrap().unwrap();
+    assert_eq!((record.generation, record.write), (1, None));
+
+    // Finishing an unregistered repository is an error, not a silent no-op.
+    assert!(s
+        .finish_write(&repo("ghost.git"), &["a".to_owned()], None)
+        .await
+        .is_err());
+
+    s.forget(&r).await.unwrap();
+    assert_eq!(other.get(&r).await.unwrap(), None);
+    assert!(!other.list().await.unwrap().contains(&r));
+}
+
+async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
+    let r = repo("jobs.git");
+    let lease = Duration::from_secs(10);
+    let now = 1_000_000;
+    s.enqueue(&r, "b", JobKind::Update, now).await.unwrap();
+    s.enqueue(&r, "b", JobKind::Update, now + 5).await.unwrap();
+    s.enqueue(&r, "c", JobKind::Delete, now).await.unwrap();
+    let queued = other.jobs_of(&r).await.unwrap();
+    assert_eq!(queued.len(), 2, "one job per repository and target");
+    assert_eq!(
+        s.job_counts(now).await.unwrap(),
+        JobCounts {
+            queued: 2,
+            running: 0,
+            retrying: 0
+        }
+    );
+
+    let first = s.claim("gw-1", now, lease, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let second = other.claim("gw-2", now, lease, 10).await.unwrap();
+    assert_eq!(second.len(), 1, "a leased job is not handed out twice");
+    assert_ne!(first[0].target, second[0].target);
+    assert!(other
+        .claim("gw-2", now, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(first[0].attempts, 1);
+    let delete = [&first[0], &second[0]]
+        .into_iter()
+        .find(|j| j.target == "c")
+        .unwrap();
+    assert_eq!(delete.kind, JobKind::Delete);
+    assert_eq!(s.job_counts(now).await.unwrap().running, 2);
+
+    // Only the lease holder can complete or hand back a job.
+    other.complete(&first[0], "gw-2").await.unwrap();
+    assert_eq!(s.jobs_of(&r).await.unwrap().len(), 2);
+    s.complete(&first[0], "gw-1").await.unwrap();
+    assert_eq!(s.jobs_of(&r).await.unwrap().len(), 1);
+
+    // A failed job waits for its retry time.
+    other
+        .retry(&second[0], "gw-2", "node down", now + 60_000)
+        .await
+        .unwrap();
+    assert!(s
+        .claim("gw-1", now + 1, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.job_counts(now + 1).await.unwrap().retrying, 1);
+    // Waking its target makes it due at once.
+    s.wake(&second[0].target, now + 2).await.unwrap();
+    let again = s.claim("gw-1", now + 2, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+    // An expired lease is taken over.
+    let later = now + 2 + 10_001;
+    let taken = other.claim("gw-2", later, lease, 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "expired lease is reclaimed");
+    s.complete(&again[0], "gw-1").await.unwrap();
+    assert_eq!(
+        other.jobs_of(&r).await.unwrap().len(),
+        1,
+        "old holder lost it"
+    );
+    other.complete(&taken[0], "gw-2").await.unwrap();
+    assert!(s.jobs_of(&r).await.unwrap().is_empty());
+    assert_eq!(s.job_counts(later).await.unwrap(), JobCounts::default());
+}
+
+async fn locks(s: &dyn MetadataStore, other: &dyn MetadataStore) {
+    let r = repo("locked.git");
+    let held = s.lock(&r, Duration::from_secs(1)).await.unwrap();
+    assert!(s.try_lock(&r).await.unwrap().is_none());
+    assert!(other.try_lock(&r).await.unwrap().is_none());
+    match other.lock(&r, Duration::from_millis(200)).await {
+        Err(StoreError::LockTimeout(locked)) => assert_eq!(locked, r),
+        other => panic!("expected a lock timeout, got {other:?}"),
+    }
+    // Other repositories are independent.
+    let unrelated = other.try_lock(&repo("free.git")).await.unwrap();
+    assert!(unrelated.is_some());
+    // A waiter gets the lock once it is released.
+    let waiter = {
+        let r = r.clone();
+        async move { other.lock(&r, Duration::from_secs(5)).await }
+    };
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+    };
+    let (got, ()) = tokio::join!(waiter, release);
+    let got = got.expect("lock after release");
+    assert!(s.try_lock(&r).await.unwrap().is_none());
+    drop(got);
+}
+
+async fn suite(a: &dyn MetadataStore, b: &dyn MetadataStore) {
+    registration(a).await;
+    generations(a, b).await;
+    jobs(a, b).await;
+    locks(a, b).await;
+}
+
+#[tokio::test]
+async fn embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/gitgate.db");
+    let store = EmbeddedStore::open(&path).await.unwrap();
+    suite(&store, &store.clone()).await;
+    // Durable: a reopened file has everything.
+    let r = repo("durable.git");
+    store.register(&new_repo("durable.git")).await.unwrap();
+    store
+        .finish_write(&r, &["a".into()], Some("x"))
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = EmbeddedStore::open(&path).await.unwrap();
+    let record = reopened.get(&r).await.unwrap().unwrap();
+    assert_eq!(record.generation, 1);
+    assert!(record.is_up_to_date("a"));
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let server = ThrowawayPostgres::start();
+    server.create_database("conformance").await;
+    let url = server.url("conformance");
+    let (a, b) = tokio::join!(PostgresStore::open(&url), PostgresStore::open(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    suite(&a, &b).await;
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_an_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://gitgate@127.0.0.1:{port}/none");
+    assert!(matches!(
+        PostgresStore::open(&url).await,
+        Err(StoreError::Postgres(_))
+    ));
+}

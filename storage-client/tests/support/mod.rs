@@ -1,0 +1,2 @@
+//! Test support shared by the storage-client tests.
+pub mod postgres;
