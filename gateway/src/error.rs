@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gitgate_proto::repo_path::InvalidRepoPath;
 use gitgate_proto::request::ParseError;
+use gitgate_storage_client::cluster::ClusterError;
 use gitgate_storage_client::ClientError;
 
 /// Everything a git request can fail with before its response body starts.
@@ -61,6 +62,12 @@ pub enum AppError {
     /// The storage node cannot be reached.
     #[error("storage unavailable, try again later")]
     Unavailable(#[source] BoxError),
+    /// No replica that could serve the request is available.
+    #[error("{0}")]
+    NoReplica(String),
+    /// Another write holds the repository.
+    #[error("repository is busy with another write; try again shortly")]
+    Busy,
     /// The storage node failed before answering.
     #[error("storage node failed")]
     NodeFailed(#[source] BoxError),
@@ -77,6 +84,18 @@ impl From<ClientError> for AppError {
             Self::Unavailable(Box::new(err))
         } else {
             Self::NodeFailed(Box::new(err))
+        }
+    }
+}
+
+impl From<ClusterError> for AppError {
+    fn from(err: ClusterError) -> Self {
+        match err {
+            ClusterError::NotFound(_) => Self::RepoNotFound,
+            ClusterError::Unavailable(message) => Self::NoReplica(message),
+            ClusterError::Busy(_) => Self::Busy,
+            ClusterError::Node(client) => client.into(),
+            other => Self::Unavailable(Box::new(other)),
         }
     }
 }
@@ -104,7 +123,9 @@ impl AppError {
             Self::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NoReplica(_) | Self::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NodeFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -116,6 +137,9 @@ impl IntoResponse for AppError {
         match &self {
             Self::Unavailable(source) | Self::NodeFailed(source) => {
                 tracing::warn!(error = %source, status = status.as_u16(), "storage failure");
+            }
+            Self::NoReplica(reason) => {
+                tracing::warn!(error = %reason, status = status.as_u16(), "storage failure");
             }
             other => tracing::debug!(error = %other, status = status.as_u16(), "refused request"),
         }

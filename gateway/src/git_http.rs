@@ -19,16 +19,15 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use gitgate_packcache::{ByteStream, CacheKey, Fetch, KeyBuilder, ReadError, UpstreamError};
 use gitgate_proto::smart_http::{self, Endpoint, RouteError};
 use gitgate_proto::{normalize, GitProtocol, ProtocolVersion, RepoPath, Service};
-use gitgate_storage_client::{ClientError, GitCall, NodeClient, RequestBody};
+use gitgate_storage_client::{ClientError, GitCall, RequestBody};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body::{metered, BodyStream};
 use crate::error::{AppError, BoxError};
-use crate::generation::Generations;
 use crate::limits::{LimitError, RepoLimiter, Slot};
 use crate::metrics::GatewayMetrics;
 use crate::state::AppState;
-use gitgate_storage_client::health::HealthMonitor;
+use gitgate_storage_client::cluster::{Cluster, PushGuard};
 
 /// The protocol v2 commands upload-pack serves; anything else is refused here with a
 /// clear 400 instead of failing inside git.
@@ -100,41 +99,52 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 async fn info_refs(state: &AppState, call: GitCall<'_>) -> Result<Response, AppError> {
-    let (index, node) = healthy_node(state, call.repo)?;
-    let stream = match node.info_refs(call).await {
-        Err(err)
-            if err.is_not_found()
-                && call.service == Service::ReceivePack
-                && state.create_on_push =>
-        {
-            create_for_push(node, call.repo).await?;
+    let stream = match call.service {
+        // Pushes are advertised by the node that will take them.
+        Service::ReceivePack => {
+            let primary = state
+                .cluster
+                .push_target(call.repo, state.create_on_push)
+                .await?;
+            let node = state.cluster.node(primary);
             observed(
                 &state.metrics,
-                &state.health,
-                (index, node),
+                &state.cluster,
+                primary,
                 node.info_refs(call).await,
             )?
         }
-        other => observed(&state.metrics, &state.health, (index, node), other)?,
+        Service::UploadPack => {
+            let route = state.cluster.read_route(call.repo).await?;
+            let mut last = None;
+            let mut found = None;
+            for index in route.candidates {
+                let node = state.cluster.node(index);
+                match observed(
+                    &state.metrics,
+                    &state.cluster,
+                    index,
+                    node.info_refs(call).await,
+                ) {
+                    Ok(stream) => {
+                        found = Some(stream);
+                        break;
+                    }
+                    Err(err) => last = Some(err),
+                }
+            }
+            match (found, last) {
+                (Some(stream), _) => stream,
+                (None, Some(err)) => return Err(err.into()),
+                (None, None) => return Err(AppError::NoReplica("no replica answered".into())),
+            }
+        }
     };
     Ok(git_response(
         boxed(stream),
         call.service.advertisement_content_type(),
         false,
     ))
-}
-
-/// `storage.create_on_push`: a push to a missing repository creates it first.
-async fn create_for_push(node: &NodeClient, repo: &RepoPath) -> Result<(), AppError> {
-    match node.create(repo).await {
-        Ok(()) => {
-            tracing::info!(repo = %repo, node = node.name(), "created repository for push");
-            Ok(())
-        }
-        // Someone else created it in the meantime: just as good.
-        Err(ClientError::AlreadyExists(_)) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
 }
 
 async fn upload_pack(
@@ -151,24 +161,18 @@ async fn upload_pack(
             return Err(AppError::UnsupportedCommand(command.clone()));
         }
     }
-    let (index, node) = healthy_node(state, call.repo)?;
+    let route = state.cluster.read_route(call.repo).await?;
     let span = tracing::Span::current();
     if let (Some(cache), true) = (&state.cache, normalized.cacheable) {
-        let key = cache_key(
-            &call,
-            version,
-            state.generations.get(call.repo),
-            &normalized.canonical,
-        );
+        let key = cache_key(&call, version, route.generation, &normalized.canonical);
         span.record("key", &key.to_hex()[..16]);
         let upstream = Producer {
-            node: node.clone(),
-            index,
+            cluster: state.cluster.clone(),
+            candidates: route.candidates.clone(),
             call: OwnedCall::new(&call),
             body: body.clone(),
             limiter: state.limiter.clone(),
             metrics: state.metrics.clone(),
-            health: state.health.clone(),
         }
         .into_upstream();
         match cache.fetch(key, upstream).await {
@@ -178,8 +182,10 @@ async fn upload_pack(
             }
             Fetch::Miss(reader) => {
                 span.record("cache", "miss");
-                // The producer (a detached task) calls this node for the entry.
-                span.record("node", node.name());
+                // The producer (a detached task) calls this node first for the entry.
+                if let Some(&first) = route.candidates.first() {
+                    span.record("node", state.cluster.node(first).name());
+                }
                 return cached_response(reader.into_stream(), true).await;
             }
             Fetch::Bypass(reason) => {
@@ -191,18 +197,14 @@ async fn upload_pack(
         span.record("cache", "none");
     }
     let slot = state.limiter.acquire(call.repo).await?;
-    let request: RequestBody = Box::pin(futures_util::stream::once(async move { Ok(body) }));
-    let stream = observed(
+    let stream = fetch_from_any(
+        &state.cluster,
         &state.metrics,
-        &state.health,
-        (index, node),
-        node.rpc(call, request).await,
-    )?;
-    state
-        .metrics
-        .read_distribution
-        .with_label_values(&[node.name()])
-        .inc();
+        &route.candidates,
+        call,
+        &body,
+    )
+    .await?;
     Ok(git_response(
         holding(boxed(stream), slot),
         Service::UploadPack.result_content_type(),
@@ -210,35 +212,58 @@ async fn upload_pack(
     ))
 }
 
-/// The node that serves `repo`, if it is up; otherwise 503 at once instead of waiting
-/// for a connection that is known to fail.
-fn healthy_node<'a>(
-    state: &'a AppState,
-    repo: &RepoPath,
-) -> Result<(usize, &'a NodeClient), AppError> {
-    let (index, node) = state.nodes.for_repo(repo);
-    if state.health.is_healthy(index) {
-        Ok((index, node))
-    } else {
-        Err(AppError::Unavailable(
-            format!("storage node {} is down", node.name()).into(),
-        ))
+/// Run upload-pack with `body` on the first of `candidates` that answers: a node that
+/// fails before its first byte is reported and the next one is tried.
+async fn fetch_from_any(
+    cluster: &Cluster,
+    metrics: &GatewayMetrics,
+    candidates: &[usize],
+    call: GitCall<'_>,
+    body: &Bytes,
+) -> Result<gitgate_storage_client::GitStream, ClientError> {
+    let mut last = None;
+    for &index in candidates {
+        let node = cluster.node(index);
+        let request: RequestBody = Box::pin(futures_util::stream::once({
+            let body = body.clone();
+            async move { Ok(body) }
+        }));
+        match observed(metrics, cluster, index, node.rpc(call, request).await) {
+            Ok(stream) => {
+                metrics
+                    .read_distribution
+                    .with_label_values(&[node.name()])
+                    .inc();
+                return Ok(stream);
+            }
+            Err(err) => {
+                if candidates.len() > 1 {
+                    tracing::info!(node = node.name(), error = %err, "fetch failed before its first byte; trying another replica");
+                }
+                last = Some(err);
+            }
+        }
     }
+    Err(last.unwrap_or_else(|| ClientError::Unavailable {
+        node: "-".into(),
+        reason: "no replica to try".into(),
+    }))
 }
 
 /// Count a node call's outcome, report unreachable nodes to the health monitor, and
 /// note the node in the request's span.
 fn observed<T>(
     metrics: &GatewayMetrics,
-    health: &HealthMonitor,
-    (index, node): (usize, &NodeClient),
+    cluster: &Cluster,
+    index: usize,
     result: Result<T, ClientError>,
 ) -> Result<T, ClientError> {
+    let node = cluster.node(index);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.is_not_found() => "not_found",
         Err(e) if e.is_unavailable() => {
-            health.report_failure(index);
+            cluster.health().report_failure(index);
             "unavailable"
         }
         Err(_) => "error",
@@ -266,7 +291,7 @@ fn holding(stream: BodyStream, slot: Option<Slot>) -> BodyStream {
 fn cache_key(
     call: &GitCall<'_>,
     version: ProtocolVersion,
-    generation: u64,
+    generation: i64,
     canonical: &[u8],
 ) -> CacheKey {
     KeyBuilder::new(CACHE_KEY_FORMAT)
@@ -298,25 +323,23 @@ impl OwnedCall {
 /// The producer of a cache entry: the same upload-pack call, owned so it can outlive
 /// the request that started it.
 struct Producer {
-    node: NodeClient,
-    index: usize,
+    cluster: Arc<Cluster>,
+    candidates: Vec<usize>,
     call: OwnedCall,
     body: Bytes,
     limiter: Arc<RepoLimiter>,
     metrics: GatewayMetrics,
-    health: Arc<HealthMonitor>,
 }
 
 impl Producer {
     fn into_upstream(self) -> impl FnOnce() -> gitgate_packcache::Upstream {
         let Producer {
-            node,
-            index,
+            cluster,
+            candidates,
             call,
             body,
             limiter,
             metrics,
-            health,
         } = self;
         move || {
             Box::pin(async move {
@@ -331,19 +354,9 @@ impl Producer {
                     protocol: call.protocol.as_ref(),
                     request_id: &call.request_id,
                 };
-                let request: RequestBody =
-                    Box::pin(futures_util::stream::once(async move { Ok(body) }));
-                let stream = observed(
-                    &metrics,
-                    &health,
-                    (index, &node),
-                    node.rpc(git_call, request).await,
-                )
-                .map_err(UpstreamError::new)?;
-                metrics
-                    .read_distribution
-                    .with_label_values(&[node.name()])
-                    .inc();
+                let stream = fetch_from_any(&cluster, &metrics, &candidates, git_call, &body)
+                    .await
+                    .map_err(UpstreamError::new)?;
                 let stream = stream.map(move |item| {
                     let _held_until_the_stream_ends = &slot;
                     item.map_err(UpstreamError::new)
@@ -403,7 +416,6 @@ async fn receive_pack(
     body: Body,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let (index, node) = healthy_node(state, call.repo)?;
     let limit = state.max_push_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -426,53 +438,70 @@ async fn receive_pack(
         Ok(chunk)
     });
     let request: RequestBody = Box::pin(counted);
-    // New fetches must not be answered from entries made before this push...
-    state.generations.bump(call.repo);
+    // Holds the repository's lock and its write marker until the outcome is recorded.
+    let push = state.cluster.begin_push(call.repo).await?;
+    let primary = push.primary();
+    let node = state.cluster.node(primary);
     let stream = observed(
         &state.metrics,
-        &state.health,
-        (index, node),
+        &state.cluster,
+        primary,
         node.rpc(call, request).await,
     )?;
-    // ...nor from entries made while it runs: bump again as soon as the response has
-    // ended (before the client sees its end), or when it is dropped unfinished.
-    let mut bump = BumpOnEnd {
-        generations: state.generations.clone(),
-        repo: call.repo.clone(),
-        done: false,
-    };
-    let tail = futures_util::stream::poll_fn(move |_| {
-        bump.now();
-        std::task::Poll::Ready(None)
-    });
-    let stream = boxed(stream).chain(tail);
     Ok(git_response(
-        Box::pin(stream),
+        acknowledged_after(boxed(stream), push),
         Service::ReceivePack.result_content_type(),
         true,
     ))
 }
 
-/// Bumps a repository's generation once: when asked, or at the latest when dropped.
-struct BumpOnEnd {
-    generations: Arc<Generations>,
-    repo: RepoPath,
-    done: bool,
-}
-
-impl BumpOnEnd {
-    fn now(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.generations.bump(&self.repo);
+/// The push response, with its last chunk held back until the push is recorded (and,
+/// in `sync` mode, replicated): git cannot finish a push before the response's final
+/// flush, so nothing is acknowledged before it is durable. If recording fails the
+/// response is aborted instead.
+fn acknowledged_after(stream: BodyStream, push: PushGuard) -> BodyStream {
+    struct Pending {
+        stream: BodyStream,
+        held: Option<Bytes>,
+        push: Option<PushGuard>,
+        done: bool,
+    }
+    let pending = Pending {
+        stream,
+        held: None,
+        push: Some(push),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(pending, |mut p| async move {
+        if p.done {
+            return None;
         }
-    }
-}
-
-impl Drop for BumpOnEnd {
-    fn drop(&mut self) {
-        self.now();
-    }
+        loop {
+            match p.stream.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(previous) = p.held.replace(chunk) {
+                        return Some((Ok(previous), p));
+                    }
+                }
+                Some(Err(err)) => {
+                    // The push guard records whatever happened when it is dropped.
+                    p.done = true;
+                    return Some((Err(err), p));
+                }
+                None => {
+                    p.done = true;
+                    if let Some(push) = p.push.take() {
+                        if let Err(err) = push.finish().await {
+                            tracing::error!(error = %err, "push not acknowledged");
+                            return Some((Err(Box::new(err) as BoxError), p));
+                        }
+                    }
+                    let last = p.held.take()?;
+                    return Some((Ok(last), p));
+                }
+            }
+        }
+    }))
 }
 
 /// Read a whole (already inflated) body, refusing more than `limit` bytes.

@@ -14,7 +14,6 @@
 //! - [`git_http`]: the smart-HTTP handlers;
 //! - [`body`]: streamed, metered response bodies;
 //! - [`error`]: the mapping of failures to responses;
-//! - [`generation`]: per-repository generations, part of every cache key;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
 //! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
@@ -28,7 +27,6 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
-pub mod generation;
 pub mod git_http;
 pub mod limits;
 pub mod metrics;
@@ -42,6 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use config::{Config, NodeLocation};
+use gitgate_storage_client::cluster::{Cluster, ClusterMetrics, ClusterSettings, ReplicationMode};
 use gitgate_storage_client::{NodeClient, NodeSet, RemoteNode};
 use gitgate_storage_node::{Node, NodeSettings};
 use tokio::net::TcpListener;
@@ -79,6 +78,9 @@ pub enum ServeError {
     /// No nodes configured.
     #[error("no storage nodes configured")]
     NoNodes,
+    /// The metadata store could not be opened.
+    #[error("metadata store: {0}")]
+    Metadata(#[from] gitgate_storage_client::metadata::StoreError),
     /// Serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -172,14 +174,27 @@ pub async fn serve(
     )?);
     // Active checks run while serving and stop with serve.
     let _health_checks = health.spawn(nodes.nodes().to_vec());
+    let cluster = open_cluster(&config, nodes, health, &registry).await?;
+    // Background work runs while serving and stops with serve: registering repositories
+    // found on the nodes, replication jobs, and the reconciler (whose first pass, at
+    // once, resolves write markers a previous life left).
+    let discovery = {
+        let cluster = cluster.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            match cluster.discover_all().await {
+                Ok(n) => tracing::info!(registered = n, "discovery finished"),
+                Err(err) => tracing::warn!(error = %err, "discovery failed"),
+            }
+        }))
+    };
+    let _workers = cluster.spawn_workers();
+    let _reconciler = cluster.spawn_reconciler();
     let state = Arc::new(state::AppState {
-        health,
-        nodes,
+        cluster,
         create_on_push: config.storage.create_on_push,
         max_fetch_request_bytes: config.limits.max_fetch_request_bytes,
         max_push_bytes: config.limits.max_push_bytes,
         cache,
-        generations: Arc::default(),
         registry,
         metrics,
         limiter,
@@ -203,7 +218,61 @@ pub async fn serve(
     };
     let served = server::run(listener, router, settings, shutdown).await;
     drop(reloader);
+    drop(discovery);
     Ok(served?)
+}
+
+/// Open the metadata store and join it with the nodes.
+async fn open_cluster(
+    config: &Config,
+    nodes: NodeSet,
+    health: Arc<gitgate_storage_client::health::HealthMonitor>,
+    registry: &prometheus::Registry,
+) -> Result<Arc<Cluster>, ServeError> {
+    use gitgate_storage_client::metadata::{embedded::EmbeddedStore, postgres::PostgresStore};
+    let store: Arc<dyn gitgate_storage_client::metadata::MetadataStore> = match &config.metadata {
+        config::MetadataConfig::Embedded(path) => {
+            tracing::info!(path = %path.display(), "embedded metadata store");
+            Arc::new(EmbeddedStore::open(path).await?)
+        }
+        config::MetadataConfig::Postgres(url) => {
+            tracing::info!("postgres metadata store");
+            Arc::new(PostgresStore::open(url).await?)
+        }
+    };
+    let storage = &config.storage;
+    let factor = usize::try_from(storage.replication_factor)
+        .unwrap_or(usize::MAX)
+        .min(nodes.nodes().len());
+    let settings = ClusterSettings {
+        replication_factor: factor,
+        mode: match storage.replication {
+            config::Replication::Async => ReplicationMode::Async,
+            config::Replication::Sync => ReplicationMode::Sync,
+        },
+        lock_timeout: storage.lock_timeout,
+        reconcile_interval: storage.reconcile_interval,
+        workers: storage.replication_workers,
+        max_retry_delay: storage.replication_retry_max,
+        create_on_push: storage.create_on_push,
+        owner: gateway_name(),
+    };
+    tracing::info!(nodes = nodes.nodes().len(), replication_factor = factor, mode = ?settings.mode, owner = %settings.owner, "storage cluster");
+    let metrics = ClusterMetrics::register(registry)?;
+    Ok(Arc::new(Cluster::new(
+        nodes, health, store, settings, metrics,
+    )))
+}
+
+/// This gateway's name in leases and write markers: host, process id and start time.
+fn gateway_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gateway".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}-{}-{started}", std::process::id())
 }
 
 /// Aborts a background task when dropped.

@@ -15,10 +15,16 @@ pub async fn health() -> &'static str {
 
 /// `/-/ready`: at least one storage node passes its health checks.
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.health.any_healthy() {
+    if state.cluster.health().any_healthy() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        let names: Vec<&str> = state.nodes.nodes().iter().map(|n| n.name()).collect();
+        let names: Vec<&str> = state
+            .cluster
+            .nodes()
+            .nodes()
+            .iter()
+            .map(|n| n.name())
+            .collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

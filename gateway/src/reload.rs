@@ -38,7 +38,7 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
         let c = &new.cache.cache;
         cache.reconfigure(c.max_age, c.min_occurrences, c.max_bytes, c.min_free_bytes);
     }
-    for node in state.nodes.nodes() {
+    for node in state.cluster.nodes().nodes() {
         let NodeClient::Remote(remote) = node else {
             continue;
         };
@@ -64,9 +64,24 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
             .map(|n| format!("{}={:?}", n.name, location(&n.location)))
             .collect::<Vec<_>>()
     };
-    if nodes(running) != nodes(new) || running.storage.create_on_push != new.storage.create_on_push
-    {
+    let replication = |c: &Config| {
+        let s = &c.storage;
+        format!(
+            "{} {} {:?} {} {:?} {:?} {:?}",
+            s.create_on_push,
+            s.replication_factor,
+            s.replication,
+            s.replication_workers,
+            s.replication_retry_max,
+            s.reconcile_interval,
+            s.lock_timeout
+        )
+    };
+    if nodes(running) != nodes(new) || replication(running) != replication(new) {
         restart.push("storage");
+    }
+    if running.metadata != new.metadata {
+        restart.push("metadata");
     }
     if running.cache.enabled != new.cache.enabled || running.cache.cache.dir != new.cache.cache.dir
     {

@@ -3,17 +3,16 @@
 use std::sync::{Arc, RwLock};
 
 use gitgate_packcache::PackCache;
-use gitgate_storage_client::NodeSet;
+use gitgate_storage_client::cluster::Cluster;
 
 use crate::auth::AuthConfig;
-use crate::generation::Generations;
 use crate::limits::RepoLimiter;
 use crate::metrics::GatewayMetrics;
 
 /// Shared state of the handlers.
 pub struct AppState {
-    /// The storage nodes.
-    pub nodes: NodeSet,
+    /// The storage tier: nodes, health, replica metadata.
+    pub cluster: Arc<Cluster>,
     /// `storage.create_on_push`.
     pub create_on_push: bool,
     /// `limits.max_fetch_request_bytes`.
@@ -22,16 +21,12 @@ pub struct AppState {
     pub max_push_bytes: u64,
     /// The pack cache, when `cache.enabled`.
     pub cache: Option<PackCache>,
-    /// Repository generations (part of every cache key).
-    pub generations: Arc<Generations>,
     /// The registry `/-/metrics` exposes.
     pub registry: prometheus::Registry,
     /// The request path's metric families.
     pub metrics: GatewayMetrics,
     /// Per-repository limit on node-bound fetches.
     pub limiter: Arc<RepoLimiter>,
-    /// Which storage nodes are up.
-    pub health: Arc<gitgate_storage_client::health::HealthMonitor>,
     /// Who may do what; replaced as a whole on reload (SIGHUP).
     pub auth: RwLock<Arc<AuthConfig>>,
 }

@@ -76,6 +76,8 @@ pub struct HealthMonitor {
     policy: HealthPolicy,
     /// `gitgate_node_healthy{node}`: 1 up, 0 down.
     gauge: IntGaugeVec,
+    /// Counts transitions, so others can wait for a node to come back.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Owns the active checker; dropping it stops the checks.
@@ -114,6 +116,7 @@ impl HealthMonitor {
             states,
             policy,
             gauge,
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -127,6 +130,7 @@ impl HealthMonitor {
             self.gauge
                 .with_label_values(&[name])
                 .set(i64::from(state.healthy));
+            self.changes.send_modify(|n| *n += 1);
             if state.healthy {
                 tracing::info!(node = %name, "storage node is healthy again");
             } else {
@@ -140,6 +144,11 @@ impl HealthMonitor {
         self.states
             .get(index)
             .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).healthy)
+    }
+
+    /// Changes whenever a node goes down or comes back.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Whether any node takes traffic.
@@ -160,11 +169,15 @@ impl HealthMonitor {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                for (i, node) in nodes.iter().enumerate() {
-                    let ok = matches!(
+                // All at once, so one hanging node does not delay the others' checks.
+                let checks = nodes.iter().map(|node| async {
+                    matches!(
                         tokio::time::timeout(monitor.policy.timeout, node.check_health()).await,
                         Ok(Ok(()))
-                    );
+                    )
+                });
+                let results = futures_util::future::join_all(checks).await;
+                for (i, ok) in results.into_iter().enumerate() {
                     monitor.record(i, ok);
                 }
             }

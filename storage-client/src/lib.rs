@@ -7,12 +7,13 @@
 //! [`health`] tracks whether nodes are up (active checks plus failures seen by real
 //! requests).
 //!
-//! Not built yet (see the README): replica metadata, routing between replicas,
-//! replication and failover. With one node configured, every request goes to it while
-//! it is healthy.
+//! [`metadata`] records which replicas are up to date (embedded SQLite or PostgreSQL),
+//! and [`cluster::Cluster`] uses it to route reads to up-to-date replicas, send writes
+//! to the primary, replicate, and repair.
 #![deny(missing_docs)]
 
 mod client;
+pub mod cluster;
 mod error;
 pub mod health;
 pub mod metadata;

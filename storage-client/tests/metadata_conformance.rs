@@ -181,8 +181,37 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
         1,
         "old holder lost it"
     );
+    // A change queued while a worker runs the job takes the job from it: the old run
+    // cannot complete it, and it is handed out again.
+    s.enqueue(&r, &taken[0].target, JobKind::Update, later)
+        .await
+        .unwrap();
     other.complete(&taken[0], "gw-2").await.unwrap();
+    assert_eq!(
+        s.jobs_of(&r).await.unwrap().len(),
+        1,
+        "re-armed job survives"
+    );
+    let rerun = s.claim("gw-1", later, lease, 10).await.unwrap();
+    assert_eq!(rerun.len(), 1);
+    // ensure_job leaves an existing job (and its lease) alone.
+    other
+        .ensure_job(&r, &rerun[0].target, JobKind::Update, later)
+        .await
+        .unwrap();
+    s.complete(&rerun[0], "gw-1").await.unwrap();
     assert!(s.jobs_of(&r).await.unwrap().is_empty());
+    other
+        .ensure_job(&r, "z", JobKind::Update, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.jobs_of(&r).await.unwrap().len(),
+        1,
+        "ensure_job queues a missing job"
+    );
+    let last = s.claim("gw-1", later, lease, 10).await.unwrap();
+    s.complete(&last[0], "gw-1").await.unwrap();
     assert_eq!(s.job_counts(later).await.unwrap(), JobCounts::default());
 }
 

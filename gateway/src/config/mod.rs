@@ -23,6 +23,8 @@ pub struct Config {
     pub listen: ListenConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[metadata]`.
+    pub metadata: MetadataConfig,
     /// `[limits]`.
     pub limits: LimitsConfig,
     /// `[cache]`.
@@ -51,14 +53,31 @@ pub struct ListenConfig {
 pub struct StorageConfig {
     /// Whether a push to a missing repository creates it.
     pub create_on_push: bool,
-    /// Copies per repository (accepted and validated; replication is not built yet).
+    /// Copies per repository (capped by the number of nodes).
     pub replication_factor: u32,
-    /// Acknowledgement mode of replicated writes (not built yet).
+    /// When a write is acknowledged.
     pub replication: Replication,
+    /// Replication jobs this gateway runs at once.
+    pub replication_workers: usize,
+    /// Longest pause between retries of a failing replication.
+    pub replication_retry_max: Duration,
+    /// How often every repository's replicas are checked.
+    pub reconcile_interval: Duration,
+    /// How long a push waits for another write to the same repository.
+    pub lock_timeout: Duration,
     /// The storage nodes.
     pub nodes: Vec<NodeConfig>,
     /// Active health checks and when a node counts as down.
     pub health: gitgate_storage_client::health::HealthPolicy,
+}
+
+/// `[metadata]`: where replica metadata lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataConfig {
+    /// The embedded store in this file (one gateway).
+    Embedded(PathBuf),
+    /// PostgreSQL at this URL (shared by several gateways).
+    Postgres(String),
 }
 
 /// When a write is acknowledged.
@@ -179,6 +198,8 @@ struct RawConfig {
     listen: RawListen,
     storage: RawStorage,
     #[serde(default)]
+    metadata: RawMetadata,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     cache: RawCache,
@@ -243,6 +264,30 @@ struct RawStorage {
     health_timeout: HumanDuration,
     #[serde(default = "default_health_failures")]
     health_failures: u32,
+    #[serde(default = "default_workers")]
+    replication_workers: usize,
+    #[serde(default = "default_retry_max")]
+    replication_retry_max: HumanDuration,
+    #[serde(default = "default_reconcile_interval")]
+    reconcile_interval: HumanDuration,
+    #[serde(default = "default_lock_timeout")]
+    lock_timeout: HumanDuration,
+}
+
+fn default_workers() -> usize {
+    4
+}
+
+fn default_retry_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_reconcile_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_lock_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_health_interval() -> HumanDuration {
@@ -259,6 +304,43 @@ fn default_factor() -> u32 {
 
 fn default_replication() -> Replication {
     Replication::Async
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    path: Option<PathBuf>,
+    postgres_url: Option<String>,
+}
+
+/// The environment variable that overrides `metadata.postgres_url`.
+pub const POSTGRES_URL_ENV: &str = "GITGATE_POSTGRES_URL";
+
+fn validate_metadata(
+    raw: RawMetadata,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MetadataConfig, ConfigError> {
+    let url = env(POSTGRES_URL_ENV).or(raw.postgres_url);
+    match (raw.path, url) {
+        (Some(_), Some(_)) => Err(invalid(
+            "metadata",
+            "set either `path` (embedded store) or `postgres_url`, not both",
+        )),
+        (None, Some(url)) => {
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Ok(MetadataConfig::Postgres(url))
+            } else {
+                Err(invalid(
+                    "metadata.postgres_url",
+                    "expected a postgres:// or postgresql:// URL",
+                ))
+            }
+        }
+        (path, None) => Ok(MetadataConfig::Embedded(
+            base.join(path.unwrap_or_else(|| "data/gitgate.db".into())),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -383,6 +465,9 @@ impl Config {
         let auth = validate_auth(raw.auth, env)
             .map_err(|e| problems.push(e))
             .ok();
+        let metadata = validate_metadata(raw.metadata, base, env)
+            .map_err(|e| problems.push(e))
+            .ok();
         let json = match raw.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -422,7 +507,9 @@ impl Config {
                 problems.push(invalid(key, "must be longer than zero"));
             }
         }
-        let (Some(storage), Some(auth), true) = (storage, auth, problems.is_empty()) else {
+        let (Some(storage), Some(auth), Some(metadata), true) =
+            (storage, auth, metadata, problems.is_empty())
+        else {
             return Err(if problems.len() == 1 {
                 problems.remove(0)
             } else {
@@ -440,6 +527,7 @@ impl Config {
                 tls_key: raw.listen.tls_key.map(|p| base.join(p)),
             },
             storage,
+            metadata,
             limits: LimitsConfig {
                 max_fetch_request_bytes: raw.limits.max_fetch_request_bytes.0,
                 max_push_bytes: raw.limits.max_push_bytes.0,
@@ -548,11 +636,32 @@ fn validate_storage(
     if raw.nodes.is_empty() {
         return Err(invalid("storage.nodes", "at least one node is required"));
     }
-    if raw.nodes.len() > 1 {
+    let locals = raw.nodes.iter().filter(|n| n.path.is_some()).count();
+    if raw.nodes.len() > 1 && locals > 0 && locals < raw.nodes.len() {
         return Err(invalid(
             "storage.nodes",
-            "only one node is supported: replication across several nodes is not built yet",
+            "nodes must be all local (path) or all remote (url): replication copies between nodes of the same kind",
         ));
+    }
+    for (i, node) in raw.nodes.iter().enumerate() {
+        if raw.nodes[..i].iter().any(|n| n.name == node.name) {
+            return Err(invalid(
+                format!("storage.nodes[{i}].name"),
+                format!("{:?} is used by another node", node.name),
+            ));
+        }
+    }
+    if raw.replication_workers == 0 {
+        return Err(invalid("storage.replication_workers", "must be at least 1"));
+    }
+    for (key, d) in [
+        ("storage.replication_retry_max", raw.replication_retry_max.0),
+        ("storage.reconcile_interval", raw.reconcile_interval.0),
+        ("storage.lock_timeout", raw.lock_timeout.0),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(key, "must be longer than zero"));
+        }
     }
     if raw.replication_factor == 0 {
         return Err(invalid("storage.replication_factor", "must be at least 1"));
@@ -633,6 +742,10 @@ fn validate_storage(
         create_on_push: raw.create_on_push,
         replication_factor: raw.replication_factor,
         replication: raw.replication,
+        replication_workers: raw.replication_workers,
+        replication_retry_max: raw.replication_retry_max.0,
+        reconcile_interval: raw.reconcile_interval.0,
+        lock_timeout: raw.lock_timeout.0,
         nodes,
     })
 }

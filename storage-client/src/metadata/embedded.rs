@@ -59,6 +59,8 @@ impl EmbeddedStore {
             for table in sql::SCHEMA {
                 conn.execute(table, [])?;
             }
+            // One gateway owns this file: leases from its previous life are void.
+            conn.execute(sql::RELEASE_ALL, [])?;
             Ok(conn)
         })
         .await
@@ -306,6 +308,24 @@ impl MetadataStore for EmbeddedStore {
     ) -> StoreFuture<'a, ()> {
         self.exec(
             sql::ENQUEUE,
+            vec![
+                text(repo.as_str()),
+                text(target),
+                text(kind.as_str()),
+                int(now_ms),
+            ],
+        )
+    }
+
+    fn ensure_job<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        kind: JobKind,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        self.exec(
+            sql::ENSURE,
             vec![
                 text(repo.as_str()),
                 text(target),

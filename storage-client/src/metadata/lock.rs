@@ -2,6 +2,7 @@
 //! lock table the embedded store uses.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,18 @@ use gitgate_proto::RepoPath;
 use tokio::sync::OwnedMutexGuard;
 
 use super::StoreError;
+
+impl LocalLocks<RepoPath> {
+    pub(crate) async fn lock(
+        &self,
+        repo: &RepoPath,
+        wait: Duration,
+    ) -> Result<RepoLock, StoreError> {
+        self.lock_for(repo, wait)
+            .await
+            .ok_or_else(|| StoreError::LockTimeout(repo.clone()))
+    }
+}
 
 /// A held repository lock; released when dropped.
 pub struct RepoLock {
@@ -30,22 +43,30 @@ impl RepoLock {
     }
 }
 
-type Table = Arc<Mutex<HashMap<RepoPath, Arc<tokio::sync::Mutex<()>>>>>;
+type Table<K> = Arc<Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>>;
 
-/// Locks held in this process, one mutex per repository that someone holds or waits
-/// for (entries go away when unused).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct LocalLocks {
-    table: Table,
+/// Locks held in this process, one mutex per key (a repository, or a repository and a
+/// node) that someone holds or waits for; entries go away when unused.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalLocks<K = RepoPath> {
+    table: Table<K>,
 }
 
-struct LocalGuard {
+impl<K> Default for LocalLocks<K> {
+    fn default() -> Self {
+        Self {
+            table: Arc::default(),
+        }
+    }
+}
+
+struct LocalGuard<K: Eq + Hash> {
     guard: Option<OwnedMutexGuard<()>>,
-    table: Table,
-    repo: RepoPath,
+    table: Table<K>,
+    repo: K,
 }
 
-impl Drop for LocalGuard {
+impl<K: Eq + Hash> Drop for LocalGuard<K> {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut table = lock_table(&self.table);
@@ -58,46 +79,44 @@ impl Drop for LocalGuard {
     }
 }
 
-fn lock_table(
-    table: &Table,
-) -> std::sync::MutexGuard<'_, HashMap<RepoPath, Arc<tokio::sync::Mutex<()>>>> {
+fn lock_table<K>(
+    table: &Table<K>,
+) -> std::sync::MutexGuard<'_, HashMap<K, Arc<tokio::sync::Mutex<()>>>> {
     table
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl LocalLocks {
-    fn entry(&self, repo: &RepoPath) -> Arc<tokio::sync::Mutex<()>> {
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> LocalLocks<K> {
+    fn entry(&self, key: &K) -> Arc<tokio::sync::Mutex<()>> {
         lock_table(&self.table)
-            .entry(repo.clone())
+            .entry(key.clone())
             .or_default()
             .clone()
     }
 
-    fn guard(&self, repo: &RepoPath, guard: OwnedMutexGuard<()>) -> RepoLock {
+    fn guard(&self, key: &K, guard: OwnedMutexGuard<()>) -> RepoLock {
         RepoLock::new(LocalGuard {
             guard: Some(guard),
             table: self.table.clone(),
-            repo: repo.clone(),
+            repo: key.clone(),
         })
     }
 
-    pub(crate) async fn lock(
-        &self,
-        repo: &RepoPath,
-        wait: Duration,
-    ) -> Result<RepoLock, StoreError> {
-        let mutex = self.entry(repo);
-        match tokio::time::timeout(wait, mutex.lock_owned()).await {
-            Ok(guard) => Ok(self.guard(repo, guard)),
-            Err(_) => Err(StoreError::LockTimeout(repo.clone())),
-        }
+    /// Wait at most `wait` for the lock of `key`.
+    pub(crate) async fn lock_for(&self, key: &K, wait: Duration) -> Option<RepoLock> {
+        let mutex = self.entry(key);
+        tokio::time::timeout(wait, mutex.lock_owned())
+            .await
+            .ok()
+            .map(|guard| self.guard(key, guard))
     }
 
-    pub(crate) fn try_lock(&self, repo: &RepoPath) -> Option<RepoLock> {
-        let mutex = self.entry(repo);
+    /// The lock of `key` if nobody holds it.
+    pub(crate) fn try_lock(&self, key: &K) -> Option<RepoLock> {
+        let mutex = self.entry(key);
         let guard = mutex.try_lock_owned().ok();
         // On failure the entry stays: its holder removes it when done.
-        guard.map(|guard| self.guard(repo, guard))
+        guard.map(|guard| self.guard(key, guard))
     }
 }

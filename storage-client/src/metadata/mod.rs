@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use gitgate_proto::RepoPath;
 
+pub(crate) use lock::LocalLocks;
 pub use lock::RepoLock;
 
 /// A replica's generation before it holds any copy of the repository.
@@ -224,9 +225,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         checksum: Option<&'a str>,
     ) -> StoreFuture<'a, ()>;
 
-    /// Queue a job for `target` (one per repository and target: an existing one is kept
-    /// and made due now).
+    /// Queue a job for `target` (one per repository and target: an existing one is kept,
+    /// made due now, and taken from a worker running it, so that worker cannot complete
+    /// it before copying the change that caused this call).
     fn enqueue<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        kind: JobKind,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Queue a job for `target` unless it already has one.
+    fn ensure_job<'a>(
         &'a self,
         repo: &'a RepoPath,
         target: &'a str,

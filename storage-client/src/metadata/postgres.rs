@@ -374,6 +374,23 @@ impl MetadataStore for PostgresStore {
         })
     }
 
+    fn ensure_job<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        kind: JobKind,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                sql::ENSURE,
+                &[&repo.as_str(), &target, &kind.as_str(), &now_ms],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     fn claim<'a>(
         &'a self,
         owner: &'a str,

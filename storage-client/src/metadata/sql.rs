@@ -91,13 +91,25 @@ pub const SET_REPLICA: &str =
      ON CONFLICT (repo, node) DO UPDATE SET generation = excluded.generation,
         checksum = excluded.checksum";
 
-/// Queue or re-arm a job: (`repo`, target, kind, now).
+/// Queue or re-arm a job: (`repo`, target, kind, now). Re-arming drops a running
+/// job's lease, so its worker cannot complete it: the new change must be copied too.
 pub const ENQUEUE: &str =
     "INSERT INTO replication_jobs (repo, target, kind, attempts, created_ms, not_before_ms)
      VALUES ($1, $2, $3, 0, $4, $4)
      ON CONFLICT (repo, target) DO UPDATE SET kind = excluded.kind,
+        lease_owner = NULL, lease_expires_ms = NULL,
         not_before_ms = CASE WHEN replication_jobs.not_before_ms < excluded.not_before_ms
                              THEN replication_jobs.not_before_ms ELSE excluded.not_before_ms END";
+
+/// Queue a job unless one exists: (`repo`, target, kind, now).
+pub const ENSURE: &str =
+    "INSERT INTO replication_jobs (repo, target, kind, attempts, created_ms, not_before_ms)
+     VALUES ($1, $2, $3, 0, $4, $4)
+     ON CONFLICT (repo, target) DO NOTHING";
+
+/// Drop every lease (the embedded store's single gateway restarted).
+pub const RELEASE_ALL: &str =
+    "UPDATE replication_jobs SET lease_owner = NULL, lease_expires_ms = NULL WHERE lease_owner IS NOT NULL";
 
 /// Lease due jobs (PostgreSQL): (owner, now, lease expiry, limit).
 pub const CLAIM_POSTGRES: &str =

@@ -1,0 +1,275 @@
+//! Bringing replicas up to date: one replication ([`Cluster::replicate_one`]) and the
+//! workers that run queued jobs with retries and backoff.
+//!
+//! A replication reads the repository's generation, picks a healthy replica holding it
+//! as the source, and has the target node fetch every ref from the source (prune, HEAD
+//! too). The target is then recorded at the generation read before the fetch: never
+//! higher than what it was copied from, and never lowered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitgate_proto::RepoPath;
+
+use super::{Cluster, ClusterError};
+use crate::metadata::{Job, JobKind};
+
+/// How long a claimed job belongs to this gateway before others may take it over.
+const LEASE: Duration = Duration::from_secs(600);
+/// How often workers look for due jobs when nothing woke them.
+const POLL: Duration = Duration::from_secs(1);
+/// The first retry delay; doubled per attempt up to `max_retry_delay`.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Owns the workers; dropping it stops them.
+pub struct WorkersHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkersHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Cluster {
+    /// Bring `target`'s replica of `repo` up to date from a healthy, up-to-date replica.
+    /// Nothing happens when it already is.
+    pub async fn replicate_one(&self, repo: &RepoPath, target: usize) -> Result<(), ClusterError> {
+        let target_node = self.node(target);
+        // One replication per replica at a time in this gateway.
+        let key = (repo.clone(), target);
+        let _one = self
+            .replicating
+            .lock_for(&key, LEASE)
+            .await
+            .ok_or_else(|| ClusterError::Busy(repo.clone()))?;
+        let record = self
+            .store
+            .get(repo)
+            .await?
+            .ok_or_else(|| ClusterError::NotFound(repo.clone()))?;
+        if record.is_up_to_date(target_node.name()) {
+            return Ok(());
+        }
+        let mut sources = self.serving_replicas(&record);
+        sources.retain(|&i| i != target);
+        // Prefer the primary: it is the one that certainly has the last write.
+        if let Some(primary) = record.primary.as_deref().and_then(|p| self.index_of(p)) {
+            if let Some(at) = sources.iter().position(|&i| i == primary) {
+                sources.swap(0, at);
+            }
+        }
+        if sources.is_empty() {
+            return Err(self.unavailable(&record, "be copied from"));
+        }
+        let mut last = None;
+        for source in sources {
+            let source_node = self.node(source);
+            let state = match source_node.state(repo).await {
+                Ok(state) if state.exists => state,
+                Ok(_) => {
+                    tracing::warn!(repo = %repo, node = source_node.name(), "up-to-date replica is missing on its node");
+                    last = Some(ClusterError::Unavailable(format!(
+                        "the up-to-date replica of {repo} on {} is missing",
+                        source_node.name()
+                    )));
+                    continue;
+                }
+                Err(err) => {
+                    if err.is_unavailable() {
+                        self.health.report_failure(source);
+                    }
+                    last = Some(err.into());
+                    continue;
+                }
+            };
+            match target_node
+                .replicate_from(repo, source_node, state.head.as_deref())
+                .await
+            {
+                Ok(copied) => {
+                    self.store
+                        .record_replica(
+                            repo,
+                            target_node.name(),
+                            record.generation,
+                            copied.checksum.as_deref(),
+                        )
+                        .await?;
+                    tracing::info!(
+                        repo = %repo,
+                        source = source_node.name(),
+                        target = target_node.name(),
+                        generation = record.generation,
+                        "replicated"
+                    );
+                    return Ok(());
+                }
+                Err(err) if err.is_unavailable() => {
+                    self.health.report_failure(target);
+                    return Err(err.into());
+                }
+                Err(err) => last = Some(err.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.unavailable(&record, "be copied from")))
+    }
+
+    /// Queue `kind` jobs for `targets` of `repo` and wake the workers.
+    pub(crate) async fn queue(
+        &self,
+        repo: &RepoPath,
+        targets: &[&str],
+        kind: JobKind,
+    ) -> Result<(), ClusterError> {
+        let now = Self::now_ms();
+        for target in targets {
+            self.store.enqueue(repo, target, kind, now).await?;
+        }
+        self.jobs_queued.notify_one();
+        Ok(())
+    }
+
+    /// Run replication jobs until the handle is dropped: up to `settings.workers` at
+    /// once, woken by new jobs, by nodes coming back, or every second.
+    pub fn spawn_workers(self: &Arc<Self>) -> WorkersHandle {
+        let cluster = self.clone();
+        WorkersHandle(tokio::spawn(async move { cluster.work().await }))
+    }
+
+    async fn work(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.workers.max(1)));
+        let mut health = self.health.subscribe();
+        let mut was_healthy: Vec<bool> = (0..self.nodes.nodes().len())
+            .map(|i| self.healthy(i))
+            .collect();
+        loop {
+            let now = Self::now_ms();
+            match self.store.job_counts(now).await {
+                Ok(counts) => self.metrics.set_jobs(counts),
+                Err(err) => tracing::warn!(error = %err, "could not count replication jobs"),
+            }
+            let free = slots.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                let limit = i64::try_from(free).unwrap_or(i64::MAX);
+                match self
+                    .store
+                    .claim(&self.settings.owner, now, LEASE, limit)
+                    .await
+                {
+                    Ok(jobs) => jobs,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not claim replication jobs");
+                        Vec::new()
+                    }
+                }
+            };
+            let idle = claimed.is_empty();
+            for job in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let cluster = self.clone();
+                tokio::spawn(async move {
+                    cluster.run_job(job).await;
+                    drop(permit);
+                    cluster.jobs_queued.notify_one();
+                });
+            }
+            if !idle && slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = self.jobs_queued.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                changed = health.changed() => {
+                    if changed.is_ok() {
+                        self.wake_recovered(&mut was_healthy).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Make the jobs of nodes that just came back due now.
+    async fn wake_recovered(&self, was_healthy: &mut [bool]) {
+        for (i, was) in was_healthy.iter_mut().enumerate() {
+            let now_healthy = self.healthy(i);
+            if now_healthy && !*was {
+                let name = self.node(i).name();
+                if let Err(err) = self.store.wake(name, Self::now_ms()).await {
+                    tracing::warn!(node = name, error = %err, "could not wake replication jobs");
+                }
+            }
+            *was = now_healthy;
+        }
+    }
+
+    fn retry_delay(&self, attempts: i32) -> Duration {
+        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        FIRST_RETRY
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.settings.max_retry_delay)
+    }
+
+    async fn run_job(&self, job: Job) {
+        let owner = self.settings.owner.clone();
+        let Some(target) = self.index_of(&job.target) else {
+            tracing::warn!(repo = %job.repo, node = %job.target, "dropping job for a node that is no longer configured");
+            self.finish_job(&job, &owner).await;
+            return;
+        };
+        let result = if !self.healthy(target) {
+            Err(ClusterError::Unavailable(format!(
+                "node {} is down",
+                job.target
+            )))
+        } else {
+            match job.kind {
+                JobKind::Update => self.replicate_one(&job.repo, target).await,
+                JobKind::Delete => match self.node(target).delete(&job.repo).await {
+                    Err(err) if !err.is_not_found() => Err(err.into()),
+                    _ => Ok(()),
+                },
+            }
+        };
+        match result {
+            Ok(()) | Err(ClusterError::NotFound(_)) => {
+                if job.kind == JobKind::Update {
+                    self.metrics.replications.with_label_values(&["ok"]).inc();
+                    let waited = Self::now_ms().saturating_sub(job.created_ms);
+                    #[allow(clippy::cast_precision_loss)]
+                    self.metrics.latency.observe(waited as f64 / 1000.0);
+                }
+                self.finish_job(&job, &owner).await;
+            }
+            Err(err) => {
+                self.metrics
+                    .replications
+                    .with_label_values(&["error"])
+                    .inc();
+                let delay = self.retry_delay(job.attempts);
+                tracing::warn!(
+                    repo = %job.repo,
+                    node = %job.target,
+                    attempts = job.attempts,
+                    retry_in = ?delay,
+                    error = %err,
+                    "replication failed"
+                );
+                let due = Self::now_ms()
+                    .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                if let Err(err) = self.store.retry(&job, &owner, &err.to_string(), due).await {
+                    tracing::warn!(error = %err, "could not reschedule replication job");
+                }
+            }
+        }
+    }
+
+    async fn finish_job(&self, job: &Job, owner: &str) {
+        if let Err(err) = self.store.complete(job, owner).await {
+            tracing::warn!(error = %err, "could not complete replication job");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The write path: the repository's lock, the primary, the write marker, and what a
+//! finished push records.
+//!
+//! A push holds the repository's lock from before it starts until its outcome is
+//! recorded. Under the lock: the repository is created when allowed, a marker naming
+//! the primary is written, the push runs on the primary, and then the primary's ref
+//! checksum is compared with the one from before. A push that changed refs bumps the
+//! generation of the replicas that hold it: the primary alone in `async` mode (the
+//! others get jobs), the primary and every replica it was copied to in `sync` mode,
+//! which also requires a majority.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gitgate_proto::RepoPath;
+
+use super::{placement, Cluster, ClusterError, ReplicationMode};
+use crate::metadata::{
+    JobKind, NewRepo, ReplicaRecord, RepoLock, RepoRecord, WriteMarker, NO_COPY,
+};
+
+/// A push in progress. Call [`PushGuard::finish`] when the node's response has ended;
+/// dropped unfinished (the client went away), it records the outcome in the background.
+pub struct PushGuard {
+    cluster: Arc<Cluster>,
+    repo: RepoPath,
+    primary: usize,
+    before: Option<String>,
+    replicas: Vec<String>,
+    lock: Option<RepoLock>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for PushGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushGuard")
+            .field("repo", &self.repo)
+            .field("primary", &self.primary)
+            .finish()
+    }
+}
+
+impl PushGuard {
+    /// The node the push goes to.
+    pub fn primary(&self) -> usize {
+        self.primary
+    }
+
+    /// Record the push's outcome; in `sync` mode, copy it to the other replicas first.
+    /// An error means the push must not be acknowledged.
+    pub async fn finish(mut self) -> Result<(), ClusterError> {
+        self.finished = true;
+        let result = self
+            .cluster
+            .finish_push(
+                &self.repo,
+                self.primary,
+                self.before.as_deref(),
+                &self.replicas,
+            )
+            .await;
+        drop(self.lock.take());
+        result
+    }
+}
+
+impl Drop for PushGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let repo = self.repo.clone();
+        let primary = self.primary;
+        let before = self.before.take();
+        let replicas = std::mem::take(&mut self.replicas);
+        let lock = self.lock.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = cluster
+                    .finish_push(&repo, primary, before.as_deref(), &replicas)
+                    .await
+                {
+                    tracing::warn!(repo = %repo, error = %err, "recording an interrupted push failed; the reconciler will resolve it");
+                }
+                drop(lock);
+            });
+        }
+    }
+}
+
+impl Cluster {
+    /// The node that takes pushes to `repo` (for the push's ref advertisement),
+    /// creating the repository when `create` allows.
+    pub async fn push_target(&self, repo: &RepoPath, create: bool) -> Result<usize, ClusterError> {
+        let lock = self
+            .store
+            .lock(repo, self.settings.lock_timeout)
+            .await
+            .map_err(ClusterError::from_lock)?;
+        let (_, primary) = self.prepare_write(repo, create).await?;
+        drop(lock);
+        Ok(primary)
+    }
+
+    /// Start a push to `repo`: take its lock, find (or elect) the primary, note its
+    /// refs and record the write marker.
+    pub async fn begin_push(self: &Arc<Self>, repo: &RepoPath) -> Result<PushGuard, ClusterError> {
+        let lock = self
+            .store
+            .lock(repo, self.settings.lock_timeout)
+            .await
+            .map_err(ClusterError::from_lock)?;
+        let (record, primary) = self
+            .prepare_write(repo, self.settings.create_on_push)
+            .await?;
+        let node = self.node(primary);
+        let before = match node.state(repo).await {
+            Ok(state) => state.checksum,
+            Err(err) => {
+                if err.is_unavailable() {
+                    self.health.report_failure(primary);
+                }
+                return Err(err.into());
+            }
+        };
+        let marker = WriteMarker {
+            node: node.name().to_owned(),
+            owner: self.settings.owner.clone(),
+            started_ms: Self::now_ms(),
+        };
+        self.store.begin_write(repo, &marker).await?;
+        Ok(PushGuard {
+            cluster: self.clone(),
+            repo: repo.clone(),
+            primary,
+            before,
+            replicas: record.replicas.iter().map(|r| r.node.clone()).collect(),
+            lock: Some(lock),
+            finished: false,
+        })
+    }
+
+    /// Under the lock: the record (registered or created as needed, marker resolved)
+    /// and the primary.
+    async fn prepare_write(
+        &self,
+        repo: &RepoPath,
+        create: bool,
+    ) -> Result<(RepoRecord, usize), ClusterError> {
+        if self.store.get(repo).await?.is_none() && !self.discover_locked(repo).await? {
+            if !create {
+                return Err(ClusterError::NotFound(repo.clone()));
+            }
+            self.create_locked(repo).await?;
+        }
+        let record = self.resolve_marker(repo).await?;
+        let primary = self.elect(&record).await?;
+        Ok((record, primary))
+    }
+
+    /// The current primary if it is healthy and up to date, otherwise a newly elected
+    /// one.
+    async fn elect(&self, record: &RepoRecord) -> Result<usize, ClusterError> {
+        let serving = self.serving_replicas(record);
+        let current = record.primary.as_deref().and_then(|p| self.index_of(p));
+        if let Some(primary) = current.filter(|p| serving.contains(p)) {
+            return Ok(primary);
+        }
+        let Some(&elected) = serving.first() else {
+            return Err(self.unavailable(record, "take writes"));
+        };
+        let name = self.node(elected).name();
+        self.store.set_primary(&record.repo, name).await?;
+        tracing::info!(repo = %record.repo, primary = name, previous = ?record.primary, "elected primary");
+        Ok(elected)
+    }
+
+    /// Create a new repository on its first healthy placement node and register it;
+    /// the other placement nodes get jobs that create their copies.
+    async fn create_locked(&self, repo: &RepoPath) -> Result<(), ClusterError> {
+        let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
+        let placed = placement::nodes_for(repo.as_str(), &names, self.settings.replication_factor);
+        let Some(&first) = placed.iter().find(|&&i| self.healthy(i)) else {
+            return Err(ClusterError::Unavailable(format!(
+                "cannot create {repo}: none of its nodes is up"
+            )));
+        };
+        let node = self.node(first);
+        match node.create(repo).await {
+            Ok(()) | Err(crate::ClientError::AlreadyExists(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let state = node.state(repo).await?;
+        let replicas = placed
+            .iter()
+            .map(|&i| ReplicaRecord {
+                node: names[i].to_owned(),
+                generation: if i == first { 0 } else { NO_COPY },
+                checksum: (i == first).then(|| state.checksum.clone()).flatten(),
+            })
+            .collect();
+        self.store
+            .register(&NewRepo {
+                repo: repo.clone(),
+                generation: 0,
+                checksum: state.checksum.clone(),
+                replicas,
+            })
+            .await?;
+        self.store.set_primary(repo, names[first]).await?;
+        tracing::info!(repo = %repo, primary = names[first], replicas = placed.len(), "created repository");
+        let others: Vec<&str> = placed
+            .iter()
+            .filter(|&&i| i != first)
+            .map(|&i| names[i])
+            .collect();
+        self.queue(repo, &others, JobKind::Update).await
+    }
+
+    /// Record a push's outcome (see the module documentation).
+    pub(crate) async fn finish_push(
+        &self,
+        repo: &RepoPath,
+        primary: usize,
+        before: Option<&str>,
+        replicas: &[String],
+    ) -> Result<(), ClusterError> {
+        let node = self.node(primary);
+        let after = match node.state(repo).await {
+            Ok(state) => state,
+            Err(err) => {
+                // The marker stays: repair reads the primary's refs once it answers.
+                if err.is_unavailable() {
+                    self.health.report_failure(primary);
+                }
+                return Err(err.into());
+            }
+        };
+        if after.checksum.as_deref() == before {
+            self.store.clear_write(repo).await?;
+            return Ok(());
+        }
+        let primary_name = node.name().to_owned();
+        let others: Vec<&String> = replicas.iter().filter(|r| **r != primary_name).collect();
+        let mut holders = vec![primary_name];
+        if self.settings.mode == ReplicationMode::Sync {
+            let started = Instant::now();
+            let copies: Vec<_> = others.iter().filter_map(|name| self.index_of(name)).filter(|&i| self.healthy(i)).map(|target| {
+                let expected = after.checksum.clone();
+                let head = after.head.clone();
+                async move {
+                    let key = (repo.clone(), target);
+                    let _one = self.replicating.lock_for(&key, self.settings.lock_timeout).await?;
+                    let copied = self
+                        .node(target)
+                        .replicate_from(repo, node, head.as_deref())
+                        .await;
+                    match copied {
+                        Ok(state) if state.checksum == expected => Some(target),
+                        Ok(_) => None,
+                        Err(err) => {
+                            if err.is_unavailable() {
+                                self.health.report_failure(target);
+                            }
+                            tracing::warn!(repo = %repo, node = self.node(target).name(), error = %err, "synchronous replication failed");
+                            None
+                        }
+                    }
+                }
+            }).collect();
+            for target in futures_util::future::join_all(copies)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                holders.push(self.node(target).name().to_owned());
+                self.metrics.replications.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        let generation = self
+            .store
+            .finish_write(repo, &holders, after.checksum.as_deref())
+            .await?;
+        let behind: Vec<&str> = others
+            .iter()
+            .filter(|name| !holders.contains(name))
+            .map(|name| name.as_str())
+            .collect();
+        self.queue(repo, &behind, JobKind::Update).await?;
+        tracing::debug!(repo = %repo, generation, holders = ?holders, "recorded push");
+        let needed = replicas.len() / 2 + 1;
+        if self.settings.mode == ReplicationMode::Sync && holders.len() < needed {
+            return Err(ClusterError::QuorumNotReached {
+                got: holders.len(),
+                needed,
+            });
+        }
+        Ok(())
+    }
+}
