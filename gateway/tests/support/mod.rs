@@ -2,8 +2,11 @@
 //! clients with an isolated environment, and helpers to build repositories.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod git;
 pub mod http;
+#[path = "../../../storage-client/tests/support/postgres.rs"]
+pub mod postgres;
 pub mod procs;
 
 use std::io::{BufRead, BufReader, Read};

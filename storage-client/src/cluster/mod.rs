@@ -113,6 +113,9 @@ pub struct Cluster {
     settings: ClusterSettings,
     metrics: ClusterMetrics,
     rotation: AtomicUsize,
+    /// Scrambles the rotation, so requests that come in fixed patterns (a clone is
+    /// two or three reads) still spread.
+    scramble: std::collections::hash_map::RandomState,
     /// Wakes the replication workers when jobs were queued.
     jobs_queued: tokio::sync::Notify,
     /// One replication at a time per (repository, target) in this process.
@@ -144,6 +147,7 @@ impl Cluster {
             settings,
             metrics,
             rotation: AtomicUsize::new(0),
+            scramble: std::collections::hash_map::RandomState::new(),
             jobs_queued: tokio::sync::Notify::new(),
             replicating: crate::metadata::LocalLocks::default(),
         }
@@ -244,14 +248,16 @@ impl Cluster {
     }
 
     /// Where a read of `repo` may go: healthy replicas holding the current generation,
-    /// starting at a rotating offset so reads spread over them.
+    /// starting at a pseudo-random offset so reads spread over them.
     pub async fn read_route(&self, repo: &RepoPath) -> Result<ReadRoute, ClusterError> {
         let record = self.record(repo).await?;
         let mut candidates = self.serving_replicas(&record);
         if candidates.is_empty() {
             return Err(self.unavailable(&record, "serve reads"));
         }
-        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
+        let start = usize::try_from(spread % candidates.len() as u64).unwrap_or(0);
         candidates.rotate_left(start);
         Ok(ReadRoute {
             generation: record.generation,

@@ -1,0 +1,491 @@
+//! Replicas end to end: three `gitgate-node` processes behind real `gitgate` processes,
+//! driven by real git clients. Nodes and gateways are killed with SIGKILL.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::cluster::{wait_for, Gateway, Nodes, NAMES};
+use support::git::{default_client, Git};
+use support::{metric, path_str};
+use tempfile::TempDir;
+
+/// A work tree with a few commits, pushed through `gw` as `name` (created on push).
+fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> std::path::PathBuf {
+    let work = dir.join(format!("work-{name}"));
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for i in 0..3 {
+        git.commit_file(
+            &work,
+            &format!("f{i}.txt"),
+            &format!("{i}\n"),
+            &format!("c{i}"),
+        );
+    }
+    git.ok(Some(&work), &["push", "-q", &gw.url(name), "main"]);
+    work
+}
+
+/// Commit in `work` and push through `url`; returns the commit.
+fn commit_and_push(git: &Git, work: &Path, url: &str, tag: &str) -> String {
+    let head = git.commit_file(work, "change.txt", &format!("{tag}\n"), tag);
+    git.ok(Some(work), &["push", "-q", url, "main"]);
+    head
+}
+
+/// The commit `refs/heads/main` names on node `i`, if any.
+fn node_main(git: &Git, nodes: &Nodes, i: usize, name: &str) -> Option<String> {
+    let dir = nodes.repo_dir(i, name);
+    let out = git.output(
+        None,
+        &[
+            "--git-dir",
+            path_str(&dir),
+            "rev-parse",
+            "--verify",
+            "-q",
+            "refs/heads/main",
+        ],
+        &[],
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Wait until every node in `which` has `main` at `head`.
+fn wait_replicated(git: &Git, nodes: &Nodes, which: &[usize], name: &str, head: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{name} at {head} on {which:?}"),
+        || {
+            which
+                .iter()
+                .all(|&i| node_main(git, nodes, i, name).as_deref() == Some(head))
+        },
+    );
+}
+
+/// Clone `url` into a fresh directory; returns the directory and its `main`.
+fn clone(git: &Git, url: &str, into: &Path) -> Result<String, String> {
+    let out = git.output(None, &["clone", "-q", "--bare", url, path_str(into)], &[]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let head = git.ok(
+        None,
+        &["--git-dir", path_str(into), "rev-parse", "refs/heads/main"],
+    );
+    Ok(head.trim().to_owned())
+}
+
+#[test]
+fn reads_spread_and_skip_a_stale_replica_until_it_catches_up() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let work = seed(&git, &gw, tmp.path(), "spread");
+    let first = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "spread", &first);
+    // All three are up to date once their jobs finished: reads spread over them.
+    wait_for(Duration::from_secs(10), "replication queue empty", || {
+        metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
+    });
+    let before = gw.reads();
+    for i in 0..12 {
+        let head = clone(&git, &gw.url("spread"), &tmp.path().join(format!("a{i}"))).unwrap();
+        assert_eq!(head, first);
+    }
+    let after = gw.reads();
+    for n in 0..3 {
+        assert!(
+            after[n] - before[n] >= 4,
+            "reads not spread: before {before:?} after {after:?}"
+        );
+    }
+
+    // n3 misses a push while it is down.
+    let stale = 2;
+    nodes.kill(stale);
+    gw.wait_health(NAMES[stale], false);
+    let second = commit_and_push(&git, &work, &gw.url("spread"), "while n3 is down");
+    wait_replicated(&git, &nodes, &[0, 1], "spread", &second);
+    assert_eq!(
+        node_main(&git, &nodes, stale, "spread").as_deref(),
+        Some(first.as_str())
+    );
+
+    // Back up but stale: no read may go to it until it has caught up.
+    nodes.restart(stale);
+    let started = Instant::now();
+    let mut i = 0;
+    let mut caught_up = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        let on_stale = node_main(&git, &nodes, stale, "spread");
+        let reads_before = gw.reads()[stale];
+        let head = clone(&git, &gw.url("spread"), &tmp.path().join(format!("b{i}"))).unwrap();
+        i += 1;
+        assert_eq!(head, second, "a read was served without the last push");
+        if on_stale.as_deref() != Some(second.as_str()) {
+            // It lacked the push when this read started: it must not have served it.
+            let reads_after = gw.reads()[stale];
+            let caught_meanwhile =
+                node_main(&git, &nodes, stale, "spread").as_deref() == Some(second.as_str());
+            assert!(
+                reads_after == reads_before || caught_meanwhile,
+                "a read went to the stale replica"
+            );
+        } else {
+            caught_up = true;
+            break;
+        }
+    }
+    assert!(
+        caught_up,
+        "the restarted replica did not catch up by itself"
+    );
+    // Once caught up it serves reads again.
+    wait_for(
+        Duration::from_secs(10),
+        "stale replica serving again",
+        || {
+            let before = gw.reads()[stale];
+            for j in 0..3 {
+                let dir = tmp.path().join(format!("c{i}-{j}"));
+                assert_eq!(clone(&git, &gw.url("spread"), &dir).unwrap(), second);
+            }
+            i += 1;
+            gw.reads()[stale] > before
+        },
+    );
+}
+
+#[test]
+fn a_node_killed_during_200_operations() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let work = seed(&git, &gw, tmp.path(), "busy");
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "busy", &head);
+    wait_for(Duration::from_secs(10), "replication queue empty", || {
+        metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
+    });
+
+    let fetcher = tmp.path().join("fetcher");
+    clone(&git, &gw.url("busy"), &fetcher).unwrap();
+    // Detection: 3 failed checks 100 ms apart, plus the check timeout.
+    let window = Duration::from_millis(3 * 100 + 300 + 500);
+    let mut killed_at = None;
+    let mut failures_in_window = 0;
+    for op in 0..200 {
+        if op == 40 {
+            nodes.kill(1);
+            killed_at = Some(Instant::now());
+        }
+        let result = if op % 2 == 0 {
+            let dir = tmp.path().join(format!("clone-{op}"));
+            clone(&git, &gw.url("busy"), &dir).inspect(|_| git.fsck(&dir))
+        } else {
+            let out = git.output(
+                None,
+                &[
+                    "--git-dir",
+                    path_str(&fetcher),
+                    "fetch",
+                    "-q",
+                    &gw.url("busy"),
+                    "+refs/heads/*:refs/heads/*",
+                ],
+                &[],
+            );
+            if out.status.success() {
+                git.fsck(&fetcher);
+                Ok(head.clone())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        let after_window = killed_at.is_some_and(|t| t.elapsed() > window);
+        match result {
+            Ok(got) => assert_eq!(got, head),
+            Err(err) if !after_window && killed_at.is_some() => {
+                failures_in_window += 1;
+                eprintln!("op {op} failed inside the detection window: {err}");
+            }
+            Err(err) => panic!("op {op} failed: {err}"),
+        }
+    }
+    assert!(
+        !gw.healthy(NAMES[1]),
+        "the killed node is still considered up"
+    );
+    // Failures before the first byte are retried on another replica, so even the
+    // detection window should be clean.
+    assert!(
+        failures_in_window <= 2,
+        "{failures_in_window} failures in the window"
+    );
+}
+
+#[test]
+fn read_your_writes_over_200_push_clone_cycles() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gw = Gateway::start(
+        &nodes,
+        "replication_factor = 3\nreplication = \"async\"\n",
+        "",
+    );
+    let work = seed(&git, &gw, tmp.path(), "ryw");
+    let url = gw.url("ryw");
+    let before = gw.reads();
+    for cycle in 0..200 {
+        let pushed = commit_and_push(&git, &work, &url, &format!("cycle {cycle}"));
+        let dir = tmp.path().join(format!("c{cycle}"));
+        let seen = clone(&git, &url, &dir).unwrap();
+        assert_eq!(seen, pushed, "cycle {cycle}: the clone missed the push");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let after = gw.reads();
+    // Replication kept up often enough for reads to go to more than one node.
+    let used = (0..3).filter(|&n| after[n] > before[n]).count();
+    assert!(
+        used >= 2,
+        "reads never left one node: {before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn sync_mode_keeps_an_acknowledged_push_when_the_primary_dies() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(
+        &nodes,
+        "replication_factor = 3\nreplication = \"sync\"\n",
+        "",
+    );
+    let work = seed(&git, &gw, tmp.path(), "durable");
+    let url = gw.url("durable");
+    let seeded = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "durable", &seeded);
+
+    let pushes: Vec<u64> = (0..3).map(|i| nodes.runs(i, "receive-pack")).collect();
+    let pushed = commit_and_push(&git, &work, &url, "acknowledged");
+    let primary = (0..3)
+        .find(|&i| nodes.runs(i, "receive-pack") > pushes[i])
+        .expect("some node took the push");
+    // Acknowledged in sync mode: a majority holds it before the client heard back.
+    let holding = (0..3)
+        .filter(|&i| node_main(&git, &nodes, i, "durable").as_deref() == Some(pushed.as_str()))
+        .count();
+    assert!(
+        holding >= 2,
+        "only {holding} replicas held an acknowledged push"
+    );
+    nodes.kill(primary);
+
+    // Served from the survivors at once (a refused connection is retried elsewhere)...
+    for i in 0..5 {
+        let dir = tmp.path().join(format!("after-{i}"));
+        assert_eq!(clone(&git, &url, &dir).unwrap(), pushed);
+        git.fsck(&dir);
+    }
+    // ...and a later push goes to a new primary.
+    gw.wait_health(NAMES[primary], false);
+    let later = commit_and_push(&git, &work, &url, "after failover");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let holding = survivors
+        .iter()
+        .filter(|&&i| node_main(&git, &nodes, i, "durable").as_deref() == Some(later.as_str()))
+        .count();
+    assert_eq!(holding, 2, "sync push after failover not on both survivors");
+    let dir = tmp.path().join("final");
+    assert_eq!(clone(&git, &url, &dir).unwrap(), later);
+}
+
+#[test]
+fn a_gateway_killed_mid_push_leaves_nothing_lost_or_stale() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let mut gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let work = seed(&git, &gw, tmp.path(), "crash");
+    let url = gw.url("crash");
+    let seeded = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "crash", &seeded);
+
+    // The node has updated the refs when post-receive runs; the hook then stalls the
+    // push so the gateway can be killed before it records the write.
+    let reached = tmp.path().join("refs-updated");
+    for i in 0..3 {
+        let hook = nodes.repo_dir(i, "crash").join("hooks/post-receive");
+        std::fs::write(
+            &hook,
+            format!("#!/bin/sh\ntouch '{}'\nsleep 30\n", reached.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let pushed = git.commit_file(
+        &work,
+        "crash.txt",
+        "lost?\n",
+        "pushed while the gateway dies",
+    );
+    let mut push = git
+        .cmd(Some(&work))
+        .args(["push", "-q", &url, "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "refs updated on the primary",
+        || reached.exists(),
+    );
+    gw.kill_and_restart();
+    let _ = push.kill();
+    let _ = push.wait();
+    for i in 0..3 {
+        let _ = std::fs::remove_file(nodes.repo_dir(i, "crash").join("hooks/post-receive"));
+    }
+    let holders: Vec<usize> = (0..3)
+        .filter(|&i| node_main(&git, &nodes, i, "crash").as_deref() == Some(pushed.as_str()))
+        .collect();
+    assert_eq!(holders.len(), 1, "exactly the primary took the push");
+
+    // Every read after the restart has the pushed commit: the replicas that lack it are
+    // not served until they caught up.
+    let url = gw.url("crash");
+    for i in 0..15 {
+        let dir = tmp.path().join(format!("after-{i}"));
+        assert_eq!(
+            clone(&git, &url, &dir).unwrap(),
+            pushed,
+            "read {i} lacks the push"
+        );
+    }
+    wait_replicated(&git, &nodes, &[0, 1, 2], "crash", &pushed);
+    assert!(metric(&gw.scrape(), "gitgate_repairs_total", &["kind=\"marker\""]) >= 1.0);
+    // And the repository takes writes again.
+    let next = commit_and_push(&git, &work, &url, "after the crash");
+    assert_eq!(clone(&git, &url, &tmp.path().join("last")).unwrap(), next);
+}
+
+#[test]
+fn two_gateways_sharing_postgres_lose_no_acknowledged_push() {
+    let pg = support::postgres::ThrowawayPostgres::start();
+    let metadata = format!("[metadata]\npostgres_url = \"{}\"\n", pg.url("postgres"));
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gws = [
+        Gateway::start(&nodes, "replication_factor = 3\n", &metadata),
+        Gateway::start(&nodes, "replication_factor = 3\n", &metadata),
+    ];
+    let work = seed(&git, &gws[0], tmp.path(), "shared");
+    let seeded = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+
+    // Each worker pushes to main through its gateway, rebasing when the other got in
+    // first, and checks every acknowledged push through the *other* gateway at once.
+    let acknowledged: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|w| {
+                let git = &git;
+                let gws = &gws;
+                let dir = tmp.path().join(format!("worker{w}"));
+                scope.spawn(move || {
+                    git.ok(None, &["clone", "-q", &gws[w].url("shared"), path_str(&dir)]);
+                    let mut acked = Vec::new();
+                    for i in 0..15 {
+                        git.commit_file(&dir, &format!("w{w}/{i}.txt"), "x\n", &format!("w{w} {i}"));
+                        let mut attempts = 0;
+                        loop {
+                            attempts += 1;
+                            assert!(attempts < 30, "worker {w} could not push");
+                            let out = git.output(Some(&dir), &["push", "-q", &gws[w].url("shared"), "main"], &[]);
+                            if out.status.success() {
+                                break;
+                            }
+                            // Rejected (the other worker pushed first) or busy: catch up.
+                            let pulled = git.output(
+                                Some(&dir),
+                                &["pull", "-q", "--rebase", &gws[w].url("shared"), "main"],
+                                &[],
+                            );
+                            assert!(pulled.status.success(), "pull failed: {}", String::from_utf8_lossy(&pulled.stderr));
+                        }
+                        let head = git.ok(Some(&dir), &["rev-parse", "HEAD"]).trim().to_owned();
+                        // Read-your-writes through the other gateway.
+                        let other = &gws[1 - w];
+                        let seen = git.ok(None, &["ls-remote", &other.url("shared"), "refs/heads/main"]);
+                        let seen = seen.split_whitespace().next().unwrap_or_default().to_owned();
+                        let check = dir.with_extension(format!("check{i}"));
+                        git.ok(None, &["clone", "-q", "--bare", &other.url("shared"), path_str(&check)]);
+                        let contains = git.output(
+                            None,
+                            &["--git-dir", path_str(&check), "merge-base", "--is-ancestor", &head, "refs/heads/main"],
+                            &[],
+                        );
+                        assert!(
+                            contains.status.success(),
+                            "gateway {} served a copy without the push acknowledged by gateway {w} (ls-remote saw {seen})",
+                            1 - w
+                        );
+                        acked.push(head);
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    // Nothing acknowledged was lost, as seen through both gateways.
+    for gw in &gws {
+        let dir = tmp.path().join(format!("final-{}", gw.server.pid()));
+        let head = clone(&git, &gw.url("shared"), &dir).unwrap();
+        assert_ne!(head, seeded);
+        for commit in acknowledged.iter().flatten() {
+            let out = git.output(
+                None,
+                &[
+                    "--git-dir",
+                    path_str(&dir),
+                    "merge-base",
+                    "--is-ancestor",
+                    commit,
+                    "refs/heads/main",
+                ],
+                &[],
+            );
+            assert!(out.status.success(), "acknowledged {commit} is missing");
+        }
+    }
+    // The replicas converge on the same history.
+    let final_head = clone(&git, &gws[0].url("shared"), &tmp.path().join("converged")).unwrap();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "shared", &final_head);
+}

@@ -1,0 +1,204 @@
+//! Several `gitgate-node` processes behind one or more `gitgate` processes: what the
+//! replica tests run against. Nodes can be killed (SIGKILL) and restarted on the same
+//! address and directory; gateways can be killed and restarted over the same metadata.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{http, metric, node_config, Server, TestNode, NODE_TOKEN};
+
+/// Node names, in config order.
+pub const NAMES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// Storage keys that make failures show quickly in tests.
+pub const FAST: &str = "health_interval = \"100ms\"\nhealth_timeout = \"300ms\"\nhealth_failures = 3\nreconcile_interval = \"1s\"\nreplication_retry_max = \"1s\"\n";
+
+/// Three nodes.
+pub struct Nodes {
+    pub nodes: Vec<TestNode>,
+}
+
+impl Nodes {
+    pub fn start() -> Self {
+        let nodes = NAMES
+            .iter()
+            .map(|_| {
+                let node = TestNode::start();
+                // Pin the address, so a restart comes back where the gateway looks.
+                std::fs::write(
+                    &node.config,
+                    node_config(node.server.authority(), NODE_TOKEN, "enforced"),
+                )
+                .expect("pin node address");
+                node
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// `[[storage.nodes]]` entries for all nodes.
+    pub fn storage_toml(&self) -> String {
+        self.nodes
+            .iter()
+            .zip(NAMES)
+            .map(|(node, name)| {
+                format!(
+                    "[[storage.nodes]]\nname = \"{name}\"\nurl = \"{}\"\ntoken = \"{NODE_TOKEN}\"\n",
+                    node.server.url
+                )
+            })
+            .collect()
+    }
+
+    /// Index of node `name`.
+    pub fn index(name: &str) -> usize {
+        NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("known node name")
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].server.kill();
+    }
+
+    /// Start node `i` again on its address and directory.
+    pub fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = node.config.with_file_name("node-restarted.log");
+        node.server = Server::start(
+            &super::sibling_binary("gitgate-node"),
+            &node.config,
+            log,
+            &[],
+        );
+    }
+
+    /// The bare repository `name` on node `i`.
+    pub fn repo_dir(&self, i: usize, name: &str) -> PathBuf {
+        self.nodes[i].root.join(format!("{name}.git"))
+    }
+
+    /// Node `i`'s count of git processes of `service`.
+    pub fn runs(&self, i: usize, service: &str) -> u64 {
+        let resp = http::get(self.nodes[i].server.authority(), "/-/metrics").expect("node scrape");
+        let text = String::from_utf8(resp.body).expect("utf-8 metrics");
+        metric(
+            &text,
+            "gitgate_node_git_processes_total",
+            &[&format!("service=\"{service}\"")],
+        ) as u64
+    }
+}
+
+/// A `gitgate` process over [`Nodes`].
+pub struct Gateway {
+    pub server: Server,
+    pub config: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Gateway {
+    /// Start a gateway over `nodes`: `storage_extra` goes into `[storage]`, `metadata`
+    /// is the `[metadata]` section (empty: the embedded store in the gateway's dir).
+    pub fn start(nodes: &Nodes, storage_extra: &str, metadata: &str) -> Self {
+        let dir = TempDir::new().expect("tempdir");
+        let config = dir.path().join("gitgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{FAST}{storage_extra}\n{}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n",
+                nodes.storage_toml()
+            ),
+        )
+        .expect("write config");
+        let server = Self::spawn(&config, dir.path());
+        let gateway = Self {
+            server,
+            config,
+            dir,
+        };
+        gateway.wait_ready();
+        gateway
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Server {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        Server::start(
+            &PathBuf::from(env!("CARGO_BIN_EXE_gitgate")),
+            config,
+            dir.join(format!("gitgate-{n}.log")),
+            &[],
+        )
+    }
+
+    /// SIGKILL the gateway and start it again with the same config and metadata.
+    pub fn kill_and_restart(&mut self) {
+        self.server.kill();
+        self.server = Self::spawn(&self.config, self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(http::get(self.server.authority(), "/-/ready"), Ok(r) if r.status == 200) {
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                self.server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}.git", self.server.url)
+    }
+
+    pub fn scrape(&self) -> String {
+        let resp = http::get(self.server.authority(), "/-/metrics").expect("scrape");
+        String::from_utf8(resp.body).expect("utf-8 metrics")
+    }
+
+    /// `gitgate_read_distribution_total{node}` for each node.
+    pub fn reads(&self) -> [u64; 3] {
+        let text = self.scrape();
+        NAMES.map(|name| {
+            metric(
+                &text,
+                "gitgate_read_distribution_total",
+                &[&format!("node=\"{name}\"")],
+            ) as u64
+        })
+    }
+
+    /// Whether the gateway considers node `name` healthy.
+    pub fn healthy(&self, name: &str) -> bool {
+        metric(
+            &self.scrape(),
+            "gitgate_node_healthy",
+            &[&format!("node=\"{name}\"")],
+        ) > 0.0
+    }
+
+    /// Wait until node `name`'s health is `up`.
+    pub fn wait_health(&self, name: &str, up: bool) {
+        wait_for(
+            Duration::from_secs(15),
+            &format!("{name} healthy={up}"),
+            || self.healthy(name) == up,
+        );
+    }
+}
+
+/// Poll `check` every 50 ms until it holds, failing after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
