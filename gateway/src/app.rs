@@ -14,7 +14,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{git_http, ops};
+use crate::{admin, git_http, ops};
 
 /// Build the gateway's router.
 ///
@@ -58,6 +58,7 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         .route("/-/health", get(ops::health))
         .route("/-/ready", get(ops::ready))
         .route("/-/metrics", get(ops::metrics))
+        .route("/-/admin/repos", axum::routing::delete(admin::delete_repo))
         // Everything else is a smart-HTTP path (or a 404).
         .fallback(git)
         .with_state(state)

@@ -9,6 +9,7 @@
 //! - [`app`]: the router and the middleware stack;
 //! - [`auth`]: client authentication and authorization;
 //! - [`access_log`]: one log line and request metrics per request;
+//! - [`admin`]: the admin API (repository deletion);
 //! - [`limits`]: the per-repository limit on node-bound fetches;
 //! - [`metrics`]: the request path's metric families;
 //! - [`git_http`]: the smart-HTTP handlers;
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;

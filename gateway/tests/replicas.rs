@@ -489,3 +489,189 @@ fn two_gateways_sharing_postgres_lose_no_acknowledged_push() {
     let final_head = clone(&git, &gws[0].url("shared"), &tmp.path().join("converged")).unwrap();
     wait_replicated(&git, &nodes, &[0, 1, 2], "shared", &final_head);
 }
+
+/// Put a bare copy of `work` as repository `name` on node `i`'s disk.
+fn place(git: &Git, nodes: &Nodes, i: usize, work: &Path, name: &str) {
+    let dir = nodes.repo_dir(i, name);
+    git.ok(
+        None,
+        &["clone", "-q", "--bare", path_str(work), path_str(&dir)],
+    );
+}
+
+#[test]
+fn disagreeing_copies_found_on_the_nodes_keep_the_newest() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    // n1 has three commits, n2 one more; n3 has nothing.
+    let work = tmp.path().join("work");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for i in 0..3 {
+        git.commit_file(&work, "f.txt", &format!("{i}\n"), &format!("c{i}"));
+    }
+    place(&git, &nodes, 0, &work, "found");
+    // Recency is judged by commit time: make the newer copy's tip clearly later.
+    std::fs::write(work.join("f.txt"), "newest\n").unwrap();
+    git.ok(Some(&work), &["add", "f.txt"]);
+    let later = format!("@{} +0000", 4_000_000_000i64);
+    git.ok_env(
+        Some(&work),
+        &["commit", "-q", "-m", "newest"],
+        &[("GIT_COMMITTER_DATE", &later), ("GIT_AUTHOR_DATE", &later)],
+    );
+    let newest = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    place(&git, &nodes, 1, &work, "found");
+
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    for i in 0..6 {
+        let dir = tmp.path().join(format!("c{i}"));
+        assert_eq!(clone(&git, &gw.url("found"), &dir).unwrap(), newest);
+    }
+    wait_replicated(&git, &nodes, &[0, 1, 2], "found", &newest);
+    let scrape = gw.scrape();
+    assert!(metric(&scrape, "gitgate_repairs_total", &["kind=\"diverged\""]) >= 1.0);
+    assert!(metric(&scrape, "gitgate_repairs_total", &["kind=\"discovered\""]) >= 1.0);
+}
+
+#[test]
+fn drift_on_an_up_to_date_replica_is_found_and_repaired() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let work = seed(&git, &gw, tmp.path(), "drift");
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "drift", &head);
+    // Someone rewinds main by hand on n2: the metadata still calls it up to date.
+    let n2 = nodes.repo_dir(1, "drift");
+    git.ok(
+        None,
+        &[
+            "--git-dir",
+            path_str(&n2),
+            "update-ref",
+            "refs/heads/main",
+            "HEAD~1",
+        ],
+    );
+    assert_ne!(
+        node_main(&git, &nodes, 1, "drift").as_deref(),
+        Some(head.as_str())
+    );
+    // The reconciler (every second here) notices and copies the recorded state back.
+    wait_replicated(&git, &nodes, &[1], "drift", &head);
+    assert!(metric(&gw.scrape(), "gitgate_repairs_total", &["kind=\"drift\""]) >= 1.0);
+    for i in 0..6 {
+        let dir = tmp.path().join(format!("c{i}"));
+        assert_eq!(clone(&git, &gw.url("drift"), &dir).unwrap(), head);
+    }
+}
+
+#[test]
+fn deleting_a_repository_reaches_every_replica() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let admin = format!(
+        "[[auth.tokens]]\nname = \"ops\"\nhash = \"{}\"\nadmin = [\"**\"]\n",
+        gitgate::auth::token::hash_token("ops-secret")
+    );
+    let gw = Gateway::start_with(
+        &nodes.storage_toml(),
+        "replication_factor = 3\n",
+        "",
+        &admin,
+    );
+    let work = seed(&git, &gw, tmp.path(), "doomed");
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(&git, &nodes, &[0, 1, 2], "doomed", &head);
+
+    let delete = |auth: &str| {
+        support::http::raw(
+            gw.server.authority(),
+            format!(
+                "DELETE /-/admin/repos?repo=doomed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+        .status
+    };
+    // Write access (anonymous here) is not enough; a wrong token is refused.
+    assert_eq!(delete(""), 401);
+    assert_eq!(delete("Authorization: Bearer nope\r\n"), 401);
+    assert_eq!(delete("Authorization: Bearer ops-secret\r\n"), 204);
+    for i in 0..3 {
+        assert!(
+            !nodes.repo_dir(i, "doomed").exists(),
+            "copy left on node {i}"
+        );
+    }
+    assert_eq!(delete("Authorization: Bearer ops-secret\r\n"), 404);
+    assert!(clone(&git, &gw.url("doomed"), &tmp.path().join("gone")).is_err());
+    // The name can be used again, with new history.
+    let fresh = tmp.path().join("fresh");
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&fresh)]);
+    let new_head = git.commit_file(&fresh, "new.txt", "new\n", "new life");
+    git.ok(Some(&fresh), &["push", "-q", &gw.url("doomed"), "main"]);
+    assert_eq!(
+        clone(&git, &gw.url("doomed"), &tmp.path().join("again")).unwrap(),
+        new_head
+    );
+    wait_replicated(&git, &nodes, &[0, 1, 2], "doomed", &new_head);
+}
+
+#[test]
+fn in_process_nodes_replicate_by_path() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let roots: Vec<_> = (0..2)
+        .map(|i| tmp.path().join(format!("root{i}")))
+        .collect();
+    let nodes_toml: String = roots
+        .iter()
+        .enumerate()
+        .map(|(i, root)| {
+            format!(
+                "[[storage.nodes]]\nname = \"local{i}\"\npath = \"{}\"\n",
+                root.display()
+            )
+        })
+        .collect();
+    let gw = Gateway::start_with(&nodes_toml, "replication_factor = 2\n", "", "");
+    let work = seed(&git, &gw, tmp.path(), "local");
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_for(Duration::from_secs(20), "both local copies", || {
+        roots.iter().all(|root| {
+            let out = git.output(
+                None,
+                &[
+                    "--git-dir",
+                    path_str(&root.join("local.git")),
+                    "rev-parse",
+                    "-q",
+                    "--verify",
+                    "refs/heads/main",
+                ],
+                &[],
+            );
+            String::from_utf8_lossy(&out.stdout).trim() == head
+        })
+    });
+    let dir = tmp.path().join("clone");
+    assert_eq!(clone(&git, &gw.url("local"), &dir).unwrap(), head);
+    git.fsck(&dir);
+}

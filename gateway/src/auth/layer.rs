@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use gitgate_proto::smart_http::{self, Endpoint};
-use gitgate_proto::Service;
+use gitgate_proto::{RepoPath, Service};
 
 use super::{Credentials, Decision, Permission};
 use crate::error::AppError;
@@ -34,16 +34,30 @@ pub async fn require(State(state): State<Arc<AppState>>, req: Request, next: Nex
         Endpoint::Rpc(Service::ReceivePack) => Permission::Write,
         Endpoint::Rpc(Service::UploadPack) => Permission::Read,
     };
+    match authorize(&state, &repo, need, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// Decide whether a request with `headers` may `need` on `repo`: counts the decision,
+/// records who asked in the request's span, and gives the refusal to answer with.
+pub fn authorize(
+    state: &AppState,
+    repo: &RepoPath,
+    need: Permission,
+    headers: &HeaderMap,
+) -> Result<(), AppError> {
     let auth = state.auth();
     let proxy_header = auth.proxy.as_ref().map(|p| p.header());
-    let credentials = credentials(req.headers(), proxy_header);
+    let credentials = credentials(headers, proxy_header);
     let method = match credentials {
         Credentials::None => "anonymous",
         Credentials::Token(_) => "token",
         Credentials::Malformed => "malformed",
         Credentials::Proxy(_) => "proxy",
     };
-    let decision = auth.decide(&repo, need, credentials, SystemTime::now());
+    let decision = auth.decide(repo, need, credentials, SystemTime::now());
     let result = match &decision {
         Decision::Allow { .. } => "allowed",
         Decision::Unauthenticated { .. } => "unauthenticated",
@@ -57,18 +71,17 @@ pub async fn require(State(state): State<Arc<AppState>>, req: Request, next: Nex
     match decision {
         Decision::Allow { who } => {
             tracing::Span::current().record("user", who.as_str());
-            next.run(req).await
+            Ok(())
         }
         Decision::Unauthenticated { reason } => {
             tracing::debug!(reason, "unauthenticated request");
-            AppError::Unauthenticated.into_response()
+            Err(AppError::Unauthenticated)
         }
         Decision::Forbidden { who } => {
             tracing::Span::current().record("user", who.as_str());
-            AppError::Forbidden {
+            Err(AppError::Forbidden {
                 permission: need.label(),
-            }
-            .into_response()
+            })
         }
     }
 }

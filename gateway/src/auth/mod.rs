@@ -33,6 +33,8 @@ pub enum Permission {
     Read,
     /// Push (implies read).
     Write,
+    /// Delete the repository (only tokens with an `admin` scope; implies nothing else).
+    Admin,
 }
 
 impl Permission {
@@ -41,6 +43,7 @@ impl Permission {
         match self {
             Self::Read => "read",
             Self::Write => "write",
+            Self::Admin => "admin",
         }
     }
 }
@@ -128,6 +131,7 @@ impl AuthConfig {
                             entry.can_read(repo) || self.public.iter().any(|p| p.matches(repo))
                         }
                         Permission::Write => entry.can_write(repo),
+                        Permission::Admin => entry.can_admin(repo),
                     };
                     if allowed {
                         Decision::Allow { who }

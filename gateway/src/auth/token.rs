@@ -26,6 +26,7 @@ pub struct TokenEntry {
     hash: String,
     read: Vec<RepoPattern>,
     write: Vec<RepoPattern>,
+    admin: Vec<RepoPattern>,
 }
 
 impl TokenEntry {
@@ -41,7 +42,19 @@ impl TokenEntry {
             hash,
             read,
             write,
+            admin: Vec::new(),
         }
+    }
+
+    /// Also allow administration (deletion) of repositories matching `admin`.
+    pub fn with_admin(mut self, admin: Vec<RepoPattern>) -> Self {
+        self.admin = admin;
+        self
+    }
+
+    /// May delete `repo`.
+    pub fn can_admin(&self, repo: &RepoPath) -> bool {
+        self.admin.iter().any(|p| p.matches(repo))
     }
 
     /// May read `repo` (write scopes imply read).

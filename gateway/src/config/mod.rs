@@ -401,6 +401,8 @@ struct RawToken {
     read: Vec<String>,
     #[serde(default)]
     write: Vec<String>,
+    #[serde(default)]
+    admin: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -586,7 +588,8 @@ fn validate_auth(
         }
         let read = patterns(format!("{key}.read"), t.read)?;
         let write = patterns(format!("{key}.write"), t.write)?;
-        tokens.insert(token::TokenEntry::new(t.name, t.hash, read, write));
+        let admin = patterns(format!("{key}.admin"), t.admin)?;
+        tokens.insert(token::TokenEntry::new(t.name, t.hash, read, write).with_admin(admin));
     }
     let proxy = match raw.proxy {
         None => None,

@@ -105,13 +105,23 @@ impl Gateway {
     /// Start a gateway over `nodes`: `storage_extra` goes into `[storage]`, `metadata`
     /// is the `[metadata]` section (empty: the embedded store in the gateway's dir).
     pub fn start(nodes: &Nodes, storage_extra: &str, metadata: &str) -> Self {
+        Self::start_with(&nodes.storage_toml(), storage_extra, metadata, "")
+    }
+
+    /// Start a gateway with `[[storage.nodes]]` entries `nodes_toml`; `auth_extra` is
+    /// appended to `[auth]` (which lets anyone read and write).
+    pub fn start_with(
+        nodes_toml: &str,
+        storage_extra: &str,
+        metadata: &str,
+        auth_extra: &str,
+    ) -> Self {
         let dir = TempDir::new().expect("tempdir");
         let config = dir.path().join("gitgate.toml");
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{FAST}{storage_extra}\n{}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n",
-                nodes.storage_toml()
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{FAST}{storage_extra}\n{nodes_toml}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n{auth_extra}\n"
             ),
         )
         .expect("write config");

@@ -96,6 +96,13 @@ impl ClusterError {
     }
 }
 
+/// The generation a newly registered repository starts at: the current time in
+/// milliseconds, so a repository deleted and created again never reuses a generation
+/// (pack cache keys contain it).
+pub(crate) fn first_generation() -> i64 {
+    crate::metadata::now_ms()
+}
+
 /// Where a read may go.
 #[derive(Debug, Clone)]
 pub struct ReadRoute {

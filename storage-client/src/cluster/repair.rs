@@ -2,7 +2,7 @@
 //!
 //! - Discovery: a repository found on the nodes but not in the metadata is registered.
 //!   When copies disagree, the most recent one (newest branch tip, then the most copies
-//!   agreeing) becomes generation 0 and the others are replicated from it; the
+//!   agreeing) holds the first generation and the others are replicated from it; the
 //!   disagreement is logged and counted, never silently resolved.
 //! - Write markers: a marker whose repository lock is free belongs to a push whose
 //!   gateway died. The primary's actual refs decide: changed refs are recorded as a
@@ -120,6 +120,7 @@ impl Cluster {
             );
         }
         let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
+        let generation = super::first_generation();
         let mut replicas: Vec<ReplicaRecord> = Vec::new();
         let holders = winner.nodes.iter().copied();
         let others = groups.iter().flat_map(|g| g.nodes.iter().copied());
@@ -127,7 +128,7 @@ impl Cluster {
             let holds = winner.nodes.contains(&i);
             replicas.push(ReplicaRecord {
                 node: names[i].to_owned(),
-                generation: if holds { 0 } else { NO_COPY },
+                generation: if holds { generation } else { NO_COPY },
                 checksum: if holds { winner.checksum.clone() } else { None },
             });
         }
@@ -154,7 +155,7 @@ impl Cluster {
             .store
             .register(&NewRepo {
                 repo: repo.clone(),
-                generation: 0,
+                generation,
                 checksum: winner.checksum.clone(),
                 replicas,
             })
