@@ -26,4 +26,5 @@ args=("$@")
 if [[ " ${args[*]-} " != *" --smoke "* && " ${args[*]-} " != *" --results "* ]]; then
   args+=(--results load-tests/RESULTS.md)
 fi
-exec target/release/gitgate-load bench --gitgate target/release/gitgate "${args[@]}"
+release="${CARGO_TARGET_DIR:-target}/release"
+exec "$release/gitgate-load" bench --gitgate "$release/gitgate" "${args[@]}"
