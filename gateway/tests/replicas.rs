@@ -675,3 +675,75 @@ fn in_process_nodes_replicate_by_path() {
     assert_eq!(clone(&git, &gw.url("local"), &dir).unwrap(), head);
     git.fsck(&dir);
 }
+
+#[test]
+fn a_primary_killed_mid_push_is_replaced_and_repaired() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let pushes: Vec<u64> = (0..3).map(|i| nodes.runs(i, "receive-pack")).collect();
+    let work = seed(&git, &gw, tmp.path(), "dies");
+    let url = gw.url("dies");
+    let seeded = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    let primary = (0..3)
+        .find(|&i| nodes.runs(i, "receive-pack") > pushes[i])
+        .expect("some node took the push");
+    wait_replicated(&git, &nodes, &[0, 1, 2], "dies", &seeded);
+
+    // The primary applies the next push, then dies before answering.
+    let reached = tmp.path().join("applied");
+    let hook = nodes.repo_dir(primary, "dies").join("hooks/post-receive");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ntouch '{}'\nsleep 20\n", reached.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    git.commit_file(&work, "x.txt", "x\n", "never acknowledged");
+    let mut push = git
+        .cmd(Some(&work))
+        .args(["push", "-q", &url, "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "push applied on the primary",
+        || reached.exists(),
+    );
+    nodes.kill(primary);
+    let status = push.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a push whose primary died was acknowledged"
+    );
+    std::fs::remove_file(&hook).unwrap();
+
+    // The next push goes to a new primary, without waiting for the dead one.
+    gw.wait_health(NAMES[primary], false);
+    let next = commit_and_push(&git, &work, &url, "after the primary died");
+    assert!(metric(&gw.scrape(), "gitgate_repairs_total", &["kind=\"marker\""]) >= 1.0);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    for i in 0..6 {
+        let dir = tmp.path().join(format!("c{i}"));
+        assert_eq!(clone(&git, &url, &dir).unwrap(), next);
+    }
+    wait_replicated(&git, &nodes, &survivors, "dies", &next);
+
+    // Back, it is repaired from the others and never read from before that.
+    nodes.restart(primary);
+    for i in 0..10 {
+        let dir = tmp.path().join(format!("back{i}"));
+        assert_eq!(
+            clone(&git, &url, &dir).unwrap(),
+            next,
+            "read {i} missed the last push"
+        );
+    }
+    wait_replicated(&git, &nodes, &[primary], "dies", &next);
+}

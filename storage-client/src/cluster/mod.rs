@@ -262,6 +262,17 @@ impl Cluster {
         if candidates.is_empty() {
             return Err(self.unavailable(&record, "serve reads"));
         }
+        // While a push runs, its primary may already advertise refs the others lack:
+        // keep every read on it, so a fetch never asks a replica for a ref it has not got.
+        if let Some(writing) = record
+            .write
+            .as_ref()
+            .and_then(|marker| self.index_of(&marker.node))
+        {
+            if candidates.contains(&writing) {
+                candidates = vec![writing];
+            }
+        }
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
         let start = usize::try_from(spread % candidates.len() as u64).unwrap_or(0);

@@ -245,7 +245,7 @@ impl Cluster {
         self.reread(repo).await
     }
 
-    async fn reread(&self, repo: &RepoPath) -> Result<RepoRecord, ClusterError> {
+    pub(crate) async fn reread(&self, repo: &RepoPath) -> Result<RepoRecord, ClusterError> {
         self.store
             .get(repo)
             .await?

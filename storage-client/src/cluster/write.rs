@@ -154,7 +154,29 @@ impl Cluster {
             }
             self.create_locked(repo).await?;
         }
-        let record = self.resolve_marker(repo).await?;
+        let mut record = self.resolve_marker(repo).await?;
+        if let Some(marker) = &record.write {
+            // The last push's primary cannot be asked what it applied. That push was never
+            // acknowledged: record the others as the current state, so its node is
+            // repaired from them when it is back instead of serving what it may hold.
+            let holders: Vec<String> = self
+                .serving_replicas(&record)
+                .into_iter()
+                .map(|i| self.node(i).name().to_owned())
+                .filter(|name| *name != marker.node)
+                .collect();
+            if holders.is_empty() {
+                return Err(self.unavailable(&record, "take writes"));
+            }
+            tracing::warn!(repo = %repo, node = %marker.node, "unfinished write on an unreachable node: moving on without it");
+            self.metrics.repairs.with_label_values(&["marker"]).inc();
+            self.store
+                .finish_write(repo, &holders, record.checksum.as_deref())
+                .await?;
+            self.queue(repo, &[marker.node.as_str()], JobKind::Update)
+                .await?;
+            record = self.reread(repo).await?;
+        }
         let primary = self.elect(&record).await?;
         Ok((record, primary))
     }
