@@ -28,6 +28,23 @@ fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> std::path::PathBuf {
     work
 }
 
+/// [`seed`], then wait until every node holds it; returns the work tree and its head.
+fn seed_everywhere(
+    git: &Git,
+    gw: &Gateway,
+    nodes: &Nodes,
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, String) {
+    let work = seed(git, gw, dir, name);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(git, nodes, &[0, 1, 2], name, &head);
+    (work, head)
+}
+
 /// Commit in `work` and push through `url`; returns the commit.
 fn commit_and_push(git: &Git, work: &Path, url: &str, tag: &str) -> String {
     let head = git.commit_file(work, "change.txt", &format!("{tag}\n"), tag);
@@ -87,12 +104,8 @@ fn reads_spread_and_skip_a_stale_replica_until_it_catches_up() {
     let tmp = TempDir::new().unwrap();
     let mut nodes = Nodes::start();
     let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
-    let work = seed(&git, &gw, tmp.path(), "spread");
-    let first = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "spread", &first);
+    let (work, first) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "spread");
+
     // All three are up to date once their jobs finished: reads spread over them.
     wait_for(Duration::from_secs(10), "replication queue empty", || {
         metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
@@ -172,12 +185,8 @@ fn a_node_killed_during_200_operations() {
     let tmp = TempDir::new().unwrap();
     let mut nodes = Nodes::start();
     let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
-    let work = seed(&git, &gw, tmp.path(), "busy");
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "busy", &head);
+    let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "busy");
+
     wait_for(Duration::from_secs(10), "replication queue empty", || {
         metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
     });
@@ -277,13 +286,8 @@ fn sync_mode_keeps_an_acknowledged_push_when_the_primary_dies() {
         "replication_factor = 3\nreplication = \"sync\"\n",
         "",
     );
-    let work = seed(&git, &gw, tmp.path(), "durable");
+    let (work, _) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "durable");
     let url = gw.url("durable");
-    let seeded = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "durable", &seeded);
 
     let pushes: Vec<u64> = (0..3).map(|i| nodes.runs(i, "receive-pack")).collect();
     let pushed = commit_and_push(&git, &work, &url, "acknowledged");
@@ -325,13 +329,8 @@ fn a_gateway_killed_mid_push_leaves_nothing_lost_or_stale() {
     let tmp = TempDir::new().unwrap();
     let nodes = Nodes::start();
     let mut gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
-    let work = seed(&git, &gw, tmp.path(), "crash");
+    let (work, _) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "crash");
     let url = gw.url("crash");
-    let seeded = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "crash", &seeded);
 
     // The node has updated the refs when post-receive runs; the hook then stalls the
     // push so the gateway can be killed before it records the write.
@@ -543,12 +542,8 @@ fn drift_on_an_up_to_date_replica_is_found_and_repaired() {
     let tmp = TempDir::new().unwrap();
     let nodes = Nodes::start();
     let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
-    let work = seed(&git, &gw, tmp.path(), "drift");
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "drift", &head);
+    let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "drift");
+
     // Someone rewinds main by hand on n2: the metadata still calls it up to date.
     let n2 = nodes.repo_dir(1, "drift");
     git.ok(
@@ -589,12 +584,7 @@ fn deleting_a_repository_reaches_every_replica() {
         "",
         &admin,
     );
-    let work = seed(&git, &gw, tmp.path(), "doomed");
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(&git, &nodes, &[0, 1, 2], "doomed", &head);
+    seed_everywhere(&git, &gw, &nodes, tmp.path(), "doomed");
 
     let delete = |auth: &str| {
         support::http::raw(

@@ -10,7 +10,8 @@ use gitgate_proto::RepoPath;
 use gitgate_storage_client::metadata::embedded::EmbeddedStore;
 use gitgate_storage_client::metadata::postgres::PostgresStore;
 use gitgate_storage_client::metadata::{
-    JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord, StoreError, WriteMarker, NO_COPY,
+    JobCounts, JobKind, MetadataStore, NewRepo, QueueMode, ReplicaRecord, StoreError, WriteMarker,
+    NO_COPY,
 };
 use support::postgres::ThrowawayPostgres;
 
@@ -117,9 +118,15 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     let r = repo("jobs.git");
     let lease = Duration::from_secs(10);
     let now = 1_000_000;
-    s.enqueue(&r, "b", JobKind::Update, now).await.unwrap();
-    s.enqueue(&r, "b", JobKind::Update, now + 5).await.unwrap();
-    s.enqueue(&r, "c", JobKind::Delete, now).await.unwrap();
+    s.enqueue(&r, "b", JobKind::Update, now, QueueMode::Rearm)
+        .await
+        .unwrap();
+    s.enqueue(&r, "b", JobKind::Update, now + 5, QueueMode::Rearm)
+        .await
+        .unwrap();
+    s.enqueue(&r, "c", JobKind::Delete, now, QueueMode::Rearm)
+        .await
+        .unwrap();
     let queued = other.jobs_of(&r).await.unwrap();
     assert_eq!(queued.len(), 2, "one job per repository and target");
     assert_eq!(
@@ -183,9 +190,15 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     );
     // A change queued while a worker runs the job takes the job from it: the old run
     // cannot complete it, and it is handed out again.
-    s.enqueue(&r, &taken[0].target, JobKind::Update, later)
-        .await
-        .unwrap();
+    s.enqueue(
+        &r,
+        &taken[0].target,
+        JobKind::Update,
+        later,
+        QueueMode::Rearm,
+    )
+    .await
+    .unwrap();
     other.complete(&taken[0], "gw-2").await.unwrap();
     assert_eq!(
         s.jobs_of(&r).await.unwrap().len(),
@@ -194,21 +207,27 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     );
     let rerun = s.claim("gw-1", later, lease, 10).await.unwrap();
     assert_eq!(rerun.len(), 1);
-    // ensure_job leaves an existing job (and its lease) alone.
+    // IfMissing leaves an existing job (and its lease) alone.
     other
-        .ensure_job(&r, &rerun[0].target, JobKind::Update, later)
+        .enqueue(
+            &r,
+            &rerun[0].target,
+            JobKind::Update,
+            later,
+            QueueMode::IfMissing,
+        )
         .await
         .unwrap();
     s.complete(&rerun[0], "gw-1").await.unwrap();
     assert!(s.jobs_of(&r).await.unwrap().is_empty());
     other
-        .ensure_job(&r, "z", JobKind::Update, later)
+        .enqueue(&r, "z", JobKind::Update, later, QueueMode::IfMissing)
         .await
         .unwrap();
     assert_eq!(
         s.jobs_of(&r).await.unwrap().len(),
         1,
-        "ensure_job queues a missing job"
+        "IfMissing queues a missing job"
     );
     let last = s.claim("gw-1", later, lease, 10).await.unwrap();
     s.complete(&last[0], "gw-1").await.unwrap();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use gitgate_proto::RepoPath;
 
 use super::{placement, Cluster, ClusterError};
-use crate::metadata::{JobKind, NewRepo, ReplicaRecord, RepoRecord, NO_COPY};
+use crate::metadata::{JobKind, NewRepo, QueueMode, ReplicaRecord, RepoRecord, NO_COPY};
 
 /// Owns the reconciler; dropping it stops it.
 pub struct ReconcilerHandle(tokio::task::JoinHandle<()>);
@@ -322,7 +322,7 @@ impl Cluster {
                 .is_none_or(|r| r.generation < record.generation);
             if behind && self.index_of(name).is_some() {
                 self.store
-                    .ensure_job(repo, name, JobKind::Update, now)
+                    .enqueue(repo, name, JobKind::Update, now, QueueMode::IfMissing)
                     .await?;
             }
         }

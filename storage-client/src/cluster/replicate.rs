@@ -12,7 +12,7 @@ use std::time::Duration;
 use gitgate_proto::RepoPath;
 
 use super::{Cluster, ClusterError};
-use crate::metadata::{Job, JobKind};
+use crate::metadata::{Job, JobKind, QueueMode};
 
 /// How long a claimed job belongs to this gateway before others may take it over.
 const LEASE: Duration = Duration::from_secs(600);
@@ -123,7 +123,9 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let now = Self::now_ms();
         for target in targets {
-            self.store.enqueue(repo, target, kind, now).await?;
+            self.store
+                .enqueue(repo, target, kind, now, QueueMode::Rearm)
+                .await?;
         }
         self.jobs_queued.notify_one();
         Ok(())

@@ -14,8 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lock::LocalLocks;
 use super::{
-    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord,
-    RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
+    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
+    ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
 };
 
 /// SQLite metadata in a file.
@@ -305,27 +305,10 @@ impl MetadataStore for EmbeddedStore {
         target: &'a str,
         kind: JobKind,
         now_ms: i64,
+        mode: QueueMode,
     ) -> StoreFuture<'a, ()> {
         self.exec(
-            sql::ENQUEUE,
-            vec![
-                text(repo.as_str()),
-                text(target),
-                text(kind.as_str()),
-                int(now_ms),
-            ],
-        )
-    }
-
-    fn ensure_job<'a>(
-        &'a self,
-        repo: &'a RepoPath,
-        target: &'a str,
-        kind: JobKind,
-        now_ms: i64,
-    ) -> StoreFuture<'a, ()> {
-        self.exec(
-            sql::ENSURE,
+            mode.statement(),
             vec![
                 text(repo.as_str()),
                 text(target),

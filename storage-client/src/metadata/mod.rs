@@ -107,6 +107,25 @@ impl JobKind {
     }
 }
 
+/// What [`MetadataStore::enqueue`] does to a job that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// Keep it, make it due now, and take it from a worker running it, so that worker
+    /// cannot complete it before copying the change that caused this call.
+    Rearm,
+    /// Leave it alone (only queue a missing job).
+    IfMissing,
+}
+
+impl QueueMode {
+    fn statement(self) -> &'static str {
+        match self {
+            Self::Rearm => sql::ENQUEUE,
+            Self::IfMissing => sql::ENSURE,
+        }
+    }
+}
+
 /// A replication job: one target node of one repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -225,24 +244,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         checksum: Option<&'a str>,
     ) -> StoreFuture<'a, ()>;
 
-    /// Queue a job for `target` (one per repository and target: an existing one is kept,
-    /// made due now, and taken from a worker running it, so that worker cannot complete
-    /// it before copying the change that caused this call).
+    /// Queue a job for `target`: one per repository and target. See [`QueueMode`] for
+    /// what happens to an existing one.
     fn enqueue<'a>(
         &'a self,
         repo: &'a RepoPath,
         target: &'a str,
         kind: JobKind,
         now_ms: i64,
-    ) -> StoreFuture<'a, ()>;
-
-    /// Queue a job for `target` unless it already has one.
-    fn ensure_job<'a>(
-        &'a self,
-        repo: &'a RepoPath,
-        target: &'a str,
-        kind: JobKind,
-        now_ms: i64,
+        mode: QueueMode,
     ) -> StoreFuture<'a, ()>;
 
     /// Lease up to `limit` due jobs to `owner` until `now_ms + lease`.

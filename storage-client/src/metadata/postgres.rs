@@ -13,8 +13,8 @@ use gitgate_proto::RepoPath;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, ReplicaRecord,
-    RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
+    millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
+    ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
 };
 
 /// Idle connections kept for reuse.
@@ -363,27 +363,11 @@ impl MetadataStore for PostgresStore {
         target: &'a str,
         kind: JobKind,
         now_ms: i64,
+        mode: QueueMode,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.exec(
-                sql::ENQUEUE,
-                &[&repo.as_str(), &target, &kind.as_str(), &now_ms],
-            )
-            .await?;
-            Ok(())
-        })
-    }
-
-    fn ensure_job<'a>(
-        &'a self,
-        repo: &'a RepoPath,
-        target: &'a str,
-        kind: JobKind,
-        now_ms: i64,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.exec(
-                sql::ENSURE,
+                mode.statement(),
                 &[&repo.as_str(), &target, &kind.as_str(), &now_ms],
             )
             .await?;
