@@ -220,3 +220,133 @@ fn existing_repositories_are_discovered_and_checksummed() {
     assert!(checksum(&one).is_some());
     assert_eq!(checksum(&one), checksum(&two));
 }
+
+fn post_json(authority: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    )
+}
+
+fn git(args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .status()
+        .expect("git");
+    assert!(ok.success(), "git {args:?}");
+}
+
+#[test]
+fn replicate_copies_every_ref_and_head_from_another_node() {
+    let work = TempDir::new().expect("tempdir");
+    let w = work.path().to_str().expect("utf-8");
+    git(&["init", "-q", "-b", "trunk", w]);
+    git(&["-C", w, "commit", "-q", "--allow-empty", "-m", "one"]);
+    git(&["-C", w, "branch", "side"]);
+    git(&["-C", w, "tag", "v1"]);
+    let source = start("enforced", |root| {
+        git(&[
+            "clone",
+            "-q",
+            "--bare",
+            w,
+            root.join("r.git").to_str().expect("utf-8"),
+        ]);
+    });
+    let target = start("enforced", |_| {});
+    let t = good_token();
+    let url = format!("http://{}/r.git", source.authority);
+    let body = |url: &str, head: &str| {
+        format!("{{\"source_url\":\"{url}\",\"authorization\":\"Bearer {t}\",\"head\":\"{head}\"}}")
+    };
+    // Refused before anything runs: no token, a non-HTTP source, a HEAD that is no ref.
+    let (status, _) = request(&target.authority, "POST", "/admin/replicate?repo=r", None);
+    assert_eq!(status, 401);
+    let (status, text) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=r",
+        &t,
+        &body("file:///etc", "refs/heads/trunk"),
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=r",
+        &t,
+        &body(&url, "--upload-pack=x"),
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, _) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=../x",
+        &t,
+        &body(&url, "refs/heads/trunk"),
+    );
+    assert_eq!(status, 400);
+
+    let (status, copied) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=r",
+        &t,
+        &body(&url, "refs/heads/trunk"),
+    );
+    assert_eq!(status, 200, "{copied}");
+    let (_, original) = request(&source.authority, "GET", "/admin/state?repo=r", Some(&t));
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
+    let (copied, original) = (parse(&copied), parse(&original));
+    assert_eq!(copied["checksum"], original["checksum"]);
+    assert_eq!(copied["refs"], 3);
+    assert_eq!(copied["head"], "refs/heads/trunk");
+
+    // A ref deleted on the source is pruned on the next replication.
+    git(&[
+        "--git-dir",
+        source
+            ._dir
+            .path()
+            .join("repos/r.git")
+            .to_str()
+            .expect("utf-8"),
+        "update-ref",
+        "-d",
+        "refs/heads/side",
+    ]);
+    let (status, again) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=r",
+        &t,
+        &body(&url, "refs/heads/trunk"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(parse(&again)["refs"], 2);
+
+    // A source that is not there is an error, not an empty success.
+    let dead = "http://127.0.0.1:9/r.git";
+    let (status, _) = post_json(
+        &target.authority,
+        "/admin/replicate?repo=other",
+        &t,
+        &body(dead, "refs/heads/trunk"),
+    );
+    assert_eq!(status, 500);
+}

@@ -811,6 +811,71 @@ mod tests {
         // The example deliberately allows anonymous pushes (documented there); the
         // default allows nothing.
         assert_eq!(d.auth.anonymous, None);
+        let (ds, cs) = (&d.storage, &c.storage);
+        assert_eq!(
+            (ds.replication_workers, ds.replication_retry_max),
+            (cs.replication_workers, cs.replication_retry_max)
+        );
+        assert_eq!(
+            (ds.reconcile_interval, ds.lock_timeout),
+            (cs.reconcile_interval, cs.lock_timeout)
+        );
+        assert_eq!(
+            c.metadata,
+            MetadataConfig::Embedded("/srv/gitgate/data/gitgate.db".into())
+        );
+        assert_eq!(
+            d.metadata,
+            MetadataConfig::Embedded("/data/gitgate.db".into())
+        );
+    }
+
+    #[test]
+    fn replica_settings_are_checked() {
+        let remote = |name: &str| {
+            format!("[[storage.nodes]]\nname = \"{name}\"\nurl = \"http://{name}:9100\"\ntoken = \"0123456789abcdef\"\n")
+        };
+        let three = format!(
+            "[listen]\naddr = \"127.0.0.1:8080\"\n[storage]\nreplication = \"sync\"\n{}{}{}",
+            remote("a"),
+            remote("b"),
+            remote("c")
+        );
+        let c = Config::parse(&three, Path::new("/")).expect("three remote nodes");
+        assert_eq!(c.storage.nodes.len(), 3);
+        assert_eq!(c.storage.replication, Replication::Sync);
+        let pg = format!("{three}[metadata]\npostgres_url = \"postgres://gw@db/gitgate\"\n");
+        let c = Config::parse(&pg, Path::new("/")).expect("postgres");
+        assert_eq!(
+            c.metadata,
+            MetadataConfig::Postgres("postgres://gw@db/gitgate".into())
+        );
+        let env = |k: &str| (k == POSTGRES_URL_ENV).then(|| "postgresql://env/db".to_owned());
+        let c = Config::parse_with_env(&three, Path::new("/"), &env).expect("postgres from env");
+        assert_eq!(
+            c.metadata,
+            MetadataConfig::Postgres("postgresql://env/db".into())
+        );
+        let mixed = format!("{MINIMAL}{}", remote("b"));
+        let dup = format!("{three}{}", remote("a"));
+        let both =
+            format!("{three}[metadata]\npath = \"x.db\"\npostgres_url = \"postgres://a/b\"\n");
+        let bad_url = format!("{three}[metadata]\npostgres_url = \"mysql://a/b\"\n");
+        let zero = three.replace("replication = \"sync\"", "replication_workers = 0");
+        let unknown_mode = three.replace("\"sync\"", "\"quorum\"");
+        for (text, key) in [
+            (mixed, "storage.nodes"),
+            (dup, "storage.nodes[3].name"),
+            (both, "metadata"),
+            (bad_url, "metadata.postgres_url"),
+            (zero, "storage.replication_workers"),
+        ] {
+            let err = Config::parse(&text, Path::new("/"))
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+        assert!(Config::parse(&unknown_mode, Path::new("/")).is_err());
     }
 
     #[test]
