@@ -94,6 +94,7 @@ impl From<ClusterError> for AppError {
             ClusterError::NotFound(_) => Self::RepoNotFound,
             ClusterError::Unavailable(message) => Self::NoReplica(message),
             ClusterError::Busy(_) => Self::Busy,
+            quorum @ ClusterError::QuorumNotReached { .. } => Self::NoReplica(quorum.to_string()),
             ClusterError::Node(client) => client.into(),
             other => Self::Unavailable(Box::new(other)),
         }

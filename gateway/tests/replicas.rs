@@ -245,6 +245,15 @@ fn a_node_killed_during_200_operations() {
         failures_in_window <= 2,
         "{failures_in_window} failures in the window"
     );
+
+    // With every replica down, reads fail at once with a 503 that says why.
+    nodes.kill(0);
+    nodes.kill(2);
+    gw.wait_health(NAMES[0], false);
+    gw.wait_health(NAMES[2], false);
+    let err = git.fails(None, &["ls-remote", &gw.url("busy")]);
+    assert!(err.contains("503"), "{err}");
+    assert!(err.contains("no up-to-date replica of busy"), "{err}");
 }
 
 #[test]
@@ -736,4 +745,51 @@ fn a_primary_killed_mid_push_is_replaced_and_repaired() {
         );
     }
     wait_replicated(&git, &nodes, &[primary], "dies", &next);
+}
+
+#[test]
+fn sync_mode_refuses_to_acknowledge_without_a_majority() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(
+        &nodes,
+        "replication_factor = 3\nreplication = \"sync\"\n",
+        "",
+    );
+    let pushes: Vec<u64> = (0..3).map(|i| nodes.runs(i, "receive-pack")).collect();
+    let (work, _) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "quorum");
+    let url = gw.url("quorum");
+    let primary = (0..3)
+        .find(|&i| nodes.runs(i, "receive-pack") > pushes[i])
+        .expect("some node took the push");
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    for &i in &others {
+        nodes.kill(i);
+        gw.wait_health(NAMES[i], false);
+    }
+    // Only the primary is left: the push lands there but is not acknowledged...
+    let lonely = git.commit_file(&work, "q.txt", "q\n", "one copy only");
+    let err = git.fails(Some(&work), &["push", "-q", &url, "main"]);
+    assert!(!err.is_empty());
+    assert_eq!(
+        node_main(&git, &nodes, primary, "quorum").as_deref(),
+        Some(lonely.as_str())
+    );
+    // ...and pushing again does not turn it into an "Everything up-to-date" success.
+    let again = git.fails(Some(&work), &["push", &url, "main"]);
+    assert!(
+        again.contains("503") || again.contains("majority") || again.contains("replicas"),
+        "{again}"
+    );
+    // With one more node back, a majority holds it, and the retry succeeds.
+    nodes.restart(others[0]);
+    gw.wait_health(NAMES[others[0]], true);
+    git.ok(Some(&work), &["push", "-q", &url, "main"]);
+    assert_eq!(
+        node_main(&git, &nodes, others[0], "quorum").as_deref(),
+        Some(lonely.as_str())
+    );
+    let dir = tmp.path().join("clone");
+    assert_eq!(clone(&git, &url, &dir).unwrap(), lonely);
 }

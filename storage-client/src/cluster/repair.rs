@@ -78,7 +78,11 @@ impl Cluster {
             .collect();
         let states = futures_util::future::join_all(reads).await;
         let mut copies = Vec::new();
+        let mut answered = 0;
         for (i, state) in states {
+            if state.is_ok() {
+                answered += 1;
+            }
             match state {
                 Ok(state) if state.exists => copies.push((i, state.checksum, state.latest)),
                 Ok(_) => {}
@@ -91,6 +95,11 @@ impl Cluster {
             }
         }
         if copies.is_empty() {
+            if answered == 0 {
+                return Err(ClusterError::Unavailable(format!(
+                    "cannot tell whether {repo} exists: no storage node is answering"
+                )));
+            }
             return Ok(false);
         }
         let mut groups = group(copies);

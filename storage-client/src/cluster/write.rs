@@ -91,7 +91,8 @@ impl Drop for PushGuard {
 
 impl Cluster {
     /// The node that takes pushes to `repo` (for the push's ref advertisement),
-    /// creating the repository when `create` allows.
+    /// creating the repository when `create` allows. In `sync` mode a majority of the
+    /// replicas must hold the current generation (caught up now if needed).
     pub async fn push_target(&self, repo: &RepoPath, create: bool) -> Result<usize, ClusterError> {
         let lock = self
             .store
@@ -99,6 +100,11 @@ impl Cluster {
             .await
             .map_err(ClusterError::from_lock)?;
         let (_, primary) = self.prepare_write(repo, create).await?;
+        if self.settings.mode == ReplicationMode::Sync {
+            // A client that sees its refs here stops ("Everything up-to-date"): only
+            // show them when a majority holds them.
+            self.ensure_quorum(repo).await?;
+        }
         drop(lock);
         Ok(primary)
     }
@@ -285,6 +291,46 @@ impl Cluster {
         Ok(deleted)
     }
 
+    /// In `sync` mode: make sure a majority of `repo`'s replicas hold its current
+    /// generation, copying to the ones behind now if needed.
+    async fn ensure_quorum(&self, repo: &RepoPath) -> Result<(), ClusterError> {
+        let record = self.reread(repo).await?;
+        let needed = record.replicas.len() / 2 + 1;
+        let holding = |record: &RepoRecord| {
+            record
+                .replicas
+                .iter()
+                .filter(|r| r.generation == record.generation)
+                .count()
+        };
+        if holding(&record) >= needed {
+            return Ok(());
+        }
+        let behind: Vec<usize> = record
+            .replicas
+            .iter()
+            .filter(|r| r.generation != record.generation)
+            .filter_map(|r| self.index_of(&r.node))
+            .filter(|&i| self.healthy(i))
+            .collect();
+        let copies: Vec<_> = behind
+            .iter()
+            .map(|&target| self.replicate_one(repo, target))
+            .collect();
+        for result in futures_util::future::join_all(copies).await {
+            if let Err(err) = result {
+                tracing::warn!(repo = %repo, error = %err, "catching up a replica for the quorum failed");
+            }
+        }
+        let record = self.reread(repo).await?;
+        let got = holding(&record);
+        if got >= needed {
+            Ok(())
+        } else {
+            Err(ClusterError::QuorumNotReached { got, needed })
+        }
+    }
+
     /// Record a push's outcome (see the module documentation).
     pub(crate) async fn finish_push(
         &self,
@@ -306,6 +352,11 @@ impl Cluster {
         };
         if after.checksum.as_deref() == before {
             self.store.clear_write(repo).await?;
+            if self.settings.mode == ReplicationMode::Sync {
+                // Nothing new, but the answer still says a majority holds what the
+                // client has: an earlier push may have reached only the primary.
+                return self.ensure_quorum(repo).await;
+            }
             return Ok(());
         }
         let primary_name = node.name().to_owned();
