@@ -1,7 +1,8 @@
 //! The shared metadata store: PostgreSQL, so several gateways see the same generations,
 //! primaries, markers and jobs.
 //!
-//! Connections come from a small pool; one that failed is dropped, and the next call
+//! Connections come from a small pool (at most 32 running queries and 64 holding locks
+//! at once; callers beyond that wait); one that failed is dropped, and the next call
 //! connects again. A repository's write lock is a session advisory lock held on a
 //! pooled connection for as long as the lock lives: if the gateway dies, PostgreSQL
 //! ends the session and the lock is released with it.
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gitgate_proto::RepoPath;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls};
 
 use super::{
@@ -19,6 +21,10 @@ use super::{
 
 /// Idle connections kept for reuse.
 const MAX_IDLE: usize = 16;
+/// Connections running queries at once (each call takes one for its duration).
+const MAX_QUERYING: usize = 32;
+/// Connections holding repository locks at once (one per write in progress).
+const MAX_LOCKING: usize = 64;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,12 +43,17 @@ impl std::fmt::Debug for PostgresStore {
 struct Pool {
     config: tokio_postgres::Config,
     idle: Mutex<Vec<Client>>,
+    /// Bounds the connections in use, separately for queries and for held locks: a
+    /// write holding a lock still gets connections for its queries.
+    querying: Arc<Semaphore>,
+    locking: Arc<Semaphore>,
 }
 
 /// A pooled connection, returned to the pool when dropped unless it failed.
 struct Conn {
     client: Option<Client>,
     pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Conn {
@@ -78,7 +89,22 @@ impl Drop for Conn {
 }
 
 impl Pool {
+    /// A connection for queries.
     async fn get(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        self.connection(&self.querying).await
+    }
+
+    /// A connection to hold a repository lock on.
+    async fn get_for_lock(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        self.connection(&self.locking).await
+    }
+
+    async fn connection(self: &Arc<Self>, kind: &Arc<Semaphore>) -> Result<Conn, StoreError> {
+        let permit = kind
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Task("connection pool closed".into()))?;
         loop {
             let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match reused {
@@ -87,6 +113,7 @@ impl Pool {
                     return Ok(Conn {
                         client: Some(client),
                         pool: self.clone(),
+                        _permit: permit,
                     })
                 }
                 None => break,
@@ -101,6 +128,7 @@ impl Pool {
         Ok(Conn {
             client: Some(client),
             pool: self.clone(),
+            _permit: permit,
         })
     }
 }
@@ -157,6 +185,8 @@ impl PostgresStore {
         let pool = Arc::new(Pool {
             config,
             idle: Mutex::new(Vec::new()),
+            querying: Arc::new(Semaphore::new(MAX_QUERYING)),
+            locking: Arc::new(Semaphore::new(MAX_LOCKING)),
         });
         let conn = pool.get().await?;
         // Gateways starting together must not race on CREATE TABLE.
@@ -473,7 +503,7 @@ impl MetadataStore for PostgresStore {
 
     fn try_lock<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoLock>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let conn = self.pool.get_for_lock().await?;
             let key = lock_key(repo);
             let row = conn
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
