@@ -193,6 +193,17 @@ impl Cluster {
         self.health.is_healthy(index)
     }
 
+    /// `record`'s replicas on nodes this gateway has configured.
+    fn configured_replicas<'r>(
+        &self,
+        record: &'r RepoRecord,
+    ) -> impl Iterator<Item = &'r crate::metadata::ReplicaRecord> + use<'r, '_> {
+        record
+            .replicas
+            .iter()
+            .filter(|r| self.index_of(&r.node).is_some())
+    }
+
     /// Node indexes of `record`'s healthy, up-to-date replicas, in node order.
     fn serving_replicas(&self, record: &RepoRecord) -> Vec<usize> {
         record

@@ -312,7 +312,11 @@ impl Cluster {
         let now = Self::now_ms();
         let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
         // Nodes added since the repository was registered fill it up to the factor.
-        let mut replicas: Vec<String> = record.replicas.iter().map(|r| r.node.clone()).collect();
+        // Replicas on nodes no longer configured do not count towards the factor.
+        let mut replicas: Vec<String> = self
+            .configured_replicas(&record)
+            .map(|r| r.node.clone())
+            .collect();
         let factor = self.settings.replication_factor.min(names.len());
         for i in placement::nodes_for(repo.as_str(), &names, names.len()) {
             if replicas.len() >= factor {

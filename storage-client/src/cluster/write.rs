@@ -141,7 +141,10 @@ impl Cluster {
             repo: repo.clone(),
             primary,
             before,
-            replicas: record.replicas.iter().map(|r| r.node.clone()).collect(),
+            replicas: self
+                .configured_replicas(&record)
+                .map(|r| r.node.clone())
+                .collect(),
             lock: Some(lock),
             finished: false,
         })
@@ -295,11 +298,9 @@ impl Cluster {
     /// generation, copying to the ones behind now if needed.
     async fn ensure_quorum(&self, repo: &RepoPath) -> Result<(), ClusterError> {
         let record = self.reread(repo).await?;
-        let needed = record.replicas.len() / 2 + 1;
+        let needed = self.configured_replicas(&record).count() / 2 + 1;
         let holding = |record: &RepoRecord| {
-            record
-                .replicas
-                .iter()
+            self.configured_replicas(record)
                 .filter(|r| r.generation == record.generation)
                 .count()
         };
