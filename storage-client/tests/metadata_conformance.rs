@@ -156,6 +156,11 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     assert_eq!(delete.kind, JobKind::Delete);
     assert_eq!(s.job_counts(now).await.unwrap().running, 2);
 
+    // Only the lease holder can renew its lease.
+    assert!(s.renew(&first[0], "gw-1", now + 20_000).await.unwrap());
+    assert!(!other.renew(&first[0], "gw-2", now + 20_000).await.unwrap());
+    // A renewed lease outlives the original expiry.
+    assert_eq!(s.job_counts(now + 15_000).await.unwrap().running, 1);
     // Only the lease holder can complete or hand back a job.
     other.complete(&first[0], "gw-2").await.unwrap();
     assert_eq!(s.jobs_of(&r).await.unwrap().len(), 2);

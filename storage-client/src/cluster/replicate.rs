@@ -14,8 +14,9 @@ use gitgate_proto::RepoPath;
 use super::{Cluster, ClusterError};
 use crate::metadata::{Job, JobKind, QueueMode};
 
-/// How long a claimed job belongs to this gateway before others may take it over.
-const LEASE: Duration = Duration::from_secs(600);
+/// How long a claimed job belongs to this gateway before others may take it over;
+/// renewed every third of it while the job runs.
+const LEASE: Duration = Duration::from_secs(60);
 /// How often workers look for due jobs when nothing woke them.
 const POLL: Duration = Duration::from_secs(1);
 /// The first retry delay; doubled per attempt up to `max_retry_delay`.
@@ -228,12 +229,18 @@ impl Cluster {
                 job.target
             )))
         } else {
-            match job.kind {
-                JobKind::Update => self.replicate_one(&job.repo, target).await,
-                JobKind::Delete => match self.node(target).delete(&job.repo).await {
-                    Err(err) if !err.is_not_found() => Err(err.into()),
-                    _ => Ok(()),
-                },
+            let work = async {
+                match job.kind {
+                    JobKind::Update => self.replicate_one(&job.repo, target).await,
+                    JobKind::Delete => match self.node(target).delete(&job.repo).await {
+                        Err(err) if !err.is_not_found() => Err(err.into()),
+                        _ => Ok(()),
+                    },
+                }
+            };
+            tokio::select! {
+                result = work => result,
+                never = self.keep_lease(&job, &owner) => match never {},
             }
         };
         match result {
@@ -264,6 +271,27 @@ impl Cluster {
                     .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                 if let Err(err) = self.store.retry(&job, &owner, &err.to_string(), due).await {
                     tracing::warn!(error = %err, "could not reschedule replication job");
+                }
+            }
+        }
+    }
+
+    /// Renew `owner`'s lease on `job` while it runs, so a long copy keeps its job and
+    /// a gateway that died gives its jobs up within one lease.
+    async fn keep_lease(&self, job: &Job, owner: &str) -> std::convert::Infallible {
+        let mut tick = tokio::time::interval(LEASE / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let expires =
+                Self::now_ms().saturating_add(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
+            match self.store.renew(job, owner, expires).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(repo = %job.repo, node = %job.target, "job re-armed or taken over while running")
+                }
+                Err(err) => {
+                    tracing::warn!(repo = %job.repo, error = %err, "could not renew a replication lease")
                 }
             }
         }

@@ -336,6 +336,18 @@ impl MetadataStore for EmbeddedStore {
         })
     }
 
+    fn renew<'a>(&'a self, job: &'a Job, owner: &'a str, expires_ms: i64) -> StoreFuture<'a, bool> {
+        let args = vec![
+            text(job.repo.as_str()),
+            text(&job.target),
+            text(owner),
+            int(expires_ms),
+        ];
+        self.call(move |conn| {
+            Ok(conn.execute(&sqlite(sql::RENEW), rusqlite::params_from_iter(args))? == 1)
+        })
+    }
+
     fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
         self.exec(
             sql::COMPLETE,

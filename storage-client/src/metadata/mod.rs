@@ -264,6 +264,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: i64,
     ) -> StoreFuture<'a, Vec<Job>>;
 
+    /// Extend the lease `owner` holds on `job` until `expires_ms`; `false` when the
+    /// lease is no longer `owner`'s (re-armed, or taken over after it expired).
+    fn renew<'a>(&'a self, job: &'a Job, owner: &'a str, expires_ms: i64) -> StoreFuture<'a, bool>;
+
     /// Remove a job `owner` finished.
     fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()>;
 

@@ -423,6 +423,18 @@ impl MetadataStore for PostgresStore {
         })
     }
 
+    fn renew<'a>(&'a self, job: &'a Job, owner: &'a str, expires_ms: i64) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let updated = self
+                .exec(
+                    sql::RENEW,
+                    &[&job.repo.as_str(), &job.target, &owner, &expires_ms],
+                )
+                .await?;
+            Ok(updated == 1)
+        })
+    }
+
     fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.exec(sql::COMPLETE, &[&job.repo.as_str(), &job.target, &owner])

@@ -130,6 +130,10 @@ pub const CLAIM_EMBEDDED: &str =
         ORDER BY not_before_ms LIMIT $4)
      RETURNING repo, target, kind, attempts, created_ms";
 
+/// Extend a running job's lease: (`repo`, target, owner, new expiry).
+pub const RENEW: &str = "UPDATE replication_jobs SET lease_expires_ms = $4
+     WHERE repo = $1 AND target = $2 AND lease_owner = $3";
+
 /// Remove a finished job: (`repo`, target, owner).
 pub const COMPLETE: &str =
     "DELETE FROM replication_jobs WHERE repo = $1 AND target = $2 AND lease_owner = $3";
