@@ -107,9 +107,7 @@ fn reads_spread_and_skip_a_stale_replica_until_it_catches_up() {
     let (work, first) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "spread");
 
     // All three are up to date once their jobs finished: reads spread over them.
-    wait_for(Duration::from_secs(10), "replication queue empty", || {
-        metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
-    });
+    gw.wait_jobs_done();
     let before = gw.reads();
     // 24 clones are 48 reads, about 16 per node; fewer than 6 on one node would be
     // more than three standard deviations off an even random spread.
@@ -189,9 +187,7 @@ fn a_node_killed_during_200_operations() {
     let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
     let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "busy");
 
-    wait_for(Duration::from_secs(10), "replication queue empty", || {
-        metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
-    });
+    gw.wait_jobs_done();
 
     let fetcher = tmp.path().join("fetcher");
     clone(&git, &gw.url("busy"), &fetcher).unwrap();
@@ -281,9 +277,7 @@ fn read_your_writes_over_200_push_clone_cycles() {
     // The other replicas were only kept out while they lacked the push: once caught up,
     // reads go to them again.
     wait_replicated(&git, &nodes, &[0, 1, 2], "ryw", &last);
-    wait_for(Duration::from_secs(10), "replication queue empty", || {
-        metric(&gw.scrape(), "gitgate_replication_jobs", &[]) == 0.0
-    });
+    gw.wait_jobs_done();
     let before = gw.reads();
     for i in 0..12 {
         let dir = tmp.path().join(format!("settled{i}"));

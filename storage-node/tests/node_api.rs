@@ -59,15 +59,22 @@ fn start(mode: &str, seed: impl FnOnce(&Path)) -> NodeProc {
 }
 
 fn request(authority: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(authority).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
-    stream.write_all(req.as_bytes()).expect("send");
+    send(
+        authority,
+        &format!("{method} {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"),
+    )
+}
+
+/// Send a raw request; the status and the body of the answer.
+fn send(authority: &str, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
     let mut text = String::new();
     stream.read_to_string(&mut text).expect("read");
     let status = text
@@ -222,25 +229,12 @@ fn existing_repositories_are_discovered_and_checksummed() {
 }
 
 fn post_json(authority: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(authority).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    send(
+        authority,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     )
 }
 

@@ -185,6 +185,13 @@ impl Gateway {
         })
     }
 
+    /// Wait until no replication job is queued, running or waiting for a retry.
+    pub fn wait_jobs_done(&self) {
+        wait_for(Duration::from_secs(10), "replication queue empty", || {
+            metric(&self.scrape(), "gitgate_replication_jobs", &[]) == 0.0
+        });
+    }
+
     /// Whether the gateway considers node `name` healthy.
     pub fn healthy(&self, name: &str) -> bool {
         metric(
