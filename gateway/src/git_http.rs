@@ -1,5 +1,9 @@
 //! The smart-HTTP handlers: `info/refs`, `git-upload-pack`, `git-receive-pack`.
 //!
+//! Reads (upload-pack) go to an up-to-date replica the cluster picks, trying the next
+//! one when a node fails before its first byte; pushes (receive-pack) go to the
+//! repository's primary under its write lock, and are acknowledged only once recorded.
+//!
 //! Fetch requests (upload-pack) are small: they are read whole (up to
 //! `limits.max_fetch_request_bytes`, after gzip inflation) and parsed before any node
 //! sees them. One that ends negotiation goes through the pack cache, keyed by the

@@ -231,10 +231,4 @@ impl NodeSet {
     pub fn nodes(&self) -> &[NodeClient] {
         &self.nodes
     }
-
-    /// The node that serves `repo`, with its index. With a single node (all that is
-    /// supported until replica routing is built) that is always the same one.
-    pub fn for_repo(&self, _repo: &RepoPath) -> (usize, &NodeClient) {
-        (0, &self.nodes[0])
-    }
 }
