@@ -45,6 +45,47 @@ fn seed_everywhere(
     (work, head)
 }
 
+/// Make the next push to `name` on each node in `which` stall in its post-receive hook,
+/// which runs once the refs are updated, after touching `reached`. Returns the hooks.
+fn stall_pushes(
+    nodes: &Nodes,
+    which: &[usize],
+    name: &str,
+    reached: &Path,
+) -> Vec<std::path::PathBuf> {
+    which
+        .iter()
+        .map(|&i| {
+            let hook = nodes.repo_dir(i, name).join("hooks/post-receive");
+            std::fs::write(
+                &hook,
+                format!("#!/bin/sh\ntouch '{}'\nsleep 30\n", reached.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+            hook
+        })
+        .collect()
+}
+
+/// Start pushing `main` from `work` to `url` and wait until a node has applied it (a
+/// hook from [`stall_pushes`] touched `reached`); returns the still-running push.
+fn push_until_stalled(git: &Git, work: &Path, url: &str, reached: &Path) -> std::process::Child {
+    let push = git
+        .cmd(Some(work))
+        .args(["push", "-q", url, "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "refs updated on the primary",
+        || reached.exists(),
+    );
+    push
+}
+
 /// Commit in `work` and push through `url`; returns the commit.
 fn commit_and_push(git: &Git, work: &Path, url: &str, tag: &str) -> String {
     let head = git.commit_file(work, "change.txt", &format!("{tag}\n"), tag);
@@ -350,38 +391,19 @@ fn a_gateway_killed_mid_push_leaves_nothing_lost_or_stale() {
     // The node has updated the refs when post-receive runs; the hook then stalls the
     // push so the gateway can be killed before it records the write.
     let reached = tmp.path().join("refs-updated");
-    for i in 0..3 {
-        let hook = nodes.repo_dir(i, "crash").join("hooks/post-receive");
-        std::fs::write(
-            &hook,
-            format!("#!/bin/sh\ntouch '{}'\nsleep 30\n", reached.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let hooks = stall_pushes(&nodes, &[0, 1, 2], "crash", &reached);
     let pushed = git.commit_file(
         &work,
         "crash.txt",
         "lost?\n",
         "pushed while the gateway dies",
     );
-    let mut push = git
-        .cmd(Some(&work))
-        .args(["push", "-q", &url, "main"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "refs updated on the primary",
-        || reached.exists(),
-    );
+    let mut push = push_until_stalled(&git, &work, &url, &reached);
     gw.kill_and_restart();
     let _ = push.kill();
     let _ = push.wait();
-    for i in 0..3 {
-        let _ = std::fs::remove_file(nodes.repo_dir(i, "crash").join("hooks/post-receive"));
+    for hook in hooks {
+        std::fs::remove_file(hook).unwrap();
     }
     let holders: Vec<usize> = (0..3)
         .filter(|&i| node_main(&git, &nodes, i, "crash").as_deref() == Some(pushed.as_str()))
@@ -701,33 +723,18 @@ fn a_primary_killed_mid_push_is_replaced_and_repaired() {
 
     // The primary applies the next push, then dies before answering.
     let reached = tmp.path().join("applied");
-    let hook = nodes.repo_dir(primary, "dies").join("hooks/post-receive");
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\ntouch '{}'\nsleep 20\n", reached.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hooks = stall_pushes(&nodes, &[primary], "dies", &reached);
     git.commit_file(&work, "x.txt", "x\n", "never acknowledged");
-    let mut push = git
-        .cmd(Some(&work))
-        .args(["push", "-q", &url, "main"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "push applied on the primary",
-        || reached.exists(),
-    );
+    let mut push = push_until_stalled(&git, &work, &url, &reached);
     nodes.kill(primary);
     let status = push.wait().unwrap();
     assert!(
         !status.success(),
         "a push whose primary died was acknowledged"
     );
-    std::fs::remove_file(&hook).unwrap();
+    for hook in hooks {
+        std::fs::remove_file(hook).unwrap();
+    }
 
     // The next push goes to a new primary, without waiting for the dead one.
     gw.wait_health(NAMES[primary], false);
