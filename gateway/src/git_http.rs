@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use gitgate_packcache::{ByteStream, CacheKey, Fetch, KeyBuilder, ReadError, UpstreamError};
+use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
 use gitgate_proto::smart_http::{self, Endpoint, RouteError};
 use gitgate_proto::{normalize, GitProtocol, ProtocolVersion, RepoPath, Service};
 use gitgate_storage_client::{ClientError, GitCall, RequestBody};
@@ -38,7 +39,7 @@ use gitgate_storage_client::cluster::{Cluster, PushGuard};
 const V2_COMMANDS: &[&str] = &["ls-refs", "fetch", "object-info", "bundle-uri"];
 
 /// Version of the cache key format; bump when the key's fields change meaning.
-const CACHE_KEY_FORMAT: u32 = 1;
+const CACHE_KEY_FORMAT: u32 = 2;
 
 /// Entry point for every path that is not an operational endpoint.
 pub async fn handle(
@@ -167,7 +168,7 @@ async fn upload_pack(
     }
     let route = state.cluster.read_route(call.repo).await?;
     let span = tracing::Span::current();
-    if let (Some(cache), true) = (&state.cache, normalized.cacheable) {
+    if let (Some(cache), Some(expected)) = (&state.cache, normalized.expected) {
         let key = cache_key(&call, version, route.generation, &normalized.canonical);
         span.record("key", &key.to_hex()[..16]);
         let upstream = Producer {
@@ -177,6 +178,7 @@ async fn upload_pack(
             body: body.clone(),
             limiter: state.limiter.clone(),
             metrics: state.metrics.clone(),
+            expected,
         }
         .into_upstream();
         match cache.fetch(key, upstream).await {
@@ -333,6 +335,9 @@ struct Producer {
     body: Bytes,
     limiter: Arc<RepoLimiter>,
     metrics: GatewayMetrics,
+    /// The shape of git's complete answer: anything else fails the entry (I3), so
+    /// an answer that is not a whole final response is never served from the cache.
+    expected: Expected,
 }
 
 impl Producer {
@@ -344,6 +349,7 @@ impl Producer {
             body,
             limiter,
             metrics,
+            expected,
         } = self;
         move || {
             Box::pin(async move {
@@ -365,10 +371,51 @@ impl Producer {
                     let _held_until_the_stream_ends = &slot;
                     item.map_err(UpstreamError::new)
                 });
-                Ok(Box::pin(stream) as ByteStream)
+                Ok(checked(Box::pin(stream), expected))
             })
         }
     }
+}
+
+/// Pass `stream` through, checking that it is a complete final response; if it is not,
+/// end with an error instead of a clean end, so the entry fails and is never served.
+fn checked(stream: ByteStream, expected: Expected) -> ByteStream {
+    struct Checking {
+        stream: ByteStream,
+        check: Option<ResponseCheck>,
+    }
+    let state = Checking {
+        stream,
+        check: Some(ResponseCheck::new(expected)),
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        let check = s.check.as_mut()?;
+        match s.stream.next().await {
+            Some(Ok(chunk)) => match check.feed(&chunk) {
+                Ok(()) => Some((Ok(chunk), s)),
+                Err(err) => {
+                    s.check = None;
+                    Some((Err(incomplete(err)), s))
+                }
+            },
+            Some(Err(err)) => {
+                s.check = None;
+                Some((Err(err), s))
+            }
+            None => {
+                let check = s.check.take()?;
+                match check.finish() {
+                    Ok(_) => None,
+                    Err(err) => Some((Err(incomplete(err)), s)),
+                }
+            }
+        }
+    }))
+}
+
+fn incomplete(err: ResponseError) -> UpstreamError {
+    tracing::error!(error = %err, "upload-pack answer is not a complete final response; not cached");
+    UpstreamError::new(err)
 }
 
 /// Answer from a cache reader: wait for the first bytes so a failure before any output

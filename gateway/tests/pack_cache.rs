@@ -161,6 +161,92 @@ fn v0_request(wants: &[&str], agent: &str) -> Vec<u8> {
     body
 }
 
+/// The cache-poisoning request: a normal clone request with one more flush before
+/// `done`. git stops at that flush and answers `NAK` without a pack; if that answer were
+/// stored under the clone's key, every clone with the same capabilities would fail with
+/// "bad pack header" until the entry expired.
+#[test]
+fn a_flush_before_done_never_poisons_clones() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seeded(&gw, &git, tmp.path(), "oss/lib");
+    let url = gw.repo_url("oss/lib");
+    // Want every head and tag, as `git clone` does.
+    let mut wants: Vec<String> = git
+        .ok(None, &["ls-remote", &url])
+        .lines()
+        .filter(|l| !l.ends_with("^{}") && !l.ends_with("\tHEAD"))
+        .filter_map(|l| l.split('\t').next().map(str::to_owned))
+        .collect();
+    wants.sort();
+    wants.dedup();
+    let want_refs: Vec<&str> = wants.iter().map(String::as_str).collect();
+    let caps = "multi_ack_detailed no-done side-band-64k thin-pack no-progress ofs-delta deepen-since deepen-not agent=x";
+    let mut clone_request = Vec::new();
+    for (i, w) in want_refs.iter().enumerate() {
+        let line = if i == 0 {
+            format!("want {w} {caps}\n")
+        } else {
+            format!("want {w}\n")
+        };
+        pkt(&mut clone_request, &line);
+    }
+    clone_request.extend_from_slice(b"0000");
+    let mut poison = clone_request.clone();
+    poison.extend_from_slice(b"0000");
+    pkt(&mut poison, "done\n");
+    pkt(&mut clone_request, "done\n");
+
+    let headers = ["Content-Type: application/x-git-upload-pack-request"];
+    for _ in 0..2 {
+        let answer = http::post(
+            gw.server.authority(),
+            "/oss/lib.git/git-upload-pack",
+            &headers,
+            &poison,
+        )
+        .expect("post");
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"0008NAK\n", "git answers the round, no pack");
+    }
+    // The same request without the stray flush: a whole pack, not the stored NAK.
+    let answer = http::post(
+        gw.server.authority(),
+        "/oss/lib.git/git-upload-pack",
+        &headers,
+        &clone_request,
+    )
+    .expect("post");
+    assert_eq!(answer.status, 200);
+    let expected =
+        gitgate_proto::normalize::upload_pack(gitgate_proto::ProtocolVersion::V0, &clone_request)
+            .expect("valid request")
+            .expected
+            .expect("a clone request is cacheable");
+    let mut check = gitgate_proto::response::ResponseCheck::new(expected);
+    check.feed(&answer.body).expect("well-formed answer");
+    let pack = check.finish().expect("a complete pack");
+    assert!(pack.objects > 0);
+
+    // Real clients, both protocols, with the capabilities git really sends.
+    for version in ["0", "2"] {
+        let dir = tmp.path().join(format!("clone-v{version}"));
+        git.ok(
+            None,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                &url,
+                dir.to_str().expect("utf-8"),
+            ],
+        );
+        git.fsck(&dir.join(".git"));
+    }
+}
+
 #[test]
 fn other_agent_and_gzip_hit_the_same_entry() {
     let gw = gateway(false, "min_occurrences = 0");

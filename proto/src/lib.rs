@@ -15,7 +15,9 @@
 //!   (`ls-refs`, `fetch`, `object-info`) and receive-pack commands;
 //! - [`smart_http`]: the smart-HTTP URL layout (`info/refs`, `git-upload-pack`,
 //!   `git-receive-pack`) as pure path parsing;
-//! - [`normalize`]: the canonical form of a fetch request that cache keys are made from.
+//! - [`normalize`]: the canonical form of a fetch request that cache keys are made from;
+//! - [`response`]: whether an upload-pack response is a complete final response (the
+//!   only kind the pack cache may keep).
 //!
 //! Hard limits (line counts, lengths) are the constants in [`limits`]; the parsers
 //! enforce them, so callers never have to.
@@ -28,6 +30,7 @@ pub mod oid;
 pub mod pktline;
 pub mod repo_path;
 pub mod request;
+pub mod response;
 pub mod service;
 pub mod smart_http;
 

@@ -16,24 +16,37 @@
 //! | `filter` | yes | decides which objects are sent |
 //! | capabilities / flags (`side-band-64k`, `ofs-delta`, `thin-pack`, `no-progress`, `include-tag`, `multi_ack_detailed`, `object-format`, `server-option`, ...) | yes, sorted | change the framing or content of the response |
 //! | `agent=` | no | identifies the client software only |
-//! | `session-id=` | no | differs for every client; never changes the response |
+//! | `session-id=` | yes | git refuses it (`unknown capability`) unless the server advertises session IDs, which nodes do not; clients then never send it |
 //! | `done` | yes | without it the request is not cacheable at all |
+//! | a flush between the wants' flush and `done` (v0) | not cacheable | git stops at it and answers `NAK` without a pack |
+//! | `deepen` / `deepen-since` numbers | yes, as sent | only canonical decimal is accepted (git parses `010` as octal) |
+//! | `sideband-all`, `packfile-uris` (v2) | not cacheable | the response is not one self-contained pack |
+//! | `object-format` other than `sha1` / `sha256` | not cacheable | the pack trailer could not be checked |
+//!
+//! "Same answer" means what a client can tell apart: the same objects in the pack and
+//! the same shallow boundary. The `ACK` lines before the pack follow the order and
+//! repeats of the haves, which clients read only up to the final `ACK` / `NAK`.
 //!
 //! User identity is never part of a request and so never part of the key.
-//! Only a request that ends negotiation is cacheable: a v0 request with `done`, or a v2
-//! `fetch` with `done`. Everything else ([`Normalized::cacheable`] is false) passes
-//! through.
+//! Only a request that ends negotiation exactly as the protocol defines is cacheable:
+//! v0 wants (with optional shallow, deepen and filter lines), one flush, haves and
+//! `done`, with no other flush; or a v2 `fetch` with `done`. For those,
+//! [`Normalized::expected`] says what git's complete answer looks like, and the cache
+//! keeps an answer only if it has that shape ([`crate::response`]). Everything else
+//! passes through.
 
 use crate::request::upload_v0::Deepen;
 use crate::request::{command_v2, upload_v0, ParseError};
+use crate::response::{Expected, Framing, ObjectFormat};
 use crate::service::ProtocolVersion;
 use crate::ObjectId;
 
 /// The canonical form of one upload-pack request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Normalized {
-    /// Whether the request ends negotiation and its response may be cached.
-    pub cacheable: bool,
+    /// For a request that ends negotiation (and so may be cached), what git's complete
+    /// answer to it looks like; `None` for everything else.
+    pub expected: Option<Expected>,
     /// The v2 command (`fetch`, `ls-refs`, ...); `None` for v0.
     pub command: Option<String>,
     /// Unambiguous (length-prefixed) encoding of every field that can change the response.
@@ -61,9 +74,20 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             enc.list(b"deepen", req.deepen.iter().map(deepen_text));
             enc.list(b"filter", req.filter.iter().cloned());
             enc.list(b"have", sorted_oids(&req.haves));
+            enc.field(&req.flushes_in_haves.to_be_bytes());
             enc.field(if req.done { b"done" } else { b"open" });
+            let sideband = req
+                .capabilities
+                .iter()
+                .any(|c| c == "side-band" || c == "side-band-64k");
+            let expected = object_format(&req.capabilities)
+                .filter(|_| req.ends_negotiation())
+                .map(|format| Expected {
+                    framing: Framing::V0 { sideband },
+                    format,
+                });
             Ok(Normalized {
-                cacheable: req.done && !req.wants.is_empty(),
+                expected,
                 command: None,
                 canonical: enc.out,
             })
@@ -84,7 +108,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             if req.command != "fetch" {
                 enc.list(b"args", req.args.iter().cloned());
                 return Ok(Normalized {
-                    cacheable: false,
+                    expected: None,
                     command: Some(req.command),
                     canonical: enc.out,
                 });
@@ -100,8 +124,16 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             enc.list(b"have", sorted_oids(&f.haves));
             enc.field(if f.done { b"done" } else { b"open" });
             let wants_something = !f.wants.is_empty() || !f.want_refs.is_empty();
+            let one_pack =
+                f.packfile_uris.is_none() && !f.flags.iter().any(|f| f == "sideband-all");
+            let expected = object_format(&req.capabilities)
+                .filter(|_| f.done && wants_something && one_pack)
+                .map(|format| Expected {
+                    framing: Framing::V2,
+                    format,
+                });
             Ok(Normalized {
-                cacheable: f.done && wants_something,
+                expected,
                 command: Some(req.command),
                 canonical: enc.out,
             })
@@ -109,9 +141,29 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
     }
 }
 
-/// Whether a capability stays in the key: everything but client identification.
+impl Normalized {
+    /// Whether the response may be cached: the request ends negotiation.
+    pub fn cacheable(&self) -> bool {
+        self.expected.is_some()
+    }
+}
+
+/// The object format a request names (SHA-1 when it names none); `None` for a format
+/// whose pack trailer cannot be checked.
+fn object_format(capabilities: &[String]) -> Option<ObjectFormat> {
+    let mut format = ObjectFormat::Sha1;
+    for cap in capabilities {
+        if let Some(named) = ObjectFormat::from_capability(cap) {
+            format = named?;
+        }
+    }
+    Some(format)
+}
+
+/// Whether a capability stays in the key: everything but the client's software name,
+/// which git accepts from anyone and never answers differently.
 fn keep_capability(cap: &str) -> bool {
-    !(cap.starts_with("agent=") || cap.starts_with("session-id="))
+    !cap.starts_with("agent=")
 }
 
 fn sorted(items: impl Iterator<Item = String>) -> Vec<String> {
@@ -197,7 +249,7 @@ mod tests {
             ),
         )
         .expect("valid");
-        assert!(a.cacheable);
+        assert!(a.cacheable());
         assert_eq!(a, b);
     }
 
@@ -238,25 +290,61 @@ mod tests {
             haves: vec![oid('b')],
             ..Default::default()
         };
-        assert!(
-            !upload_pack(ProtocolVersion::V0, &round.encode())
-                .expect("valid")
-                .cacheable
-        );
+        assert!(!upload_pack(ProtocolVersion::V0, &round.encode())
+            .expect("valid")
+            .cacheable());
         let ls = CommandRequest {
             command: "ls-refs".into(),
             capabilities: vec![],
             args: vec!["peel".into()],
         };
-        assert!(
-            !upload_pack(ProtocolVersion::V2, &ls.encode())
-                .expect("valid")
-                .cacheable
-        );
+        assert!(!upload_pack(ProtocolVersion::V2, &ls.encode())
+            .expect("valid")
+            .cacheable());
     }
 
     #[test]
-    fn v2_ignores_session_id_and_agent() {
+    fn a_flush_before_done_is_never_the_key_of_a_clone() {
+        let clone = UploadRequest {
+            wants: vec![oid('a')],
+            capabilities: vec!["side-band-64k".into(), "ofs-delta".into()],
+            done: true,
+            ..Default::default()
+        };
+        let poisoned = UploadRequest {
+            flushes_in_haves: 1,
+            ..clone.clone()
+        };
+        let clone = upload_pack(ProtocolVersion::V0, &clone.encode()).expect("valid");
+        let poisoned = upload_pack(ProtocolVersion::V0, &poisoned.encode()).expect("valid");
+        assert_eq!(
+            clone.expected,
+            Some(Expected {
+                framing: Framing::V0 { sideband: true },
+                format: ObjectFormat::Sha1
+            })
+        );
+        assert!(!poisoned.cacheable());
+        assert_ne!(clone.canonical, poisoned.canonical);
+    }
+
+    #[test]
+    fn v2_requests_without_one_self_contained_pack_are_not_cacheable() {
+        let mk = |extra: &str| CommandRequest {
+            command: "fetch".into(),
+            capabilities: vec!["object-format=sha1".into()],
+            args: vec![format!("want {}", oid('a')), extra.into(), "done".into()],
+        };
+        for extra in ["sideband-all", "packfile-uris https"] {
+            let n = upload_pack(ProtocolVersion::V2, &mk(extra).encode()).expect("valid");
+            assert!(!n.cacheable(), "{extra}");
+        }
+        let plain = upload_pack(ProtocolVersion::V2, &mk("ofs-delta").encode()).expect("valid");
+        assert!(plain.cacheable());
+    }
+
+    #[test]
+    fn v2_ignores_agent_but_keeps_session_id() {
         let mk = |agent: &str, sid: &str| CommandRequest {
             command: "fetch".into(),
             capabilities: vec![agent.into(), "object-format=sha1".into(), sid.into()],
@@ -273,10 +361,17 @@ mod tests {
         .expect("valid");
         let b = upload_pack(
             ProtocolVersion::V2,
+            &mk("agent=git/2.39.5", "session-id=1").encode(),
+        )
+        .expect("valid");
+        let c = upload_pack(
+            ProtocolVersion::V2,
             &mk("agent=git/2.39.5", "session-id=2").encode(),
         )
         .expect("valid");
-        assert!(a.cacheable);
+        assert!(a.cacheable());
         assert_eq!(a, b);
+        // git refuses a session id the server did not advertise: not the same answer.
+        assert_ne!(a, c);
     }
 }

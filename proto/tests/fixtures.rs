@@ -165,7 +165,7 @@ fn clones_from_both_clients_normalize_alike() {
             .into_iter()
             .filter(|f| f.client == client && f.scenario == "clone" && f.version == version)
             .map(|f| normalize::upload_pack(version, &f.body).expect("normalizes"))
-            .find(|n| n.cacheable)
+            .find(|n| n.cacheable())
             .expect("a cacheable clone request")
     };
     for version in [ProtocolVersion::V0, ProtocolVersion::V2] {

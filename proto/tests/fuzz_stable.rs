@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use gitgate_proto::request::receive::{self, Head};
 use gitgate_proto::request::{command_v2, upload_v0};
+use gitgate_proto::response::{Expected, Framing, ObjectFormat, ResponseCheck};
 use gitgate_proto::{advertise, normalize, pktline, GitProtocol, ProtocolVersion, RepoPath};
 
 /// Every public entry point that takes untrusted bytes.
@@ -32,6 +33,25 @@ pub fn exercise(data: &[u8]) {
     }
     let _ = advertise::parse_v0(data);
     let _ = advertise::parse_v2_capabilities(data);
+    // The response checker takes a node's bytes: whole, and split at every 7th byte.
+    for framing in [
+        Framing::V0 { sideband: true },
+        Framing::V0 { sideband: false },
+        Framing::V2,
+    ] {
+        let expected = Expected {
+            framing,
+            format: ObjectFormat::Sha1,
+        };
+        let mut whole = ResponseCheck::new(expected);
+        let whole = whole.feed(data).and_then(|()| whole.finish());
+        let mut split = ResponseCheck::new(expected);
+        let split = data
+            .chunks(7)
+            .try_for_each(|c| split.feed(c))
+            .and_then(|()| split.finish());
+        assert_eq!(whole.is_ok(), split.is_ok(), "chunking changed the verdict");
+    }
     let _ = GitProtocol::parse(data);
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(repo) = RepoPath::parse(text) {

@@ -210,8 +210,17 @@ impl CommandRequest {
                     "deepen",
                     MAX_REPEATED_ARGS,
                 )?,
-                b"filter" => f.filter = Some(value("filter", line, rest)?),
-                b"packfile-uris" => f.packfile_uris = Some(value("packfile-uris", line, rest)?),
+                // git refuses a second filter; one value each keeps the key exact.
+                b"filter" if f.filter.is_none() => f.filter = Some(value("filter", line, rest)?),
+                b"packfile-uris" if f.packfile_uris.is_none() => {
+                    f.packfile_uris = Some(value("packfile-uris", line, rest)?)
+                }
+                b"filter" | b"packfile-uris" => {
+                    return Err(ParseError::Unexpected {
+                        found: show(line),
+                        expected: "at most one filter and one packfile-uris argument",
+                    })
+                }
                 b"done" if rest.is_empty() => f.done = true,
                 _ if rest.is_empty() => {
                     push_bounded(&mut f.flags, arg.clone(), "flag", MAX_REPEATED_ARGS)?

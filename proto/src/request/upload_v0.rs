@@ -5,12 +5,15 @@
 //! want <oid>                       more wants
 //! shallow <oid> | deepen <n> | deepen-since <ts> | deepen-not <ref> | filter <spec>
 //! 0000
-//! have <oid>                       zero or more, possibly in several flushed rounds
+//! have <oid>                       zero or more
 //! 0000 | done
 //! ```
 //!
-//! A request with `done` ends negotiation: git answers it with the pack. Without `done`
-//! it is one negotiation round and git answers with ACK/NAK lines.
+//! A request with `done` and no flush among its haves ends negotiation: git answers it
+//! with the pack. `git upload-pack --stateless-rpc` stops at the first flush after the
+//! wants' one (it answers that round with ACK/NAK and exits), so a request with such a
+//! flush is a negotiation round whatever follows it; [`UploadRequest::flushes_in_haves`]
+//! counts them so callers can tell.
 
 use super::{keyword, oid_arg, push_bounded, show, text, value, ParseError};
 use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
@@ -43,8 +46,19 @@ pub struct UploadRequest {
     pub filter: Option<String>,
     /// Objects the client has, in request order.
     pub haves: Vec<ObjectId>,
-    /// Whether the client sent `done`, ending negotiation.
+    /// Flush packets after the want section's flush. git stops reading at the first of
+    /// them, so anything after it (haves, `done`) never reaches git's negotiation.
+    pub flushes_in_haves: u32,
+    /// Whether the client sent `done`.
     pub done: bool,
+}
+
+impl UploadRequest {
+    /// Whether git answers this request with a pack and nothing but a pack: it has
+    /// wants, says `done`, and has no flush that would end the request before `done`.
+    pub fn ends_negotiation(&self) -> bool {
+        self.done && self.flushes_in_haves == 0 && !self.wants.is_empty()
+    }
 }
 
 /// Parse a whole v0 upload-pack request body.
@@ -139,10 +153,14 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
         }
     }
 
-    // Have section: haves in flushed rounds, ending with `done` or the end of input.
+    // Have section: haves, ending with `done`, a flush (the end of a negotiation round)
+    // or the end of input. Flushes are counted, never skipped: they change git's answer.
     for line in lines.by_ref() {
         let data = match line? {
-            PacketLineRef::Flush => continue,
+            PacketLineRef::Flush => {
+                req.flushes_in_haves = req.flushes_in_haves.saturating_add(1);
+                continue;
+            }
             PacketLineRef::Data(d) => text(d),
             other => {
                 return Err(ParseError::Unexpected {
@@ -175,16 +193,24 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
     Ok(req)
 }
 
+/// A number argument in canonical decimal: digits only, no sign, no leading zero.
+///
+/// git reads `deepen` and `deepen-since` with `strtol(…, 0)`, so `010` is eight and
+/// `0x10` sixteen to git; accepting only the form git's own clients send keeps the
+/// text in the cache key and the value git uses in agreement.
 pub(crate) fn parse_number(line: &[u8], raw: &[u8]) -> Result<i64, ParseError> {
+    let canonical =
+        !raw.is_empty() && raw.iter().all(u8::is_ascii_digit) && (raw == b"0" || raw[0] != b'0');
     std::str::from_utf8(raw)
         .ok()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .filter(|_| canonical)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ParseError::BadNumber { line: show(line) })
 }
 
 impl UploadRequest {
-    /// Encode this request as git would send it (one want section, one have round).
+    /// Encode this request: the want section, its flush, the haves, then
+    /// `flushes_in_haves` flushes and `done` if set.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, want) in self.wants.iter().enumerate() {
@@ -213,10 +239,11 @@ impl UploadRequest {
         for h in &self.haves {
             pktline::encode_text(&mut out, format!("have {h}").as_bytes()).expect("bounded");
         }
+        for _ in 0..self.flushes_in_haves {
+            pktline::encode_flush(&mut out);
+        }
         if self.done {
             pktline::encode_text(&mut out, b"done").expect("bounded line");
-        } else if !self.haves.is_empty() {
-            pktline::encode_flush(&mut out);
         }
         out
     }
@@ -257,6 +284,36 @@ mod tests {
         assert_eq!(parse(&body), Err(ParseError::TrailingData { len: 4 }));
     }
 
+    #[test]
+    fn a_flush_before_done_is_counted_and_ends_nothing() {
+        let clone = UploadRequest {
+            wants: vec![oid('a')],
+            done: true,
+            ..Default::default()
+        };
+        let poisoned = UploadRequest {
+            flushes_in_haves: 1,
+            ..clone.clone()
+        };
+        assert!(clone.ends_negotiation());
+        let parsed = parse(&poisoned.encode()).expect("valid");
+        assert_eq!(parsed.flushes_in_haves, 1);
+        assert!(parsed.done);
+        assert!(!parsed.ends_negotiation());
+    }
+
+    #[test]
+    fn numbers_must_be_canonical_decimal() {
+        for bad in ["010", "0x10", "-1", "+1", "", "1 ", "1e3"] {
+            assert!(
+                parse_number(b"deepen", bad.as_bytes()).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(parse_number(b"deepen", b"0"), Ok(0));
+        assert_eq!(parse_number(b"deepen", b"105"), Ok(105));
+    }
+
     fn arb_oid() -> impl Strategy<Value = ObjectId> {
         "[0-9a-f]{40}".prop_map(|s| ObjectId::parse(s.as_bytes()).expect("valid"))
     }
@@ -270,6 +327,7 @@ mod tests {
             depth in proptest::option::of(1u32..1000),
             filter in proptest::option::of("blob:(none|limit=[0-9]{1,5})"),
             haves in proptest::collection::vec(arb_oid(), 0..5),
+            flushes_in_haves in 0u32..3,
             done in any::<bool>(),
         ) {
             let req = UploadRequest {
@@ -279,6 +337,7 @@ mod tests {
                 deepen: depth.map(Deepen::Depth).into_iter().collect(),
                 filter,
                 haves,
+                flushes_in_haves,
                 done,
             };
             prop_assert_eq!(parse(&req.encode()), Ok(req));
