@@ -41,33 +41,17 @@ pub mod state;
 use std::future::Future;
 use std::sync::Arc;
 
-use config::{Config, NodeLocation};
+use config::Config;
 use gitgate_storage_client::cluster::{Cluster, ClusterMetrics, ClusterSettings, ReplicationMode};
-use gitgate_storage_client::{NodeClient, NodeSet, RemoteNode};
-use gitgate_storage_node::{Node, NodeSettings};
+use gitgate_storage_client::NodeSet;
 use tokio::net::TcpListener;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// An in-process node could not be opened.
-    #[error("storage node {name}: {source}")]
-    LocalNode {
-        /// The node's name.
-        name: String,
-        /// The error.
-        #[source]
-        source: gitgate_storage_node::NodeError,
-    },
-    /// A remote node's URL is unusable.
-    #[error("storage node {name}: {source}")]
-    RemoteNode {
-        /// The node's name.
-        name: String,
-        /// The error.
-        #[source]
-        source: gitgate_storage_client::remote::InvalidNodeUrl,
-    },
+    /// A storage node could not be opened.
+    #[error(transparent)]
+    Nodes(#[from] gitgate_storage_client::ConnectError),
     /// The pack cache could not be opened.
     #[error("pack cache: {0}")]
     Cache(#[from] gitgate_packcache::store::StoreError),
@@ -77,64 +61,12 @@ pub enum ServeError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] server::TlsError),
-    /// No nodes configured.
-    #[error("no storage nodes configured")]
-    NoNodes,
     /// The metadata store could not be opened.
     #[error("metadata store: {0}")]
     Metadata(#[from] gitgate_storage_client::metadata::StoreError),
     /// Serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Build the node clients described by the configuration.
-pub async fn connect_nodes(
-    config: &Config,
-    registry: &prometheus::Registry,
-) -> Result<NodeSet, ServeError> {
-    let mut nodes = Vec::new();
-    for node in &config.storage.nodes {
-        let client = match &node.location {
-            NodeLocation::Local { path, git } => {
-                let metrics = gitgate_storage_node::NodeMetrics::register(registry, &node.name)?;
-                let local = Node::open(NodeSettings {
-                    root: path.clone(),
-                    git: git.clone(),
-                    metrics,
-                })
-                .await
-                .map_err(|source| ServeError::LocalNode {
-                    name: node.name.clone(),
-                    source,
-                })?;
-                match local.list().await {
-                    Ok(repos) => {
-                        tracing::info!(node = %node.name, root = %path.display(), repositories = repos.len(), "serving local node")
-                    }
-                    Err(err) => {
-                        tracing::warn!(node = %node.name, error = %err, "could not list repositories")
-                    }
-                }
-                NodeClient::Local {
-                    name: node.name.clone(),
-                    node: Arc::new(local),
-                }
-            }
-            NodeLocation::Remote { url, token } => {
-                let remote = RemoteNode::new(node.name.clone(), url, token).map_err(|source| {
-                    ServeError::RemoteNode {
-                        name: node.name.clone(),
-                        source,
-                    }
-                })?;
-                tracing::info!(node = %node.name, url = %url, "using remote node");
-                NodeClient::Remote(remote)
-            }
-        };
-        nodes.push(client);
-    }
-    NodeSet::new(nodes).ok_or(ServeError::NoNodes)
 }
 
 /// Serve on `listener` until `shutdown` completes, then let in-flight requests finish
@@ -145,7 +77,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let registry = prometheus::Registry::new();
-    let nodes = connect_nodes(&config, &registry).await?;
+    let nodes = NodeSet::connect(&config.storage.nodes, &registry).await?;
     let cache = if config.cache.enabled {
         let metrics = gitgate_packcache::CacheMetrics::register(&registry)?;
         let cache = gitgate_packcache::PackCache::open(config.cache.cache.clone(), metrics).await?;

@@ -430,7 +430,7 @@ fn a_gateway_killed_mid_push_leaves_nothing_lost_or_stale() {
 
 #[test]
 fn two_gateways_sharing_postgres_lose_no_acknowledged_push() {
-    let pg = support::postgres::ThrowawayPostgres::start();
+    let pg = gitgate_storage_client::throwaway_postgres::ThrowawayPostgres::start();
     let metadata = format!("[metadata]\npostgres_url = \"{}\"\n", pg.url("postgres"));
     let git = default_client();
     let tmp = TempDir::new().unwrap();

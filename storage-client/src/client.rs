@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use gitgate_proto::{GitProtocol, RepoPath, Service};
-use gitgate_storage_node::http::ReplicateRequest;
-use gitgate_storage_node::{process, GitStream, Node, ReplicaSource, RepoState, RequestBody};
+use gitgate_storage_node::api::{self, GitStream, ReplicateRequest, RepoState, RequestBody};
+use gitgate_storage_node::{Node, ReplicaSource};
 
 use crate::error::ClientError;
 use crate::remote::RemoteNode;
@@ -207,28 +207,8 @@ impl NodeClient {
 }
 
 async fn peek_local(name: &str, stream: GitStream) -> Result<GitStream, ClientError> {
-    process::peek(stream)
-        .await
-        .map_err(|err| ClientError::Local {
-            node: name.to_owned(),
-            source: gitgate_storage_node::NodeError::Git(err),
-        })
-}
-
-/// The configured storage nodes.
-#[derive(Debug, Clone)]
-pub struct NodeSet {
-    nodes: Vec<NodeClient>,
-}
-
-impl NodeSet {
-    /// A set of nodes; must not be empty.
-    pub fn new(nodes: Vec<NodeClient>) -> Option<Self> {
-        (!nodes.is_empty()).then_some(Self { nodes })
-    }
-
-    /// All nodes.
-    pub fn nodes(&self) -> &[NodeClient] {
-        &self.nodes
-    }
+    api::peek(stream).await.map_err(|err| ClientError::Local {
+        node: name.to_owned(),
+        source: gitgate_storage_node::NodeError::Git(err),
+    })
 }

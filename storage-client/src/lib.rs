@@ -2,7 +2,8 @@
 //!
 //! [`NodeClient`] is one interface to a storage node, whether the node is served
 //! in-process from a local directory or is a remote `gitgate-node` reached over HTTP;
-//! the gateway's request path never asks which. [`NodeSet`] holds the configured nodes.
+//! the gateway's request path never asks which. [`NodeSet`] holds the configured nodes
+//! and opens them from their [`NodeSpec`]s.
 //!
 //! [`health`] tracks whether nodes are up (active checks plus failures seen by real
 //! requests).
@@ -17,9 +18,14 @@ pub mod cluster;
 mod error;
 pub mod health;
 pub mod metadata;
+mod nodes;
 pub mod remote;
 
-pub use client::{GitCall, NodeClient, NodeSet};
+pub use client::{GitCall, NodeClient};
 pub use error::ClientError;
-pub use gitgate_storage_node::{GitStream, GitStreamError, RepoState, RequestBody};
+pub use gitgate_storage_node::api::{GitStream, GitStreamError, RepoState, RequestBody};
+pub use nodes::{ConnectError, NodeLocation, NodeSet, NodeSpec};
 pub use remote::RemoteNode;
+
+#[cfg(feature = "test-postgres")]
+pub mod throwaway_postgres;

@@ -6,9 +6,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use gitgate_proto::RepoPath;
-use gitgate_storage_node::auth::Secret;
-use gitgate_storage_node::http::ReplicateRequest;
-use gitgate_storage_node::{process, GitStream, GitStreamError, RepoState, RequestBody};
+use gitgate_storage_node::api::{
+    self, GitStream, GitStreamError, ReplicateRequest, RepoState, RequestBody, Secret,
+};
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Limited};
 use hyper::body::Incoming;
@@ -173,7 +173,7 @@ impl RemoteNode {
     }
 
     async fn peeked(&self, resp: Response<Incoming>) -> Result<GitStream, ClientError> {
-        process::peek(self.stream(resp))
+        api::peek(self.stream(resp))
             .await
             .map_err(|err| ClientError::Unavailable {
                 node: self.name.clone(),

@@ -2,8 +2,6 @@
 //! and a real PostgreSQL server started for the test. Each run uses two store handles
 //! over the same data (two opens of the same file or URL), as two gateways would.
 
-mod support;
-
 use std::time::Duration;
 
 use gitgate_proto::RepoPath;
@@ -13,7 +11,7 @@ use gitgate_storage_client::metadata::{
     JobCounts, JobKind, MetadataStore, NewRepo, QueueMode, ReplicaRecord, StoreError, WriteMarker,
     NO_COPY,
 };
-use support::postgres::ThrowawayPostgres;
+use gitgate_storage_client::throwaway_postgres::ThrowawayPostgres;
 
 fn repo(name: &str) -> RepoPath {
     RepoPath::parse(name).expect("valid repo")

@@ -1,51 +1,16 @@
-//! Shared-secret tokens between the gateway and nodes.
+//! The node's side of the shared-secret tokens: checking them and counting outcomes.
 //!
-//! A token is `v1.<unix seconds>.<hex MAC>`, where the MAC is blake3 keyed with a key
-//! derived from the shared secret, over the timestamp. A node accepts a token whose MAC
-//! matches and whose timestamp is within the skew window of its own clock. In
-//! `transitioning` mode a node accepts every request but counts the ones whose token
-//! would have been refused, so a secret can be rotated without failing traffic.
+//! The token scheme itself (what clients mint) is [`crate::api::Secret`]. A node accepts
+//! a token whose MAC matches and whose timestamp is within the skew window of its own
+//! clock. In `transitioning` mode a node accepts every request but counts the ones whose
+//! token would have been refused, so a secret can be rotated without failing traffic.
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-/// Context string for deriving the MAC key from the configured secret.
-const KEY_CONTEXT: &str = "gitgate 2026 internal node auth v1";
-
-/// Default tolerated clock difference between gateway and node.
-pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
-
-/// A MAC key derived from a shared secret.
-#[derive(Clone)]
-pub struct Secret([u8; 32]);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-impl Secret {
-    /// Derive the key from the configured secret text.
-    pub fn new(secret: &str) -> Self {
-        Self(blake3::derive_key(KEY_CONTEXT, secret.as_bytes()))
-    }
-
-    fn mac(&self, timestamp: u64) -> blake3::Hash {
-        blake3::keyed_hash(&self.0, timestamp.to_string().as_bytes())
-    }
-
-    /// A token valid at `now`.
-    pub fn token(&self, now: SystemTime) -> String {
-        let ts = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("v1.{ts}.{}", self.mac(ts).to_hex())
-    }
-}
+pub use crate::api::{Secret, DEFAULT_SKEW};
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

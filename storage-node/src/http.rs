@@ -5,7 +5,7 @@
 //!   so gateways and other nodes (replication) use plain git traffic;
 //! - `GET /admin/repos`, `GET /admin/state?repo=`, `POST /admin/create?repo=`,
 //!   `POST /admin/delete?repo=`, `POST /admin/replicate?repo=` (JSON body
-//!   [`ReplicateRequest`]; answers the resulting state): the admin API, JSON answers.
+//!   [`crate::api::ReplicateRequest`]; answers the resulting state): the admin API, JSON answers.
 //!
 //! Everything but health requires `Authorization: Bearer <token>` (see [`crate::auth`]).
 //! Request bodies may be gzip-encoded. A git response that fails after its first byte
@@ -25,10 +25,11 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use gitgate_proto::smart_http::{self, Endpoint, RouteError};
 use gitgate_proto::{GitProtocol, RepoPath, Service};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 
+use crate::api::ReplicateRequest;
 use crate::auth::Verifier;
 use crate::node::{Node, NodeError, ReplicaSource};
 use crate::process::{self, GitStream};
@@ -160,17 +161,6 @@ async fn delete(
     let repo = repo_from(&q)?;
     s.node.delete(&repo).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The body of `POST /admin/replicate`: copy the repository from another node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicateRequest {
-    /// The repository's smart-HTTP URL on the source node.
-    pub source_url: String,
-    /// The `Authorization` header value the source node accepts.
-    pub authorization: String,
-    /// What HEAD should point to afterwards (the source's HEAD).
-    pub head: Option<String>,
 }
 
 async fn replicate(

@@ -6,6 +6,8 @@
 //! the authenticated internal HTTP API that the `gitgate-node` binary runs.
 //!
 //! Modules:
+//! - [`api`]: the contract with clients (token minting, admin bodies, stream types);
+//!   the only module `storage-client` uses besides [`Node`] itself;
 //! - [`git`]: the only place that builds a `git` command line;
 //! - [`process`]: a running git child as a byte stream (stdin fed, stderr drained,
 //!   exit status checked, process group killed when dropped);
@@ -18,18 +20,19 @@
 //! - [`metrics`]: counts of git processes started.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod git;
 pub mod http;
 pub mod metrics;
 mod node;
-pub mod process;
+mod process;
 pub mod refstate;
 pub mod repos;
 
+pub use api::{GitStream, GitStreamError, RequestBody};
 pub use http::{router, serve};
 pub use metrics::NodeMetrics;
 pub use node::{BadReplication, Node, NodeError, NodeSettings, ReplicaSource};
-pub use process::{GitStream, GitStreamError, RequestBody};
 pub use refstate::RepoState;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use gitgate_storage_node::auth::Secret;
+use gitgate_storage_node::api::Secret;
 use tempfile::TempDir;
 
 const TOKEN: &str = "node-api-test-secret-123";

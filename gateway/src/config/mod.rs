@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use gitgate_storage_client::{NodeLocation, NodeSpec};
 use units::{ByteSize, HumanDuration};
 
 /// The validated configuration.
@@ -66,7 +68,7 @@ pub struct StorageConfig {
     /// How long a push waits for another write to the same repository.
     pub lock_timeout: Duration,
     /// The storage nodes.
-    pub nodes: Vec<NodeConfig>,
+    pub nodes: Vec<NodeSpec>,
     /// Active health checks and when a node counts as down.
     pub health: gitgate_storage_client::health::HealthPolicy,
 }
@@ -88,34 +90,6 @@ pub enum Replication {
     Async,
     /// After a quorum holds it.
     Sync,
-}
-
-/// One storage node: exactly one of a local path or a remote URL.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Unique name, used in logs and metrics.
-    pub name: String,
-    /// Where the node is.
-    pub location: NodeLocation,
-}
-
-/// Where a node's repositories are.
-#[derive(Debug, Clone)]
-pub enum NodeLocation {
-    /// Served in-process from this directory.
-    Local {
-        /// Absolute root directory.
-        path: PathBuf,
-        /// The git program.
-        git: PathBuf,
-    },
-    /// A `gitgate-node` at this URL.
-    Remote {
-        /// `http://host:port`.
-        url: String,
-        /// Shared secret.
-        token: String,
-    },
 }
 
 /// `[cache]`.
@@ -722,7 +696,7 @@ fn validate_storage(
                 ))
             }
         };
-        nodes.push(NodeConfig {
+        nodes.push(NodeSpec {
             name: node.name,
             location,
         });

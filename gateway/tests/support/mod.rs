@@ -5,8 +5,6 @@
 pub mod cluster;
 pub mod git;
 pub mod http;
-#[path = "../../../storage-client/tests/support/postgres.rs"]
-pub mod postgres;
 pub mod procs;
 
 use std::io::{BufRead, BufReader, Read};

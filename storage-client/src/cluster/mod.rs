@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use gitgate_proto::RepoPath;
 
-use crate::client::{NodeClient, NodeSet};
+use crate::client::NodeClient;
 use crate::error::ClientError;
 use crate::health::HealthMonitor;
 use crate::metadata::{MetadataStore, RepoRecord, StoreError};
+use crate::nodes::NodeSet;
 pub use metrics::ClusterMetrics;
 pub use write::PushGuard;
 

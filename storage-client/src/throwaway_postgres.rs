@@ -1,5 +1,6 @@
-//! A throwaway PostgreSQL server for tests: `initdb` into a temporary directory, started
-//! with `pg_ctl` on a free loopback port, stopped (immediately) when dropped.
+//! A throwaway PostgreSQL server for tests (feature `test-postgres`): `initdb` into a
+//! temporary directory, started with `pg_ctl` on a free loopback port, stopped
+//! (immediately) when dropped.
 //!
 //! The server binaries are looked up in `GITGATE_PG_BIN`, `/usr/local/bin` and
 //! `/usr/lib/postgresql/*/bin`. PostgreSQL refuses to run as root, so as root the server

@@ -1,2 +1,0 @@
-//! Test support shared by the storage-client tests.
-pub mod postgres;
