@@ -15,10 +15,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use gitgate_proto::smart_http::{self, Endpoint};
-use gitgate_proto::{GitProtocol, ProtocolVersion};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::git::GitRequest;
 use crate::metrics::GatewayMetrics;
 use crate::progress::ConnProgress;
 use crate::state::AppState;
@@ -26,21 +25,12 @@ use crate::state::AppState;
 /// Log and count the request once its response is over.
 pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let service = match smart_http::parse_path(req.uri().path()) {
-        Ok((_, Endpoint::Rpc(service))) => service.name(),
-        Ok((_, Endpoint::InfoRefs)) => match smart_http::service_from_query(req.uri().query()) {
-            Some(service) => service.name(),
-            None => "other",
-        },
-        Err(_) if req.uri().path().starts_with("/-/") => "ops",
-        Err(_) => "other",
-    };
-    let protocol = req
-        .headers()
-        .get("git-protocol")
-        .and_then(|v| GitProtocol::parse(v.as_bytes()))
-        .map_or(ProtocolVersion::V0, |p| p.version())
-        .label();
+    let (service, protocol) = req
+        .extensions()
+        .get::<GitRequest>()
+        .map_or(("other", "v0"), |g| {
+            (g.service_label(), g.version().label())
+        });
     let progress = req.extensions().get::<Arc<ConnProgress>>().cloned();
     let response = next.run(req).await;
     let status = response.status().as_u16();

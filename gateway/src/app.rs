@@ -14,7 +14,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{admin, git_http, ops};
+use crate::{admin, git, ops};
 
 /// Build the gateway's router.
 ///
@@ -22,7 +22,7 @@ use crate::{admin, git_http, ops};
 pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Router {
     // Git requests are authorized before the handler runs: before any cache lookup or
     // node call, on every request. Operational endpoints stay outside auth.
-    let git = git_http::handle.layer(middleware::from_fn_with_state(
+    let git_routes = git::handle.layer(middleware::from_fn_with_state(
         state.clone(),
         crate::auth::layer::require,
     ));
@@ -33,6 +33,9 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
+        // Parse the path, Git-Protocol and request id once, into a GitRequest that the
+        // span, the access log, auth and the handlers read.
+        .layer(middleware::from_fn(git::request::parse))
         // One span per request; handlers record repo/service/protocol into it.
         .layer(
             TraceLayer::new_for_http()
@@ -60,17 +63,16 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         .route("/-/metrics", get(ops::metrics))
         .route("/-/admin/repos", axum::routing::delete(admin::delete_repo))
         // Everything else is a smart-HTTP path (or a 404).
-        .fallback(git)
+        .fallback(git_routes)
         .with_state(state)
         .layer(stack)
 }
 
 fn request_span<B>(req: &Request<B>) -> tracing::Span {
     let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+        .extensions()
+        .get::<git::GitRequest>()
+        .map_or("-", |g| g.request_id.as_str());
     tracing::info_span!(
         "request",
         method = %req.method(),

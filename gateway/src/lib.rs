@@ -12,7 +12,7 @@
 //! - [`admin`]: the admin API (repository deletion);
 //! - [`limits`]: the per-repository limit on node-bound fetches;
 //! - [`metrics`]: the request path's metric families;
-//! - [`git_http`]: the smart-HTTP handlers;
+//! - [`git`]: the smart-HTTP handlers and the one parsed view of a request;
 //! - [`body`]: streamed, metered response bodies;
 //! - [`error`]: the mapping of failures to responses;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
@@ -29,7 +29,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
-pub mod git_http;
+pub mod git;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
@@ -45,6 +45,7 @@ use config::Config;
 use gitgate_storage_client::cluster::{Cluster, ClusterMetrics, ClusterSettings, ReplicationMode};
 use gitgate_storage_client::NodeSet;
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ pub async fn serve(
     // once, resolves write markers a previous life left).
     let discovery = {
         let cluster = cluster.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             match cluster.discover_all().await {
                 Ok(n) => tracing::info!(registered = n, "discovery finished"),
                 Err(err) => tracing::warn!(error = %err, "discovery failed"),
@@ -140,10 +141,9 @@ pub async fn serve(
     };
     let router = app::app(state.clone(), config.limits.body_idle_timeout);
     // Reloads on SIGHUP while serving; stops with serve.
-    let reloader = config
-        .path
-        .clone()
-        .map(|path| AbortOnDrop(tokio::spawn(reload::on_sighup(path, config.clone(), state))));
+    let reloader = config.path.clone().map(|path| {
+        AbortOnDropHandle::new(tokio::spawn(reload::on_sighup(path, config.clone(), state)))
+    });
     let settings = server::ServerSettings {
         tls,
         header_timeout: config.limits.header_timeout,
@@ -207,15 +207,6 @@ fn gateway_name() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     format!("{host}-{}-{started}", std::process::id())
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// How often the evictor looks for expired entries: a tenth of `max_age`, between 100 ms

@@ -1,8 +1,9 @@
 //! The gateway's own metric families, registered once on the gateway's registry.
 //!
 //! Labels stay bounded: service, protocol, status code, node name, outcome; never a
-//! repository or a user. The pack cache and in-process nodes register their own
-//! families on the same registry.
+//! repository or a user. The pack cache, the storage tier (node calls, read
+//! distribution, replication) and in-process nodes register their own families on the
+//! same registry.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -15,10 +16,6 @@ pub struct GatewayMetrics {
     pub duration: HistogramVec,
     /// `gitgate_client_authentications_total{method,result}`.
     pub client_auth: IntCounterVec,
-    /// `gitgate_backend_requests_total{node,result}`: calls to storage nodes.
-    pub backend: IntCounterVec,
-    /// `gitgate_read_distribution_total{node}`: fetches served by each node.
-    pub read_distribution: IntCounterVec,
     /// `gitgate_concurrency_in_progress`: node-bound fetches holding a slot.
     pub in_progress: IntGauge,
     /// `gitgate_concurrency_queued`: fetches waiting for a slot.
@@ -55,20 +52,6 @@ impl GatewayMetrics {
                 ),
                 &["method", "result"],
             )?,
-            backend: IntCounterVec::new(
-                Opts::new(
-                    "gitgate_backend_requests_total",
-                    "Calls to storage nodes by outcome.",
-                ),
-                &["node", "result"],
-            )?,
-            read_distribution: IntCounterVec::new(
-                Opts::new(
-                    "gitgate_read_distribution_total",
-                    "Fetches sent to each storage node.",
-                ),
-                &["node"],
-            )?,
             in_progress: IntGauge::new(
                 "gitgate_concurrency_in_progress",
                 "Node-bound fetches holding a concurrency slot.",
@@ -88,8 +71,6 @@ impl GatewayMetrics {
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.client_auth.clone()))?;
-        registry.register(Box::new(m.backend.clone()))?;
-        registry.register(Box::new(m.read_distribution.clone()))?;
         registry.register(Box::new(m.in_progress.clone()))?;
         registry.register(Box::new(m.queued.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;

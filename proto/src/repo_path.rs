@@ -16,7 +16,7 @@ use crate::limits::{MAX_REPO_PATH_DEPTH, MAX_REPO_PATH_LEN, MAX_REPO_SEGMENT_LEN
 pub struct RepoPath(String);
 
 /// Why a repository path was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidRepoPath {
     /// The path was empty (or only a `.git` suffix).
     #[error("repository path is empty")]

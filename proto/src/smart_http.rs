@@ -17,7 +17,7 @@ pub enum Endpoint {
 }
 
 /// Why a path is not a smart-HTTP request for a valid repository.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     /// The path does not end in a smart-HTTP endpoint.
     #[error("not a smart-HTTP git path")]

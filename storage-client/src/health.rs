@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::NodeClient;
+use crate::nodes::NodeId;
 
 /// When a node counts as down.
 #[derive(Debug, Clone, Copy)]
@@ -80,15 +82,6 @@ pub struct HealthMonitor {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
-/// Owns the active checker; dropping it stops the checks.
-pub struct HealthHandle(tokio::task::JoinHandle<()>);
-
-impl Drop for HealthHandle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl HealthMonitor {
     /// Monitor nodes named `names` (in the order of the node set).
     pub fn new(
@@ -120,7 +113,8 @@ impl HealthMonitor {
         })
     }
 
-    fn record(&self, index: usize, ok: bool) {
+    fn record(&self, node: NodeId, ok: bool) {
+        let index = node.index();
         let Some(state) = self.states.get(index) else {
             return;
         };
@@ -139,10 +133,10 @@ impl HealthMonitor {
         }
     }
 
-    /// Whether node `index` takes traffic.
-    pub fn is_healthy(&self, index: usize) -> bool {
+    /// Whether `node` takes traffic.
+    pub fn is_healthy(&self, node: NodeId) -> bool {
         self.states
-            .get(index)
+            .get(node.index())
             .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).healthy)
     }
 
@@ -153,18 +147,19 @@ impl HealthMonitor {
 
     /// Whether any node takes traffic.
     pub fn any_healthy(&self) -> bool {
-        (0..self.states.len()).any(|i| self.is_healthy(i))
+        (0..self.states.len()).any(|i| self.is_healthy(NodeId::at(i)))
     }
 
-    /// A request to node `index` failed because the node was unreachable.
-    pub fn report_failure(&self, index: usize) {
-        self.record(index, false);
+    /// A request to `node` failed because the node was unreachable.
+    pub fn report_failure(&self, node: NodeId) {
+        self.record(node, false);
     }
 
-    /// Check `nodes` (same order as the names) every interval until the handle drops.
-    pub fn spawn(self: &Arc<Self>, nodes: Vec<NodeClient>) -> HealthHandle {
+    /// Check `nodes` (same order as the names) every interval until the returned
+    /// handle, the checker's owner, is dropped.
+    pub fn spawn(self: &Arc<Self>, nodes: Vec<NodeClient>) -> AbortOnDropHandle<()> {
         let monitor = self.clone();
-        HealthHandle(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(monitor.policy.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -178,7 +173,7 @@ impl HealthMonitor {
                 });
                 let results = futures_util::future::join_all(checks).await;
                 for (i, ok) in results.into_iter().enumerate() {
-                    monitor.record(i, ok);
+                    monitor.record(NodeId::at(i), ok);
                 }
             }
         }))

@@ -24,7 +24,7 @@ pub mod remote;
 pub use client::{GitCall, NodeClient};
 pub use error::ClientError;
 pub use gitgate_storage_node::api::{GitStream, GitStreamError, RepoState, RequestBody};
-pub use nodes::{ConnectError, NodeLocation, NodeSet, NodeSpec};
+pub use nodes::{ConnectError, NodeId, NodeLocation, NodeSet, NodeSpec};
 pub use remote::RemoteNode;
 
 #[cfg(feature = "test-postgres")]

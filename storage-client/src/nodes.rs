@@ -69,6 +69,24 @@ pub enum ConnectError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// A node of the configured set: its position in configuration order. The only way
+/// code outside this crate names a node; [`crate::cluster::Cluster::node_name`] gives
+/// its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(usize);
+
+impl NodeId {
+    /// The node at position `index` of the set.
+    pub(crate) fn at(index: usize) -> Self {
+        Self(index)
+    }
+
+    /// Its position in the node set.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// The configured storage nodes, in configuration order.
 #[derive(Debug, Clone)]
 pub struct NodeSet {
@@ -97,6 +115,24 @@ impl NodeSet {
     /// All nodes.
     pub fn nodes(&self) -> &[NodeClient] {
         &self.nodes
+    }
+
+    /// Every node's id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + use<> {
+        (0..self.nodes.len()).map(NodeId::at)
+    }
+
+    /// Node `id`.
+    pub fn get(&self, id: NodeId) -> &NodeClient {
+        &self.nodes[id.index()]
+    }
+
+    /// The id of the node named `name`.
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .position(|n| n.name() == name)
+            .map(NodeId::at)
     }
 }
 

@@ -1,9 +1,9 @@
 //! The authorization middleware on the git routes.
 //!
 //! It runs before the handler (so before any cache lookup or node call) on every git
-//! request: it works out the repository and the permission the request needs, reads the
-//! credentials, and either lets the request through (recording who it is in the
-//! request's span) or answers 401/403.
+//! request: it takes the repository and the permission the request needs from its
+//! [`GitRequest`], reads the credentials, and either lets the request through (recording
+//! who it is in the request's span and as the request's principal) or answers 401/403.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,41 +13,42 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use gitgate_proto::smart_http::{self, Endpoint};
-use gitgate_proto::{RepoPath, Service};
+use gitgate_proto::RepoPath;
 
 use super::{Credentials, Decision, Permission};
 use crate::error::AppError;
+use crate::git::GitRequest;
 use crate::state::AppState;
 
 /// Authorize a git request (see the module docs).
-pub async fn require(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    // Paths that are not git requests for a valid repository are the handler's to refuse.
-    let Ok((repo, endpoint)) = smart_http::parse_path(req.uri().path()) else {
+pub async fn require(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    // Requests that name no valid repository are the handler's to refuse.
+    let Some(git) = req.extensions().get::<GitRequest>() else {
         return next.run(req).await;
     };
-    let need = match endpoint {
-        Endpoint::InfoRefs => match smart_http::service_from_query(req.uri().query()) {
-            Some(Service::ReceivePack) => Permission::Write,
-            _ => Permission::Read,
-        },
-        Endpoint::Rpc(Service::ReceivePack) => Permission::Write,
-        Endpoint::Rpc(Service::UploadPack) => Permission::Read,
+    let Some((repo, need)) = git.needs() else {
+        return next.run(req).await;
     };
-    match authorize(&state, &repo, need, req.headers()) {
-        Ok(()) => next.run(req).await,
+    match authorize(&state, repo, need, req.headers()) {
+        Ok(who) => {
+            if let Some(git) = req.extensions_mut().get_mut::<GitRequest>() {
+                git.principal = Some(who);
+            }
+            next.run(req).await
+        }
         Err(refused) => refused.into_response(),
     }
 }
 
 /// Decide whether a request with `headers` may `need` on `repo`: counts the decision,
-/// records who asked in the request's span, and gives the refusal to answer with.
+/// records who asked in the request's span, and gives who it is or the refusal to
+/// answer with.
 pub fn authorize(
     state: &AppState,
     repo: &RepoPath,
     need: Permission,
     headers: &HeaderMap,
-) -> Result<(), AppError> {
+) -> Result<String, AppError> {
     let auth = state.auth();
     let proxy_header = auth.proxy.as_ref().map(|p| p.header());
     let credentials = credentials(headers, proxy_header);
@@ -71,7 +72,7 @@ pub fn authorize(
     match decision {
         Decision::Allow { who } => {
             tracing::Span::current().record("user", who.as_str());
-            Ok(())
+            Ok(who)
         }
         Decision::Unauthenticated { reason } => {
             tracing::debug!(reason, "unauthenticated request");

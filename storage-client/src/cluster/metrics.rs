@@ -1,13 +1,18 @@
-//! The replication metrics: the job queue by state, how long replication takes, and
-//! how replications and repairs end.
+//! The storage tier's metrics: calls to nodes by outcome, where reads went, the
+//! replication job queue by state, how long replication takes, and how replications
+//! and repairs end.
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::metadata::JobCounts;
 
-/// Replication metric families.
+/// The storage tier's metric families.
 #[derive(Clone, Debug)]
 pub struct ClusterMetrics {
+    /// `gitgate_backend_requests_total{node,result}`: calls to storage nodes.
+    pub backend: IntCounterVec,
+    /// `gitgate_read_distribution_total{node}`: fetches served by each node.
+    pub read_distribution: IntCounterVec,
     /// `gitgate_replication_jobs{state}`: queued, running, retrying.
     pub jobs: IntGaugeVec,
     /// `gitgate_replication_latency_seconds`: from a replica falling behind (job queued,
@@ -22,6 +27,22 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     /// Register the families with `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let backend = IntCounterVec::new(
+            Opts::new(
+                "gitgate_backend_requests_total",
+                "Calls to storage nodes by outcome.",
+            ),
+            &["node", "result"],
+        )?;
+        let read_distribution = IntCounterVec::new(
+            Opts::new(
+                "gitgate_read_distribution_total",
+                "Fetches sent to each storage node.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(backend.clone()))?;
+        registry.register(Box::new(read_distribution.clone()))?;
         let jobs = IntGaugeVec::new(
             Opts::new(
                 "gitgate_replication_jobs",
@@ -66,6 +87,8 @@ impl ClusterMetrics {
             repairs.with_label_values(&[kind]);
         }
         Ok(Self {
+            backend,
+            read_distribution,
             jobs,
             latency,
             replications,

@@ -1,22 +1,28 @@
 //! [`Cluster`]: the replicated storage tier as the gateway's request path sees it.
 //!
 //! It joins the nodes, their health and the replica metadata, and decides:
-//! - where a read goes ([`Cluster::read_route`]): healthy replicas that hold the
-//!   repository's current generation, rotated so load spreads, never a stale one;
+//! - where a read goes and the read itself ([`read`]): healthy replicas that hold the
+//!   repository's current generation, rotated so load spreads, never a stale one, with
+//!   failover before the first byte; the choices are pure functions ([`routing`]);
 //! - where a write goes ([`write`]): the primary, under the repository's lock, with a
 //!   write marker recorded before it starts and the generation bumped after it;
 //! - how copies catch up ([`replicate`]): jobs run by workers, or at once in `sync` mode;
+//! - what generations are recorded (`generations`, the only writer, whose rules are
+//!   stated there);
 //! - how the metadata is kept honest ([`repair`]): discovery of repositories on the
 //!   nodes, resolution of markers left by a crashed gateway, and a reconciler that
 //!   queues outdated replicas and compares ref checksums to find drift.
 
+mod generations;
 mod metrics;
 pub mod placement;
+pub mod read;
 pub mod repair;
 pub mod replicate;
+pub mod routing;
 pub mod write;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +32,9 @@ use crate::client::NodeClient;
 use crate::error::ClientError;
 use crate::health::HealthMonitor;
 use crate::metadata::{MetadataStore, RepoRecord, StoreError};
-use crate::nodes::NodeSet;
+use crate::nodes::{NodeId, NodeSet};
 pub use metrics::ClusterMetrics;
+pub use read::ReadRoute;
 pub use write::PushGuard;
 
 /// When a write is acknowledged.
@@ -97,22 +104,6 @@ impl ClusterError {
     }
 }
 
-/// The generation a newly registered repository starts at: the current time in
-/// milliseconds, so a repository deleted and created again never reuses a generation
-/// (pack cache keys contain it).
-pub(crate) fn first_generation() -> i64 {
-    crate::metadata::now_ms()
-}
-
-/// Where a read may go.
-#[derive(Debug, Clone)]
-pub struct ReadRoute {
-    /// The repository's generation (part of the pack cache key).
-    pub generation: i64,
-    /// Node indexes to try in order: healthy and up to date.
-    pub candidates: Vec<usize>,
-}
-
 /// The storage tier.
 pub struct Cluster {
     nodes: NodeSet,
@@ -120,14 +111,15 @@ pub struct Cluster {
     store: Arc<dyn MetadataStore>,
     settings: ClusterSettings,
     metrics: ClusterMetrics,
-    rotation: AtomicUsize,
+    /// Counts reads, so consecutive ones start at different replicas.
+    rotation: AtomicU64,
     /// Scrambles the rotation, so requests that come in fixed patterns (a clone is
     /// two or three reads) still spread.
     scramble: std::collections::hash_map::RandomState,
     /// Wakes the replication workers when jobs were queued.
     jobs_queued: tokio::sync::Notify,
     /// One replication at a time per (repository, target) in this process.
-    replicating: crate::metadata::LocalLocks<(RepoPath, usize)>,
+    replicating: crate::metadata::LocalLocks<(RepoPath, NodeId)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -154,7 +146,7 @@ impl Cluster {
             store,
             settings,
             metrics,
-            rotation: AtomicUsize::new(0),
+            rotation: AtomicU64::new(0),
             scramble: std::collections::hash_map::RandomState::new(),
             jobs_queued: tokio::sync::Notify::new(),
             replicating: crate::metadata::LocalLocks::default(),
@@ -166,9 +158,14 @@ impl Cluster {
         &self.nodes
     }
 
-    /// Node `index`.
-    pub fn node(&self, index: usize) -> &NodeClient {
-        &self.nodes.nodes()[index]
+    /// Node `id`'s client.
+    pub(crate) fn node(&self, id: NodeId) -> &NodeClient {
+        self.nodes.get(id)
+    }
+
+    /// Node `id`'s configured name.
+    pub fn node_name(&self, id: NodeId) -> &str {
+        self.nodes.get(id).name()
     }
 
     /// Their health.
@@ -186,12 +183,12 @@ impl Cluster {
         &self.settings
     }
 
-    fn index_of(&self, name: &str) -> Option<usize> {
-        self.nodes.nodes().iter().position(|n| n.name() == name)
+    fn index_of(&self, name: &str) -> Option<NodeId> {
+        self.nodes.find(name)
     }
 
-    fn healthy(&self, index: usize) -> bool {
-        self.health.is_healthy(index)
+    fn healthy(&self, id: NodeId) -> bool {
+        self.health.is_healthy(id)
     }
 
     /// `record`'s replicas on nodes this gateway has configured.
@@ -203,40 +200,6 @@ impl Cluster {
             .replicas
             .iter()
             .filter(|r| self.index_of(&r.node).is_some())
-    }
-
-    /// Node indexes of `record`'s healthy, up-to-date replicas, in node order.
-    fn serving_replicas(&self, record: &RepoRecord) -> Vec<usize> {
-        record
-            .replicas
-            .iter()
-            .filter(|r| r.generation == record.generation)
-            .filter_map(|r| self.index_of(&r.node))
-            .filter(|&i| self.healthy(i))
-            .collect()
-    }
-
-    /// Why nothing can serve `record`, for the 503 message.
-    fn unavailable(&self, record: &RepoRecord, what: &str) -> ClusterError {
-        let replicas: Vec<String> = record
-            .replicas
-            .iter()
-            .map(|r| {
-                let state = if r.generation != record.generation {
-                    "out of date"
-                } else if self.index_of(&r.node).is_some_and(|i| self.healthy(i)) {
-                    "up"
-                } else {
-                    "down"
-                };
-                format!("{} {state}", r.node)
-            })
-            .collect();
-        ClusterError::Unavailable(format!(
-            "no up-to-date replica of {} can {what} right now (replicas: {})",
-            record.repo,
-            replicas.join(", ")
-        ))
     }
 
     /// The record of `repo`, registering it first when a node has it but the metadata
@@ -264,35 +227,6 @@ impl Cluster {
         let record = self.resolve_marker(repo).await?;
         drop(lock);
         Ok(record)
-    }
-
-    /// Where a read of `repo` may go: healthy replicas holding the current generation,
-    /// starting at a pseudo-random offset so reads spread over them.
-    pub async fn read_route(&self, repo: &RepoPath) -> Result<ReadRoute, ClusterError> {
-        let record = self.record(repo).await?;
-        let mut candidates = self.serving_replicas(&record);
-        if candidates.is_empty() {
-            return Err(self.unavailable(&record, "serve reads"));
-        }
-        // While a push runs, its primary may already advertise refs the others lack:
-        // keep every read on it, so a fetch never asks a replica for a ref it has not got.
-        if let Some(writing) = record
-            .write
-            .as_ref()
-            .and_then(|marker| self.index_of(&marker.node))
-        {
-            if candidates.contains(&writing) {
-                candidates = vec![writing];
-            }
-        }
-        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
-        let start = usize::try_from(spread % candidates.len() as u64).unwrap_or(0);
-        candidates.rotate_left(start);
-        Ok(ReadRoute {
-            generation: record.generation,
-            candidates,
-        })
     }
 
     /// Milliseconds since the epoch.

@@ -16,28 +16,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gitgate_proto::RepoPath;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{placement, Cluster, ClusterError};
 use crate::metadata::{JobKind, NewRepo, QueueMode, ReplicaRecord, RepoRecord, NO_COPY};
-
-/// Owns the reconciler; dropping it stops it.
-pub struct ReconcilerHandle(tokio::task::JoinHandle<()>);
-
-impl Drop for ReconcilerHandle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::nodes::NodeId;
 
 /// Copies of one repository that have the same refs.
 struct Agreeing {
     checksum: Option<String>,
-    nodes: Vec<usize>,
+    nodes: Vec<NodeId>,
     latest: Option<i64>,
 }
 
-/// Group `states` (node index, checksum, newest tip) by checksum.
-fn group(states: Vec<(usize, Option<String>, Option<i64>)>) -> Vec<Agreeing> {
+/// Group `states` (node, checksum, newest tip) by checksum.
+fn group(states: Vec<(NodeId, Option<String>, Option<i64>)>) -> Vec<Agreeing> {
     let mut groups: BTreeMap<Option<String>, Agreeing> = BTreeMap::new();
     for (index, checksum, latest) in states {
         let entry = groups.entry(checksum.clone()).or_insert(Agreeing {
@@ -69,9 +62,7 @@ impl Cluster {
         if self.store.get(repo).await?.is_some() {
             return Ok(true);
         }
-        let healthy: Vec<usize> = (0..self.nodes.nodes().len())
-            .filter(|&i| self.healthy(i))
-            .collect();
+        let healthy: Vec<NodeId> = self.nodes.ids().filter(|&i| self.healthy(i)).collect();
         let reads: Vec<_> = healthy
             .iter()
             .map(|&i| async move { (i, self.node(i).state(repo).await) })
@@ -129,14 +120,14 @@ impl Cluster {
             );
         }
         let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
-        let generation = super::first_generation();
+        let generation = super::generations::first_generation();
         let mut replicas: Vec<ReplicaRecord> = Vec::new();
         let holders = winner.nodes.iter().copied();
         let others = groups.iter().flat_map(|g| g.nodes.iter().copied());
         for i in holders.chain(others) {
             let holds = winner.nodes.contains(&i);
             replicas.push(ReplicaRecord {
-                node: names[i].to_owned(),
+                node: names[i.index()].to_owned(),
                 generation: if holds { generation } else { NO_COPY },
                 checksum: if holds { winner.checksum.clone() } else { None },
             });
@@ -161,8 +152,7 @@ impl Cluster {
             .map(|r| r.node.clone())
             .collect();
         let registered = self
-            .store
-            .register(&NewRepo {
+            .register_repository(&NewRepo {
                 repo: repo.clone(),
                 generation,
                 checksum: winner.checksum.clone(),
@@ -184,10 +174,11 @@ impl Cluster {
     /// Register every repository the healthy nodes have that the metadata lacks.
     pub async fn discover_all(&self) -> Result<usize, ClusterError> {
         let mut found = std::collections::BTreeSet::new();
-        for (i, node) in self.nodes.nodes().iter().enumerate() {
+        for i in self.nodes.ids() {
             if !self.healthy(i) {
                 continue;
             }
+            let node = self.node(i);
             match node.list().await {
                 Ok(repos) => found.extend(repos),
                 Err(err) => {
@@ -240,8 +231,7 @@ impl Cluster {
         } else {
             tracing::warn!(repo = %repo, node = %marker.node, owner = %marker.owner, "recording an unfinished write found on its primary");
             let holders = [marker.node.clone()];
-            self.store
-                .finish_write(repo, &holders, state.checksum.as_deref())
+            self.record_write(repo, &holders, state.checksum.as_deref())
                 .await?;
             let others: Vec<&str> = record
                 .replicas
@@ -262,9 +252,9 @@ impl Cluster {
     }
 
     /// Reconcile every repository every `reconcile_interval` until the handle drops.
-    pub fn spawn_reconciler(self: &Arc<Self>) -> ReconcilerHandle {
+    pub fn spawn_reconciler(self: &Arc<Self>) -> AbortOnDropHandle<()> {
         let cluster = self.clone();
-        ReconcilerHandle(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(cluster.settings.reconcile_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -323,9 +313,7 @@ impl Cluster {
                 break;
             }
             if !replicas.iter().any(|r| r == names[i]) {
-                self.store
-                    .record_replica(repo, names[i], NO_COPY, None)
-                    .await?;
+                self.add_replica_slot(repo, names[i]).await?;
                 replicas.push(names[i].to_owned());
             }
         }
@@ -407,8 +395,7 @@ impl Cluster {
             drifted = ?drifted,
             "replica refs differ from the recorded state: recording a new generation and repairing the others"
         );
-        self.store
-            .finish_write(repo, &holders, keep.checksum.as_deref())
+        self.record_write(repo, &holders, keep.checksum.as_deref())
             .await?;
         self.queue(repo, &drifted, JobKind::Update).await
     }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitgate_proto::RepoPath;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Cluster, ClusterError};
 use crate::metadata::{Job, JobKind, QueueMode};
+use crate::nodes::NodeId;
 
 /// How long a claimed job belongs to this gateway before others may take it over;
 /// renewed every third of it while the job runs.
@@ -22,19 +24,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// The first retry delay; doubled per attempt up to `max_retry_delay`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
-/// Owns the workers; dropping it stops them.
-pub struct WorkersHandle(tokio::task::JoinHandle<()>);
-
-impl Drop for WorkersHandle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Cluster {
     /// Bring `target`'s replica of `repo` up to date from a healthy, up-to-date replica.
     /// Nothing happens when it already is.
-    pub async fn replicate_one(&self, repo: &RepoPath, target: usize) -> Result<(), ClusterError> {
+    pub async fn replicate_one(&self, repo: &RepoPath, target: NodeId) -> Result<(), ClusterError> {
         let target_node = self.node(target);
         // One replication per replica at a time in this gateway.
         let key = (repo.clone(), target);
@@ -88,14 +81,13 @@ impl Cluster {
                 .await
             {
                 Ok(copied) => {
-                    self.store
-                        .record_replica(
-                            repo,
-                            target_node.name(),
-                            record.generation,
-                            copied.checksum.as_deref(),
-                        )
-                        .await?;
+                    self.record_copy(
+                        repo,
+                        target_node.name(),
+                        record.generation,
+                        copied.checksum.as_deref(),
+                    )
+                    .await?;
                     tracing::info!(
                         repo = %repo,
                         source = source_node.name(),
@@ -134,17 +126,17 @@ impl Cluster {
 
     /// Run replication jobs until the handle is dropped: up to `settings.workers` at
     /// once, woken by new jobs, by nodes coming back, or every second.
-    pub fn spawn_workers(self: &Arc<Self>) -> WorkersHandle {
+    pub fn spawn_workers(self: &Arc<Self>) -> AbortOnDropHandle<()> {
         let cluster = self.clone();
-        WorkersHandle(tokio::spawn(async move { cluster.work().await }))
+        AbortOnDropHandle::new(tokio::spawn(async move { cluster.work().await }))
     }
 
     async fn work(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.workers.max(1)));
+        // The running jobs: owned here, so stopping the workers stops them too.
+        let mut running = tokio::task::JoinSet::new();
         let mut health = self.health.subscribe();
-        let mut was_healthy: Vec<bool> = (0..self.nodes.nodes().len())
-            .map(|i| self.healthy(i))
-            .collect();
+        let mut was_healthy: Vec<bool> = self.nodes.ids().map(|i| self.healthy(i)).collect();
         loop {
             let now = Self::now_ms();
             match self.store.job_counts(now).await {
@@ -174,7 +166,7 @@ impl Cluster {
                     break;
                 };
                 let cluster = self.clone();
-                tokio::spawn(async move {
+                running.spawn(async move {
                     cluster.run_job(job).await;
                     drop(permit);
                     cluster.jobs_queued.notify_one();
@@ -182,6 +174,12 @@ impl Cluster {
             }
             if !idle && slots.available_permits() > 0 {
                 continue;
+            }
+            // Reap finished jobs (a panicked one is logged, never silent).
+            while let Some(done) = running.try_join_next() {
+                if let Err(err) = done {
+                    tracing::error!(error = %err, "replication job task failed");
+                }
             }
             tokio::select! {
                 () = self.jobs_queued.notified() => {}
@@ -197,7 +195,7 @@ impl Cluster {
 
     /// Make the jobs of nodes that just came back due now.
     async fn wake_recovered(&self, was_healthy: &mut [bool]) {
-        for (i, was) in was_healthy.iter_mut().enumerate() {
+        for (i, was) in self.nodes.ids().zip(was_healthy.iter_mut()) {
             let now_healthy = self.healthy(i);
             if now_healthy && !*was {
                 let name = self.node(i).name();

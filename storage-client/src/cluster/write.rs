@@ -14,17 +14,21 @@ use std::time::Instant;
 
 use gitgate_proto::RepoPath;
 
+use super::routing::{self, Election};
 use super::{placement, Cluster, ClusterError, ReplicationMode};
+use crate::client::GitCall;
 use crate::metadata::{
     JobKind, NewRepo, ReplicaRecord, RepoLock, RepoRecord, WriteMarker, NO_COPY,
 };
+use crate::nodes::NodeId;
+use crate::{GitStream, RequestBody};
 
 /// A push in progress. Call [`PushGuard::finish`] when the node's response has ended;
 /// dropped unfinished (the client went away), it records the outcome in the background.
 pub struct PushGuard {
     cluster: Arc<Cluster>,
     repo: RepoPath,
-    primary: usize,
+    primary: NodeId,
     before: Option<String>,
     replicas: Vec<String>,
     lock: Option<RepoLock>,
@@ -42,8 +46,21 @@ impl std::fmt::Debug for PushGuard {
 
 impl PushGuard {
     /// The node the push goes to.
-    pub fn primary(&self) -> usize {
+    pub fn primary(&self) -> NodeId {
         self.primary
+    }
+
+    /// Send the push (`body`, streamed) to the primary; resolves once its first bytes
+    /// are available.
+    pub async fn send(
+        &self,
+        call: GitCall<'_>,
+        body: RequestBody,
+    ) -> Result<GitStream, ClusterError> {
+        let node = self.cluster.node(self.primary);
+        Ok(self
+            .cluster
+            .observe(self.primary, node.rpc(call, body).await)?)
     }
 
     /// Record the push's outcome; in `sync` mode, copy it to the other replicas first.
@@ -90,10 +107,21 @@ impl Drop for PushGuard {
 }
 
 impl Cluster {
+    /// The receive-pack ref advertisement of `call.repo`, from the node that will take
+    /// the push (see [`Self::push_target`]).
+    pub async fn receive_pack_advertisement(
+        &self,
+        call: GitCall<'_>,
+        create: bool,
+    ) -> Result<GitStream, ClusterError> {
+        let primary = self.push_target(call.repo, create).await?;
+        Ok(self.observe(primary, self.node(primary).info_refs(call).await)?)
+    }
+
     /// The node that takes pushes to `repo` (for the push's ref advertisement),
     /// creating the repository when `create` allows. In `sync` mode a majority of the
     /// replicas must hold the current generation (caught up now if needed).
-    pub async fn push_target(&self, repo: &RepoPath, create: bool) -> Result<usize, ClusterError> {
+    async fn push_target(&self, repo: &RepoPath, create: bool) -> Result<NodeId, ClusterError> {
         let lock = self
             .store
             .lock(repo, self.settings.lock_timeout)
@@ -156,7 +184,7 @@ impl Cluster {
         &self,
         repo: &RepoPath,
         create: bool,
-    ) -> Result<(RepoRecord, usize), ClusterError> {
+    ) -> Result<(RepoRecord, NodeId), ClusterError> {
         if self.store.get(repo).await?.is_none() && !self.discover_locked(repo).await? {
             if !create {
                 return Err(ClusterError::NotFound(repo.clone()));
@@ -179,8 +207,7 @@ impl Cluster {
             }
             tracing::warn!(repo = %repo, node = %marker.node, "unfinished write on an unreachable node: moving on without it");
             self.metrics.repairs.with_label_values(&["marker"]).inc();
-            self.store
-                .finish_write(repo, &holders, record.checksum.as_deref())
+            self.record_write(repo, &holders, record.checksum.as_deref())
                 .await?;
             self.queue(repo, &[marker.node.as_str()], JobKind::Update)
                 .await?;
@@ -191,27 +218,31 @@ impl Cluster {
     }
 
     /// The current primary if it is healthy and up to date, otherwise a newly elected
-    /// one.
-    async fn elect(&self, record: &RepoRecord) -> Result<usize, ClusterError> {
+    /// one (see [`routing::elect`]).
+    async fn elect(&self, record: &RepoRecord) -> Result<NodeId, ClusterError> {
         let serving = self.serving_replicas(record);
         let current = record.primary.as_deref().and_then(|p| self.index_of(p));
-        if let Some(primary) = current.filter(|p| serving.contains(p)) {
-            return Ok(primary);
+        match routing::elect(current, &serving) {
+            Election::Keep(primary) => Ok(primary),
+            Election::Elect(elected) => {
+                let name = self.node_name(elected);
+                self.store.set_primary(&record.repo, name).await?;
+                tracing::info!(repo = %record.repo, primary = name, previous = ?record.primary, "elected primary");
+                Ok(elected)
+            }
+            Election::Nobody => Err(self.unavailable(record, "take writes")),
         }
-        let Some(&elected) = serving.first() else {
-            return Err(self.unavailable(record, "take writes"));
-        };
-        let name = self.node(elected).name();
-        self.store.set_primary(&record.repo, name).await?;
-        tracing::info!(repo = %record.repo, primary = name, previous = ?record.primary, "elected primary");
-        Ok(elected)
     }
 
     /// Create a new repository on its first healthy placement node and register it;
     /// the other placement nodes get jobs that create their copies.
     async fn create_locked(&self, repo: &RepoPath) -> Result<(), ClusterError> {
         let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
-        let placed = placement::nodes_for(repo.as_str(), &names, self.settings.replication_factor);
+        let placed: Vec<NodeId> =
+            placement::nodes_for(repo.as_str(), &names, self.settings.replication_factor)
+                .into_iter()
+                .map(NodeId::at)
+                .collect();
         let Some(&first) = placed.iter().find(|&&i| self.healthy(i)) else {
             return Err(ClusterError::Unavailable(format!(
                 "cannot create {repo}: none of its nodes is up"
@@ -223,29 +254,28 @@ impl Cluster {
             Err(err) => return Err(err.into()),
         }
         let state = node.state(repo).await?;
-        let generation = super::first_generation();
+        let generation = super::generations::first_generation();
         let replicas = placed
             .iter()
             .map(|&i| ReplicaRecord {
-                node: names[i].to_owned(),
+                node: names[i.index()].to_owned(),
                 generation: if i == first { generation } else { NO_COPY },
                 checksum: (i == first).then(|| state.checksum.clone()).flatten(),
             })
             .collect();
-        self.store
-            .register(&NewRepo {
-                repo: repo.clone(),
-                generation,
-                checksum: state.checksum.clone(),
-                replicas,
-            })
-            .await?;
-        self.store.set_primary(repo, names[first]).await?;
-        tracing::info!(repo = %repo, primary = names[first], replicas = placed.len(), "created repository");
+        self.register_repository(&NewRepo {
+            repo: repo.clone(),
+            generation,
+            checksum: state.checksum.clone(),
+            replicas,
+        })
+        .await?;
+        self.store.set_primary(repo, names[first.index()]).await?;
+        tracing::info!(repo = %repo, primary = names[first.index()], replicas = placed.len(), "created repository");
         let others: Vec<&str> = placed
             .iter()
             .filter(|&&i| i != first)
-            .map(|&i| names[i])
+            .map(|&i| names[i.index()])
             .collect();
         self.queue(repo, &others, JobKind::Update).await
     }
@@ -298,16 +328,12 @@ impl Cluster {
     /// generation, copying to the ones behind now if needed.
     async fn ensure_quorum(&self, repo: &RepoPath) -> Result<(), ClusterError> {
         let record = self.reread(repo).await?;
-        let needed = self.configured_replicas(&record).count() / 2 + 1;
-        let holding = |record: &RepoRecord| {
-            self.configured_replicas(record)
-                .filter(|r| r.generation == record.generation)
-                .count()
-        };
+        let needed = routing::majority(self.configured_replicas(&record).count());
+        let holding = |record: &RepoRecord| routing::holding(record, |n| self.index_of(n));
         if holding(&record) >= needed {
             return Ok(());
         }
-        let behind: Vec<usize> = record
+        let behind: Vec<NodeId> = record
             .replicas
             .iter()
             .filter(|r| r.generation != record.generation)
@@ -336,7 +362,7 @@ impl Cluster {
     pub(crate) async fn finish_push(
         &self,
         repo: &RepoPath,
-        primary: usize,
+        primary: NodeId,
         before: Option<&str>,
         replicas: &[String],
     ) -> Result<(), ClusterError> {
@@ -401,8 +427,7 @@ impl Cluster {
             }
         }
         let generation = self
-            .store
-            .finish_write(repo, &holders, after.checksum.as_deref())
+            .record_write(repo, &holders, after.checksum.as_deref())
             .await?;
         let behind: Vec<&str> = others
             .iter()
@@ -411,7 +436,7 @@ impl Cluster {
             .collect();
         self.queue(repo, &behind, JobKind::Update).await?;
         tracing::debug!(repo = %repo, generation, holders = ?holders, "recorded push");
-        let needed = replicas.len() / 2 + 1;
+        let needed = routing::majority(replicas.len());
         if self.settings.mode == ReplicationMode::Sync && holders.len() < needed {
             return Err(ClusterError::QuorumNotReached {
                 got: holders.len(),

@@ -1,0 +1,241 @@
+//! `POST git-upload-pack`: a fetch.
+//!
+//! Fetch requests are small: they are read whole (up to
+//! `limits.max_fetch_request_bytes`, after gzip inflation) and parsed before any node
+//! sees them. One that ends negotiation goes through the pack cache, keyed by
+//! [`super::cache_key`]; its producer checks that git's answer is a complete final
+//! response before the entry can end cleanly. The rest stream straight through from
+//! the route's replicas, holding a per-repository slot.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use gitgate_packcache::{ByteStream, Fetch, ReadError, UpstreamError};
+use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
+use gitgate_proto::{normalize, RepoPath, Service};
+use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
+use http_body_util::{BodyExt, Limited};
+
+use super::cache_key::cache_key;
+use super::response::{boxed, git_response, holding};
+use super::GitRequest;
+use crate::body::BodyStream;
+use crate::error::{AppError, BoxError};
+use crate::limits::{LimitError, RepoLimiter};
+use crate::state::AppState;
+
+/// The protocol v2 commands upload-pack serves; anything else is refused here with a
+/// clear 400 instead of failing inside git.
+const V2_COMMANDS: &[&str] = &["ls-refs", "fetch", "object-info", "bundle-uri"];
+
+/// Answer a fetch from `repo`.
+pub async fn upload_pack(
+    state: &AppState,
+    git: &GitRequest,
+    repo: &RepoPath,
+    body: Body,
+) -> Result<Response, AppError> {
+    let body = read_limited(body, state.max_fetch_request_bytes).await?;
+    let version = git.version();
+    // Validate before any node sees it; the canonical form keys the pack cache.
+    let normalized = normalize::upload_pack(version, &body)?;
+    if let Some(command) = &normalized.command {
+        if !V2_COMMANDS.contains(&command.as_str()) {
+            return Err(AppError::UnsupportedCommand(command.clone()));
+        }
+    }
+    let route = state.cluster.read_route(repo).await?;
+    let span = tracing::Span::current();
+    if let (Some(cache), Some(expected)) = (&state.cache, normalized.expected) {
+        let key = cache_key(
+            repo,
+            Service::UploadPack,
+            version,
+            route.generation,
+            &normalized.canonical,
+        );
+        span.record("key", &key.to_hex()[..16]);
+        let upstream = Producer {
+            cluster: state.cluster.clone(),
+            route: route.clone(),
+            git: git.clone(),
+            repo: repo.clone(),
+            body: body.clone(),
+            limiter: state.limiter.clone(),
+            expected,
+        }
+        .into_upstream();
+        match cache.fetch(key, upstream).await {
+            Fetch::Hit(reader) => {
+                span.record("cache", "hit");
+                return cached_response(reader.into_stream(), false).await;
+            }
+            Fetch::Miss(reader) => {
+                span.record("cache", "miss");
+                // The producer (a detached task) calls this node first for the entry.
+                if let Some(&first) = route.candidates().first() {
+                    span.record("node", state.cluster.node_name(first));
+                }
+                return cached_response(reader.into_stream(), true).await;
+            }
+            Fetch::Bypass(reason) => {
+                span.record("cache", "bypass");
+                tracing::debug!(reason = reason.label(), "pack cache bypassed");
+            }
+        }
+    } else {
+        span.record("cache", "none");
+    }
+    let slot = state.limiter.acquire(repo).await?;
+    let stream = state
+        .cluster
+        .upload_pack(&route, git.call(repo, Service::UploadPack), &body)
+        .await?;
+    Ok(git_response(
+        holding(boxed(stream), slot),
+        Service::UploadPack.result_content_type(),
+        true,
+    ))
+}
+
+/// The producer of a cache entry: the same upload-pack call, owned so it can outlive
+/// the request that started it.
+struct Producer {
+    cluster: Arc<Cluster>,
+    route: ReadRoute,
+    git: GitRequest,
+    repo: RepoPath,
+    body: Bytes,
+    limiter: Arc<RepoLimiter>,
+    /// The shape of git's complete answer: anything else fails the entry (I3), so
+    /// an answer that is not a whole final response is never served from the cache.
+    expected: Expected,
+}
+
+impl Producer {
+    fn into_upstream(self) -> impl FnOnce() -> gitgate_packcache::Upstream {
+        let Producer {
+            cluster,
+            route,
+            git,
+            repo,
+            body,
+            limiter,
+            expected,
+        } = self;
+        move || {
+            Box::pin(async move {
+                // The producer takes the repository's slot; its readers share it.
+                let slot = limiter.acquire(&repo).await.map_err(UpstreamError::new)?;
+                let stream = cluster
+                    .upload_pack(&route, git.call(&repo, Service::UploadPack), &body)
+                    .await
+                    .map_err(UpstreamError::new)?;
+                let stream = stream.map(move |item| {
+                    let _held_until_the_stream_ends = &slot;
+                    item.map_err(UpstreamError::new)
+                });
+                Ok(checked(Box::pin(stream), expected))
+            })
+        }
+    }
+}
+
+/// Pass `stream` through, checking that it is a complete final response; if it is not,
+/// end with an error instead of a clean end, so the entry fails and is never served.
+fn checked(stream: ByteStream, expected: Expected) -> ByteStream {
+    struct Checking {
+        stream: ByteStream,
+        check: Option<ResponseCheck>,
+    }
+    let state = Checking {
+        stream,
+        check: Some(ResponseCheck::new(expected)),
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        let check = s.check.as_mut()?;
+        match s.stream.next().await {
+            Some(Ok(chunk)) => match check.feed(&chunk) {
+                Ok(()) => Some((Ok(chunk), s)),
+                Err(err) => {
+                    s.check = None;
+                    Some((Err(incomplete(err)), s))
+                }
+            },
+            Some(Err(err)) => {
+                s.check = None;
+                Some((Err(err), s))
+            }
+            None => {
+                let check = s.check.take()?;
+                match check.finish() {
+                    Ok(_) => None,
+                    Err(err) => Some((Err(incomplete(err)), s)),
+                }
+            }
+        }
+    }))
+}
+
+fn incomplete(err: ResponseError) -> UpstreamError {
+    tracing::error!(error = %err, "upload-pack answer is not a complete final response; not cached");
+    UpstreamError::new(err)
+}
+
+/// Answer from a cache reader: wait for the first bytes so a failure before any output
+/// still gets a proper status.
+async fn cached_response(
+    stream: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static,
+    generated: bool,
+) -> Result<Response, AppError> {
+    let mut stream = Box::pin(stream);
+    let first = match stream.next().await {
+        None => Bytes::new(),
+        Some(Ok(first)) => first,
+        Some(Err(err)) => return Err(read_error(err)),
+    };
+    let rest = stream.map_err(|e| Box::new(e) as BoxError);
+    let body: BodyStream =
+        Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
+    Ok(git_response(
+        body,
+        Service::UploadPack.result_content_type(),
+        generated,
+    ))
+}
+
+fn read_error(err: ReadError) -> AppError {
+    if let Some(limit) = err
+        .upstream()
+        .and_then(|up| up.downcast_ref::<LimitError>())
+    {
+        return AppError::from(*limit);
+    }
+    match err
+        .upstream()
+        .and_then(|up| up.downcast_ref::<ClusterError>())
+    {
+        Some(ClusterError::NotFound(_)) => AppError::RepoNotFound,
+        Some(ClusterError::Node(client)) if client.is_not_found() => AppError::RepoNotFound,
+        Some(ClusterError::Unavailable(message)) => AppError::NoReplica(message.clone()),
+        Some(ClusterError::Node(client)) if client.is_unavailable() => {
+            AppError::Unavailable(Box::new(err))
+        }
+        _ => AppError::NodeFailed(Box::new(err)),
+    }
+}
+
+/// Read a whole (already inflated) body, refusing more than `limit` bytes.
+async fn read_limited(body: Body, limit: u64) -> Result<Bytes, AppError> {
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(AppError::BodyTooLarge { limit })
+        }
+        Err(err) => Err(AppError::BodyRead(err.to_string())),
+    }
+}

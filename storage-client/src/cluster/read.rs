@@ -1,0 +1,169 @@
+//! Reads end to end: where a read of a repository may go ([`Cluster::read_route`]) and
+//! the node calls themselves ([`Cluster::upload_pack_advertisement`],
+//! [`Cluster::upload_pack`]), which try the route's replicas in order, move on when one
+//! fails before its first byte, report unreachable nodes to the health monitor and
+//! count every call (`gitgate_backend_requests_total`, `gitgate_read_distribution_total`).
+//!
+//! The choice itself is [`super::routing`]'s; this module does the IO around it.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use gitgate_proto::RepoPath;
+
+use super::{routing, Cluster, ClusterError};
+use crate::client::GitCall;
+use crate::error::ClientError;
+use crate::metadata::RepoRecord;
+use crate::nodes::NodeId;
+use crate::{GitStream, RequestBody};
+
+/// Where a read may go.
+#[derive(Debug, Clone)]
+pub struct ReadRoute {
+    /// The repository's generation (part of the pack cache key).
+    pub generation: i64,
+    /// Nodes to try, in order: healthy and up to date.
+    candidates: Vec<NodeId>,
+}
+
+impl ReadRoute {
+    /// The nodes a read tries, in order.
+    pub fn candidates(&self) -> &[NodeId] {
+        &self.candidates
+    }
+}
+
+impl Cluster {
+    /// Where a read of `repo` may go: healthy replicas holding the current generation,
+    /// starting at a pseudo-random one so reads spread (see [`routing`]).
+    pub async fn read_route(&self, repo: &RepoPath) -> Result<ReadRoute, ClusterError> {
+        let record = self.record(repo).await?;
+        let serving = self.serving_replicas(&record);
+        if serving.is_empty() {
+            return Err(self.unavailable(&record, "serve reads"));
+        }
+        let writing = record
+            .write
+            .as_ref()
+            .and_then(|marker| self.nodes.find(&marker.node));
+        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
+        Ok(ReadRoute {
+            generation: record.generation,
+            candidates: routing::read_order(serving, writing, spread),
+        })
+    }
+
+    /// The upload-pack ref advertisement (`info/refs`) of `call.repo`, from the first
+    /// replica of a fresh route that answers.
+    pub async fn upload_pack_advertisement(
+        &self,
+        call: GitCall<'_>,
+    ) -> Result<GitStream, ClusterError> {
+        let route = self.read_route(call.repo).await?;
+        let mut last = None;
+        for &node in route.candidates() {
+            match self.observe(node, self.node(node).info_refs(call).await) {
+                Ok(stream) => return Ok(stream),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(no_answer(last))
+    }
+
+    /// Run upload-pack with `body` on the first of `route`'s replicas that answers: a
+    /// node that fails before its first byte is reported and the next one is tried.
+    pub async fn upload_pack(
+        &self,
+        route: &ReadRoute,
+        call: GitCall<'_>,
+        body: &Bytes,
+    ) -> Result<GitStream, ClusterError> {
+        let mut last = None;
+        for &node in route.candidates() {
+            let client = self.node(node);
+            let request: RequestBody = Box::pin(futures_util::stream::once({
+                let body = body.clone();
+                async move { Ok(body) }
+            }));
+            match self.observe(node, client.rpc(call, request).await) {
+                Ok(stream) => {
+                    self.metrics
+                        .read_distribution
+                        .with_label_values(&[client.name()])
+                        .inc();
+                    return Ok(stream);
+                }
+                Err(err) => {
+                    if route.candidates.len() > 1 {
+                        tracing::info!(node = client.name(), error = %err, "fetch failed before its first byte; trying another replica");
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(no_answer(last))
+    }
+
+    /// Count a node call's outcome, report an unreachable node to the health monitor,
+    /// and name the node in the current span.
+    pub(crate) fn observe<T>(
+        &self,
+        node: NodeId,
+        result: Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let name = self.node(node).name();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_not_found() => "not_found",
+            Err(e) if e.is_unavailable() => {
+                self.health.report_failure(node);
+                "unavailable"
+            }
+            Err(_) => "error",
+        };
+        self.metrics
+            .backend
+            .with_label_values(&[name, outcome])
+            .inc();
+        tracing::Span::current().record("node", name);
+        result
+    }
+
+    /// Node ids of `record`'s healthy, up-to-date replicas, in record order.
+    pub(crate) fn serving_replicas(&self, record: &RepoRecord) -> Vec<NodeId> {
+        routing::serving(record, |name| self.nodes.find(name), |id| self.healthy(id))
+    }
+
+    /// Why nothing can serve `record`, for the 503 message.
+    pub(crate) fn unavailable(&self, record: &RepoRecord, what: &str) -> ClusterError {
+        let replicas: Vec<String> = record
+            .replicas
+            .iter()
+            .map(|r| {
+                let state = if r.generation != record.generation {
+                    "out of date"
+                } else if self.nodes.find(&r.node).is_some_and(|i| self.healthy(i)) {
+                    "up"
+                } else {
+                    "down"
+                };
+                format!("{} {state}", r.node)
+            })
+            .collect();
+        ClusterError::Unavailable(format!(
+            "no up-to-date replica of {} can {what} right now (replicas: {})",
+            record.repo,
+            replicas.join(", ")
+        ))
+    }
+}
+
+/// The error of a read that no replica answered.
+fn no_answer(last: Option<ClientError>) -> ClusterError {
+    match last {
+        Some(err) => err.into(),
+        None => ClusterError::Unavailable("no replica to try".into()),
+    }
+}
