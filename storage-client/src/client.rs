@@ -2,25 +2,13 @@
 
 use std::sync::Arc;
 
-use gitgate_proto::{GitProtocol, RepoPath, Service};
+use gitgate_proto::RepoPath;
 use gitgate_storage_node::api::{self, GitStream, ReplicateRequest, RepoState, RequestBody};
 use gitgate_storage_node::{Node, ReplicaSource};
 
+use crate::call::GitCall;
 use crate::error::ClientError;
 use crate::remote::RemoteNode;
-
-/// The parameters of one git call.
-#[derive(Debug, Clone, Copy)]
-pub struct GitCall<'a> {
-    /// The repository.
-    pub repo: &'a RepoPath,
-    /// The service.
-    pub service: Service,
-    /// The sanitized `Git-Protocol` value, if the client sent one.
-    pub protocol: Option<&'a GitProtocol>,
-    /// The request id, passed on to the node's logs.
-    pub request_id: &'a str,
-}
 
 /// One storage node.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 //! to the primary, replicate, and repair.
 #![deny(missing_docs)]
 
+mod call;
 mod client;
 pub mod cluster;
 mod error;
@@ -21,7 +22,8 @@ pub mod metadata;
 mod nodes;
 pub mod remote;
 
-pub use client::{GitCall, NodeClient};
+pub use call::GitCall;
+pub use client::NodeClient;
 pub use error::ClientError;
 pub use gitgate_storage_node::api::{GitStream, GitStreamError, RepoState, RequestBody};
 pub use nodes::{ConnectError, NodeId, NodeLocation, NodeSet, NodeSpec};

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::client::GitCall;
+use crate::call::GitCall;
 use crate::error::ClientError;
 
 /// How long to wait for a TCP connection to a node.

@@ -264,6 +264,50 @@ async fn locks(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     drop(got);
 }
 
+/// A record is one snapshot: while one handle records writes that every replica holds,
+/// the other never reads a repository generation paired with older replica rows (which
+/// routing would see as "every replica out of date").
+async fn snapshots(writer: &dyn MetadataStore, reader: &dyn MetadataStore) {
+    const WRITES: usize = 300;
+    let r = repo("snapshot.git");
+    writer.register(&new_repo("snapshot.git")).await.unwrap();
+    let holders = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    writer.finish_write(&r, &holders, Some("c1")).await.unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        for i in 0..WRITES {
+            writer
+                .finish_write(&r, &holders, Some(&format!("c{i}")))
+                .await
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let read = async {
+        let (mut reads, mut torn) = (0usize, Vec::new());
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 100 {
+            let record = reader.get(&r).await.unwrap().unwrap();
+            reads += 1;
+            if record
+                .replicas
+                .iter()
+                .any(|x| x.generation != record.generation)
+            {
+                torn.push(format!("{record:?}"));
+            }
+        }
+        (reads, torn)
+    };
+    let ((), (reads, torn)) = tokio::join!(write, read);
+    assert!(reads >= 100, "too few reads overlapped the writes: {reads}");
+    assert!(
+        torn.is_empty(),
+        "{} of {reads} reads were torn, e.g. {}",
+        torn.len(),
+        torn[0]
+    );
+}
+
 async fn suite(a: &dyn MetadataStore, b: &dyn MetadataStore) {
     registration(a).await;
     generations(a, b).await;
@@ -276,7 +320,12 @@ async fn embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/gitgate.db");
     let store = EmbeddedStore::open(&path).await.unwrap();
+    // Locks of the embedded store are this process's (one gateway): the suite shares
+    // one handle; the snapshot check needs a second connection to the file.
     suite(&store, &store.clone()).await;
+    let second = EmbeddedStore::open(&path).await.unwrap();
+    snapshots(&store, &second).await;
+    drop(second);
     // Durable: a reopened file has everything.
     let r = repo("durable.git");
     store.register(&new_repo("durable.git")).await.unwrap();
@@ -299,6 +348,7 @@ async fn postgres_store() {
     let (a, b) = tokio::join!(PostgresStore::open(&url), PostgresStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
     suite(&a, &b).await;
+    snapshots(&a, &b).await;
 }
 
 #[tokio::test]

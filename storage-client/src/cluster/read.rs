@@ -12,7 +12,7 @@ use bytes::Bytes;
 use gitgate_proto::RepoPath;
 
 use super::{routing, Cluster, ClusterError};
-use crate::client::GitCall;
+use crate::call::GitCall;
 use crate::error::ClientError;
 use crate::metadata::RepoRecord;
 use crate::nodes::NodeId;

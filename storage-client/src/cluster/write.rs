@@ -16,7 +16,7 @@ use gitgate_proto::RepoPath;
 
 use super::routing::{self, Election};
 use super::{placement, Cluster, ClusterError, ReplicationMode};
-use crate::client::GitCall;
+use crate::call::GitCall;
 use crate::metadata::{
     JobKind, NewRepo, ReplicaRecord, RepoLock, RepoRecord, WriteMarker, NO_COPY,
 };

@@ -142,7 +142,10 @@ impl MetadataStore for EmbeddedStore {
         let repo = repo.clone();
         self.call(move |conn| {
             let name = repo.as_str();
-            let head = conn
+            // One snapshot for the repository row and its replicas (see the
+            // PostgreSQL store): a read transaction in WAL mode.
+            let tx = conn.transaction()?;
+            let head = tx
                 .query_row(&sqlite(sql::GET_REPO), [name], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
@@ -158,16 +161,18 @@ impl MetadataStore for EmbeddedStore {
             else {
                 return Ok(None);
             };
-            let mut stmt = conn.prepare_cached(&sqlite(sql::GET_REPLICAS))?;
-            let replicas = stmt
-                .query_map([name], |row| {
+            let replicas = {
+                let mut stmt = tx.prepare_cached(&sqlite(sql::GET_REPLICAS))?;
+                let rows = stmt.query_map([name], |row| {
                     Ok(ReplicaRecord {
                         node: row.get(0)?,
                         generation: row.get(1)?,
                         checksum: row.get(2)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
             let write = match (write_node, write_owner, started) {
                 (Some(node), Some(owner), Some(started_ms)) => Some(WriteMarker {
                     node,

@@ -1,26 +1,24 @@
 //! The shared metadata store: PostgreSQL, so several gateways see the same generations,
 //! primaries, markers and jobs.
 //!
-//! Connections come from a small pool (at most 32 running queries and 64 holding locks
-//! at once; callers beyond that wait); one that failed is dropped, and the next call
-//! connects again. A repository's write lock is a session advisory lock held on a
-//! pooled connection for as long as the lock lives: if the gateway dies, PostgreSQL
-//! ends the session and the lock is released with it.
+//! Connections come from two deadpool pools: at most 32 running queries and at most 64
+//! holding locks at once (callers beyond that wait), so a write holding a lock still
+//! gets connections for its queries. A broken connection is recycled by the pool. A
+//! repository's write lock is a session advisory lock held on a pooled connection for
+//! as long as the lock lives: if the gateway dies, PostgreSQL ends the session and the
+//! lock is released with it.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use gitgate_proto::RepoPath;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
 
 use super::{
     millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
     ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
 };
 
-/// Idle connections kept for reuse.
-const MAX_IDLE: usize = 16;
 /// Connections running queries at once (each call takes one for its duration).
 const MAX_QUERYING: usize = 32;
 /// Connections holding repository locks at once (one per write in progress).
@@ -31,7 +29,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// PostgreSQL metadata.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: Arc<Pool>,
+    /// Connections for queries.
+    queries: Pool,
+    /// Connections that hold a repository's advisory lock.
+    locks: Pool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -40,96 +41,27 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-struct Pool {
-    config: tokio_postgres::Config,
-    idle: Mutex<Vec<Client>>,
-    /// Bounds the connections in use, separately for queries and for held locks: a
-    /// write holding a lock still gets connections for its queries.
-    querying: Arc<Semaphore>,
-    locking: Arc<Semaphore>,
+/// A pool of at most `size` connections to `config`.
+fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|err| StoreError::Task(format!("building the connection pool: {err}")))
 }
 
-/// A pooled connection, returned to the pool when dropped unless it failed.
-struct Conn {
-    client: Option<Client>,
-    pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl std::ops::Deref for Conn {
-    type Target = Client;
-
-    fn deref(&self) -> &Client {
-        // Only taken out in `drop`.
-        self.client
-            .as_ref()
-            .expect("connection present until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .expect("connection present until dropped")
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if !client.is_closed() {
-                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE {
-                    idle.push(client);
-                }
-            }
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => StoreError::Postgres(err),
+            other => StoreError::Task(format!("connection pool: {other}")),
         }
-    }
-}
-
-impl Pool {
-    /// A connection for queries.
-    async fn get(self: &Arc<Self>) -> Result<Conn, StoreError> {
-        self.connection(&self.querying).await
-    }
-
-    /// A connection to hold a repository lock on.
-    async fn get_for_lock(self: &Arc<Self>) -> Result<Conn, StoreError> {
-        self.connection(&self.locking).await
-    }
-
-    async fn connection(self: &Arc<Self>, kind: &Arc<Semaphore>) -> Result<Conn, StoreError> {
-        let permit = kind
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Task("connection pool closed".into()))?;
-        loop {
-            let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match reused {
-                Some(client) if client.is_closed() => continue,
-                Some(client) => {
-                    return Ok(Conn {
-                        client: Some(client),
-                        pool: self.clone(),
-                        _permit: permit,
-                    })
-                }
-                None => break,
-            }
-        }
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::warn!(error = %err, "postgres connection ended");
-            }
-        });
-        Ok(Conn {
-            client: Some(client),
-            pool: self.clone(),
-            _permit: permit,
-        })
     }
 }
 
@@ -143,7 +75,7 @@ fn lock_key(repo: &RepoPath) -> i64 {
 
 /// A held advisory lock; unlocks (and returns the connection) when dropped.
 struct AdvisoryLock {
-    conn: Option<Conn>,
+    conn: Option<Object>,
     key: i64,
 }
 
@@ -160,15 +92,13 @@ impl Drop for AdvisoryLock {
                         .map(|row| row.get::<_, bool>(0));
                     if !matches!(unlocked, Ok(true)) {
                         // Do not reuse a session that may still hold the lock.
-                        let mut conn = conn;
-                        drop(conn.client.take());
+                        drop(Object::take(conn));
                     }
                 });
             }
             Err(_) => {
                 // No runtime: closing the session releases the lock.
-                let mut conn = conn;
-                drop(conn.client.take());
+                drop(Object::take(conn));
             }
         }
     }
@@ -182,13 +112,11 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("gitgate");
-        let pool = Arc::new(Pool {
-            config,
-            idle: Mutex::new(Vec::new()),
-            querying: Arc::new(Semaphore::new(MAX_QUERYING)),
-            locking: Arc::new(Semaphore::new(MAX_LOCKING)),
-        });
-        let conn = pool.get().await?;
+        let store = Self {
+            queries: pool(&config, MAX_QUERYING)?,
+            locks: pool(&config, MAX_LOCKING)?,
+        };
+        let conn = store.queries.get().await?;
         // Gateways starting together must not race on CREATE TABLE.
         conn.execute("SELECT pg_advisory_lock(7150254127)", &[])
             .await?;
@@ -202,7 +130,8 @@ impl PostgresStore {
         conn.execute("SELECT pg_advisory_unlock(7150254127)", &[])
             .await?;
         created?;
-        Ok(Self { pool })
+        drop(conn);
+        Ok(store)
     }
 
     async fn exec(
@@ -210,7 +139,7 @@ impl PostgresStore {
         statement: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let conn = self.pool.get().await?;
+        let conn = self.queries.get().await?;
         Ok(conn.execute(statement, args).await?)
     }
 }
@@ -230,12 +159,21 @@ fn job_from(row: &tokio_postgres::Row) -> Result<Job, StoreError> {
 impl MetadataStore for PostgresStore {
     fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let mut conn = self.queries.get().await?;
             let name = repo.as_str();
-            let Some(row) = conn.query_opt(sql::GET_REPO, &[&name]).await? else {
+            // One snapshot for the repository row and its replicas: a write committed
+            // between two plain statements would otherwise pair the new generation with
+            // the old replica rows (every replica "out of date").
+            let tx = conn
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let Some(row) = tx.query_opt(sql::GET_REPO, &[&name]).await? else {
                 return Ok(None);
             };
-            let replicas = conn
+            let replicas = tx
                 .query(sql::GET_REPLICAS, &[&name])
                 .await?
                 .iter()
@@ -259,6 +197,7 @@ impl MetadataStore for PostgresStore {
                 }),
                 _ => None,
             };
+            tx.commit().await?;
             Ok(Some(RepoRecord {
                 repo: repo.clone(),
                 generation: row.try_get(0)?,
@@ -272,7 +211,7 @@ impl MetadataStore for PostgresStore {
 
     fn list(&self) -> StoreFuture<'_, Vec<RepoPath>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let conn = self.queries.get().await?;
             conn.query(sql::LIST_REPOS, &[])
                 .await?
                 .iter()
@@ -283,7 +222,7 @@ impl MetadataStore for PostgresStore {
 
     fn register<'a>(&'a self, new: &'a NewRepo) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.queries.get().await?;
             let tx = conn.transaction().await?;
             let name = new.repo.as_str();
             let inserted = tx
@@ -346,7 +285,7 @@ impl MetadataStore for PostgresStore {
         checksum: Option<&'a str>,
     ) -> StoreFuture<'a, i64> {
         Box::pin(async move {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.queries.get().await?;
             let tx = conn.transaction().await?;
             let name = repo.as_str();
             let row = tx
@@ -413,7 +352,7 @@ impl MetadataStore for PostgresStore {
         limit: i64,
     ) -> StoreFuture<'a, Vec<Job>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let conn = self.queries.get().await?;
             let expires = now_ms.saturating_add(millis(lease));
             conn.query(sql::CLAIM_POSTGRES, &[&owner, &now_ms, &expires, &limit])
                 .await?
@@ -475,7 +414,7 @@ impl MetadataStore for PostgresStore {
 
     fn jobs_of<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Vec<Job>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let conn = self.queries.get().await?;
             conn.query(sql::JOBS_OF, &[&repo.as_str()])
                 .await?
                 .iter()
@@ -486,7 +425,7 @@ impl MetadataStore for PostgresStore {
 
     fn job_counts(&self, now_ms: i64) -> StoreFuture<'_, JobCounts> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let conn = self.queries.get().await?;
             let row = conn.query_one(sql::JOB_COUNTS, &[&now_ms]).await?;
             Ok(JobCounts {
                 queued: row.try_get(0)?,
@@ -515,7 +454,7 @@ impl MetadataStore for PostgresStore {
 
     fn try_lock<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoLock>> {
         Box::pin(async move {
-            let conn = self.pool.get_for_lock().await?;
+            let conn = self.locks.get().await?;
             let key = lock_key(repo);
             let row = conn
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
