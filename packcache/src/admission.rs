@@ -1,10 +1,12 @@
 //! `min_occurrences`: how many times a key must have been seen within `max_age` before a
 //! request creates an entry for it. Memory is bounded by a capacity on the counter map;
-//! counts expire `max_age` after a key was first seen.
+//! counts expire `max_age` after a key was first seen, measured in tokio time (so tests
+//! pause it). It decides admission only; the cache decides what to do with the answer.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::key::CacheKey;
 
@@ -12,28 +14,47 @@ use crate::key::CacheKey;
 const CAPACITY: u64 = 100_000;
 
 /// Counts key sightings.
-pub struct Admission {
+pub(crate) struct Admission {
     min: u32,
-    seen: moka::sync::Cache<CacheKey, Arc<AtomicU32>>,
+    window: Duration,
+    /// The map's own time-to-live (wall time) bounds memory; the window itself is
+    /// checked against tokio time in [`Admission::admit`].
+    seen: moka::sync::Cache<CacheKey, Arc<Mutex<Sightings>>>,
+}
+
+/// Sightings of one key since `since`.
+struct Sightings {
+    since: Instant,
+    count: u32,
 }
 
 impl Admission {
     /// Admit keys seen at least `min` times within `window`.
-    pub fn new(min: u32, window: Duration) -> Self {
+    pub(crate) fn new(min: u32, window: Duration) -> Self {
         let seen = moka::sync::Cache::builder()
             .max_capacity(CAPACITY)
             .time_to_live(window)
             .build();
-        Self { min, seen }
+        Self { min, window, seen }
     }
 
     /// Record one sighting of `key`; whether it may now create an entry.
-    pub fn admit(&self, key: &CacheKey) -> bool {
+    pub(crate) fn admit(&self, key: &CacheKey) -> bool {
         if self.min <= 1 {
             return true;
         }
-        let counter = self.seen.get_with(*key, || Arc::new(AtomicU32::new(0)));
-        counter.fetch_add(1, Ordering::Relaxed) + 1 >= self.min
+        let now = Instant::now();
+        let fresh = || Sightings {
+            since: now,
+            count: 0,
+        };
+        let sightings = self.seen.get_with(*key, || Arc::new(Mutex::new(fresh())));
+        let mut sightings = sightings.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(sightings.since) >= self.window {
+            *sightings = fresh();
+        }
+        sightings.count = sightings.count.saturating_add(1);
+        sightings.count >= self.min
     }
 }
 
@@ -53,5 +74,16 @@ mod tests {
         assert!(a.admit(&key));
         assert!(Admission::new(0, Duration::from_secs(1)).admit(&key));
         assert!(Admission::new(1, Duration::from_secs(1)).admit(&key));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_restart_after_the_window() {
+        let key = KeyBuilder::new(1).field(b"k").finish();
+        let a = Admission::new(2, Duration::from_secs(60));
+        assert!(!a.admit(&key));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!a.admit(&key), "the first sighting expired");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(a.admit(&key));
     }
 }

@@ -1,17 +1,23 @@
-//! [`PackCache`]: the index, admission, the disk budget and eviction.
+//! [`PackCache`], the front door: a lookup joins a live entry, or (admitted and within
+//! the disk budget) creates one and starts its producer, or answers [`Fetch::Bypass`].
+//! It also owns the settings, the disk budget and when to evict (`max_age` by tokio
+//! time, so tests pause it).
+//!
+//! The index itself, the entries' state and the producer live in their own modules;
+//! this one only wires them together.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::admission::Admission;
 use crate::config::CacheConfig;
-use crate::entry::{Entry, Status};
+use crate::entry::Entry;
+use crate::index::{Index, Insert};
 use crate::key::CacheKey;
 use crate::metrics::CacheMetrics;
+use crate::producer::Producer;
 use crate::reader::Reader;
-use crate::store::{FileStore, StoreError};
+use crate::store::{EntryStore, FileStore, StoreError};
 use crate::Upstream;
 
 /// What a lookup decided.
@@ -49,20 +55,14 @@ impl BypassReason {
     }
 }
 
-/// Shared internals; entries, readers and producers hold an `Arc` of it.
-pub struct Inner {
+/// Shared internals; the evictor holds a weak reference.
+struct Inner {
     /// Settings; all but `dir` can change while running ([`PackCache::reconfigure`]).
-    config: std::sync::RwLock<CacheConfig>,
-    store: FileStore,
-    admission: std::sync::RwLock<Arc<Admission>>,
-    pub(crate) metrics: CacheMetrics,
-    /// Live entries. Lock order: this lock, then an entry's lock. Never held across
-    /// `.await`.
-    index: Mutex<HashMap<CacheKey, Arc<Entry>>>,
-    /// Bytes of files of entries in the index.
-    usage: AtomicU64,
-    /// Test hook: writes past this offset fail.
-    fault_write_limit: Option<u64>,
+    config: RwLock<CacheConfig>,
+    store: Arc<dyn EntryStore>,
+    admission: RwLock<Arc<Admission>>,
+    metrics: CacheMetrics,
+    index: Arc<Index>,
 }
 
 /// The pack cache.
@@ -74,14 +74,6 @@ pub struct PackCache {
 impl PackCache {
     /// Open the cache in `config.dir`, removing leftovers of earlier runs.
     pub async fn open(config: CacheConfig, metrics: CacheMetrics) -> Result<Self, StoreError> {
-        Self::open_with_fault(config, metrics, None).await
-    }
-
-    pub(crate) async fn open_with_fault(
-        config: CacheConfig,
-        metrics: CacheMetrics,
-        fault_write_limit: Option<u64>,
-    ) -> Result<Self, StoreError> {
         let dir = config.dir.clone();
         let store = tokio::task::spawn_blocking(move || FileStore::open_blocking(&dir))
             .await
@@ -90,22 +82,29 @@ impl PackCache {
                 path: config.dir.clone(),
                 source: std::io::Error::other(join),
             })??;
+        Ok(Self::with_store(config, metrics, Arc::new(store)))
+    }
+
+    /// The cache over any store (tests pass one that injects faults).
+    pub(crate) fn with_store(
+        config: CacheConfig,
+        metrics: CacheMetrics,
+        store: Arc<dyn EntryStore>,
+    ) -> Self {
         metrics
             .enabled
             .with_label_values(&[&config.dir.display().to_string(), &humanize(config.max_age)])
             .set(1);
         let admission = Admission::new(config.min_occurrences, config.max_age);
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
-                config: std::sync::RwLock::new(config),
+                config: RwLock::new(config),
+                index: Arc::new(Index::new(store.clone(), metrics.clone())),
                 store,
-                admission: std::sync::RwLock::new(Arc::new(admission)),
+                admission: RwLock::new(Arc::new(admission)),
                 metrics,
-                index: Mutex::new(HashMap::new()),
-                usage: AtomicU64::new(0),
-                fault_write_limit,
             }),
-        })
+        }
     }
 
     /// Look `key` up; join a live entry, or (if admitted and within budget) create one
@@ -113,9 +112,9 @@ impl PackCache {
     pub async fn fetch(&self, key: CacheKey, upstream: impl FnOnce() -> Upstream) -> Fetch {
         let inner = &self.inner;
         inner.evict_expired();
-        if let Some(reader) = inner.join(&key) {
+        if let Some((entry, follower)) = inner.index.join(&key) {
             inner.metrics.lookups.with_label_values(&["hit"]).inc();
-            return Fetch::Hit(reader);
+            return Fetch::Hit(inner.reader(entry, follower));
         }
         if !inner.admission().admit(&key) {
             return inner.bypass(BypassReason::NotAdmitted);
@@ -123,42 +122,34 @@ impl PackCache {
         if let Some(reason) = self.make_room().await {
             return inner.bypass(reason);
         }
-        let store_inner = inner.clone();
-        let created =
-            tokio::task::spawn_blocking(move || store_inner.store.create_blocking()).await;
+        let store = inner.store.clone();
+        let created = tokio::task::spawn_blocking(move || store.create()).await;
         let (file, path) = match created {
             Ok(Ok(created)) => created,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot create pack cache file; bypassing");
-                inner.metrics.lookups.with_label_values(&["error"]).inc();
-                return Fetch::Bypass(BypassReason::StoreError);
-            }
-            Err(join) => {
-                tracing::warn!(error = %join, "cannot create pack cache file; bypassing");
-                inner.metrics.lookups.with_label_values(&["error"]).inc();
-                return Fetch::Bypass(BypassReason::StoreError);
-            }
+            // I7: no entry exists yet, so the request can go straight to upstream.
+            Ok(Err(err)) => return inner.store_error(&err),
+            Err(join) => return inner.store_error(&join),
         };
-        let mut index = inner.lock_index();
-        // Someone may have created the entry while we made the file (I1).
-        if let Some(existing) = index.get(&key).cloned() {
-            if joinable(&existing) {
-                let reader = Reader::attach(inner.clone(), existing);
-                drop(index);
-                unlink_later(path);
+        let (entry, writer) = Entry::new(key, file, path.clone(), inner.index.usage().clone());
+        match inner.index.insert(entry.clone()) {
+            // Someone created the entry while we made the file (I1).
+            Insert::Joined(existing, follower) => {
+                inner.index.unlink_later(path);
                 inner.metrics.lookups.with_label_values(&["hit"]).inc();
-                return Fetch::Hit(reader);
+                Fetch::Hit(inner.reader(existing, follower))
+            }
+            Insert::Inserted(follower) => {
+                inner.metrics.lookups.with_label_values(&["miss"]).inc();
+                let reader = inner.reader(entry, follower);
+                Producer {
+                    index: inner.index.clone(),
+                    store: inner.store.clone(),
+                    metrics: inner.metrics.clone(),
+                }
+                .spawn(writer, upstream());
+                Fetch::Miss(reader)
             }
         }
-        let entry = Arc::new(Entry::new(key, file, path));
-        index.insert(key, entry.clone());
-        inner.metrics.entries.set(index.len() as i64);
-        let reader = Reader::attach(inner.clone(), entry.clone());
-        drop(index);
-        inner.metrics.lookups.with_label_values(&["miss"]).inc();
-        // I6: the producer is its own task, not part of this request.
-        tokio::spawn(crate::producer::run(inner.clone(), entry, upstream()));
-        Fetch::Miss(reader)
     }
 
     /// Evict entries past `max_age` now (also done on every lookup and by
@@ -187,12 +178,12 @@ impl PackCache {
 
     /// Number of live entries.
     pub fn entries(&self) -> usize {
-        self.inner.lock_index().len()
+        self.inner.index.len()
     }
 
     /// Bytes of entry files in the index.
     pub fn usage(&self) -> u64 {
-        self.inner.usage.load(Ordering::Relaxed)
+        self.inner.index.usage().get()
     }
 
     /// This process life's directory of entry files.
@@ -237,15 +228,16 @@ impl PackCache {
         inner.evict_expired();
     }
 
-    /// Evict old complete entries until a new one fits; `Some` if it still does not.
+    /// Evict old complete entries until a new one fits; `Some` if it still does not
+    /// (I7: a full disk or budget is a bypass, never a failed fetch).
     async fn make_room(&self) -> Option<BypassReason> {
         let inner = &self.inner;
         let (max_bytes, min_free_bytes) = {
             let c = inner.config();
             (c.max_bytes, c.min_free_bytes)
         };
-        while inner.usage.load(Ordering::Relaxed) >= max_bytes {
-            if !inner.evict_oldest("max_bytes") {
+        while inner.index.usage().get() >= max_bytes {
+            if !inner.index.evict_oldest("max_bytes") {
                 return Some(BypassReason::OverBudget);
             }
         }
@@ -253,12 +245,12 @@ impl PackCache {
             return None;
         }
         loop {
-            let probe = inner.clone();
-            let free = tokio::task::spawn_blocking(move || probe.store.free_bytes_blocking()).await;
+            let store = inner.store.clone();
+            let free = tokio::task::spawn_blocking(move || store.free_bytes()).await;
             match free {
                 Ok(Ok(free)) if free >= min_free_bytes => return None,
                 Ok(Ok(_)) => {
-                    if !inner.evict_oldest("low_disk") {
+                    if !inner.index.evict_oldest("low_disk") {
                         return Some(BypassReason::LowDiskSpace);
                     }
                 }
@@ -275,23 +267,6 @@ impl Drop for EvictorHandle {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn joinable(entry: &Entry) -> bool {
-    let state = entry.lock();
-    state.in_index
-        && matches!(state.status, Status::Writing | Status::Done)
-        && state.spill_at.is_none()
-}
-
-fn unlink_later(path: std::path::PathBuf) {
-    tokio::spawn(async move {
-        if let Err(err) = tokio::fs::remove_file(&path).await {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %err, "could not remove pack cache file");
-            }
-        }
-    });
 }
 
 fn humanize(d: Duration) -> String {
@@ -327,10 +302,8 @@ impl Inner {
             .clone()
     }
 
-    fn lock_index(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
-        self.index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn reader(&self, entry: Arc<Entry>, follower: crate::entry::Follower) -> Reader {
+        Reader::new(entry, follower, self.metrics.served_bytes.clone())
     }
 
     fn bypass(&self, reason: BypassReason) -> Fetch {
@@ -338,104 +311,14 @@ impl Inner {
         Fetch::Bypass(reason)
     }
 
-    pub(crate) fn fault_write_limit(&self) -> Option<u64> {
-        self.fault_write_limit
-    }
-
-    pub(crate) fn add_usage(&self, bytes: u64) {
-        let total = self.usage.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.metrics.disk_usage.set(total as i64);
-    }
-
-    fn join(self: &Arc<Self>, key: &CacheKey) -> Option<Reader> {
-        let index = self.lock_index();
-        let entry = index.get(key)?.clone();
-        if !joinable(&entry) {
-            return None;
-        }
-        let reader = Reader::attach(self.clone(), entry);
-        drop(index);
-        Some(reader)
-    }
-
-    /// Take `entry` out of the index (if it is still there) and unlink its file.
-    pub(crate) fn remove(&self, entry: &Arc<Entry>, reason: &'static str) {
-        let mut index = self.lock_index();
-        self.remove_locked(&mut index, entry, reason);
-    }
-
-    fn remove_locked(
-        &self,
-        index: &mut HashMap<CacheKey, Arc<Entry>>,
-        entry: &Arc<Entry>,
-        reason: &'static str,
-    ) {
-        if index.get(&entry.key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            index.remove(&entry.key);
-        }
-        let mut state = entry.lock();
-        if !state.in_index {
-            return;
-        }
-        state.in_index = false;
-        let written = state.written;
-        drop(state);
-        let total = self
-            .usage
-            .fetch_sub(written, Ordering::Relaxed)
-            .saturating_sub(written);
-        self.metrics.disk_usage.set(total as i64);
-        self.metrics.entries.set(index.len() as i64);
-        self.metrics.evictions.with_label_values(&[reason]).inc();
-        tracing::debug!(key = %entry.key, reason, bytes = written, "pack cache entry removed");
-        // I5: readers holding the file keep reading it after the name is gone.
-        unlink_later(entry.path.clone());
-    }
-
-    /// A reader left. The last reader leaving an entry still being written stops the
-    /// producer (there is nobody to write for) and removes the entry first, so nobody
-    /// joins an entry that is about to fail.
-    pub(crate) fn release(&self, entry: &Arc<Entry>, reader: u64) {
-        let mut index = self.lock_index();
-        let mut state = entry.lock();
-        state.readers = state.readers.saturating_sub(1);
-        state.spill.retain(|(id, _)| *id != reader);
-        let abandon = state.readers == 0 && matches!(state.status, Status::Writing);
-        drop(state);
-        if abandon {
-            self.remove_locked(&mut index, entry, "abandoned");
-            entry.abandoned.notify_one();
-        }
+    fn store_error(&self, err: &dyn std::fmt::Display) -> Fetch {
+        tracing::warn!(error = %err, "cannot create pack cache file; bypassing");
+        self.metrics.lookups.with_label_values(&["error"]).inc();
+        Fetch::Bypass(BypassReason::StoreError)
     }
 
     fn evict_expired(&self) {
-        let max_age = self.config().max_age;
-        let mut index = self.lock_index();
-        let expired: Vec<Arc<Entry>> = index
-            .values()
-            .filter(|e| e.created.elapsed() >= max_age)
-            .cloned()
-            .collect();
-        for entry in expired {
-            self.remove_locked(&mut index, &entry, "max_age");
-        }
-    }
-
-    /// Evict the oldest complete entry; false if there is none.
-    fn evict_oldest(&self, reason: &'static str) -> bool {
-        let mut index = self.lock_index();
-        let oldest = index
-            .values()
-            .filter(|e| matches!(e.lock().status, Status::Done))
-            .min_by_key(|e| e.created)
-            .cloned();
-        match oldest {
-            Some(entry) => {
-                self.remove_locked(&mut index, &entry, reason);
-                true
-            }
-            None => false,
-        }
+        self.index.evict_expired(self.config().max_age);
     }
 }
 

@@ -1,68 +1,66 @@
-//! One cache entry: a file being written by one producer and read by many readers.
+//! One entry: the file one producer writes and any number of readers follow, and the one
+//! state they share.
 //!
-//! The coordination primitive is small: a published write offset and a terminal status
-//! under one `std::sync::Mutex` (never held across `.await`), and a `watch` channel whose
-//! only job is to wake readers when either changed.
+//! The coordination primitive, like Gitaly's cursor: a [`Progress`] value (bytes written
+//! plus one [`Phase`]) published through one `tokio::sync::watch` channel. Only the
+//! producer's [`Writer`] changes it; readers hold receivers and only observe it, and the
+//! number of receivers is the number of attached readers, which is how the producer learns
+//! that the last one has gone (I6). Every change happens under the entry's one
+//! `std::sync::Mutex`, never held across `.await`; besides publishing, that lock guards
+//! what the producer hands to readers directly: the in-memory tail of the newest chunks
+//! and, after a write error, one bounded channel per attached reader (I7).
+//!
+//! This module knows nothing of the index, the file store or the upstream: the index
+//! calls [`Entry::attach`] and [`Entry::unindex`], the producer drives the [`Writer`], and
+//! readers read the file and [`Entry::tail`].
 
-use std::error::Error;
-use std::fmt;
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Notify};
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::key::CacheKey;
+use crate::upstream::UpstreamError;
 
-/// A producer's upstream failure, shared by every reader of the entry.
-#[derive(Clone)]
-pub struct UpstreamError(Arc<dyn Error + Send + Sync>);
+/// How much of the newest output an entry keeps in memory for readers at the head.
+const TAIL_BYTES: usize = 4 << 20;
 
-impl UpstreamError {
-    /// Wrap an error.
-    pub fn new(err: impl Error + Send + Sync + 'static) -> Self {
-        Self(Arc::new(err))
-    }
+/// Chunks buffered per reader after a write error (I7).
+const SPILL_CHUNKS: usize = 8;
 
-    /// The original error, if it is a `T` (so callers can classify it).
-    pub fn downcast_ref<T: Error + 'static>(&self) -> Option<&T> {
-        self.0.downcast_ref::<T>()
-    }
-}
-
-impl fmt::Debug for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.0)
-    }
+/// The published state of an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    /// Bytes in the file and readable. I2: readers never read past this.
+    pub(crate) written: u64,
+    /// Where the entry is in its life.
+    pub(crate) phase: Phase,
 }
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone)]
-pub enum Status {
-    /// The producer is still writing.
+pub(crate) enum Phase {
+    /// The producer is still writing the file.
     Writing,
-    /// Every byte is written; `written` is the final length.
+    /// A write failed at `written`: the file grows no more and the rest of the stream
+    /// goes to the attached readers' channels (I7).
+    Spilling,
+    /// Every byte is out; after `Writing` the file holds `written` bytes, after
+    /// `Spilling` the readers' channels hold the rest.
     Done,
-    /// The producer failed; readers fail when they reach the end of what was written.
+    /// The producer failed; readers fail when they reach the end of what they can get.
     Failed(FailReason),
 }
 
 /// Why an entry failed.
 #[derive(Debug, Clone)]
-pub enum FailReason {
+pub(crate) enum FailReason {
     /// The upstream stream failed.
     Upstream(UpstreamError),
     /// Every reader left before the end, so production stopped.
@@ -71,118 +69,312 @@ pub enum FailReason {
     Panicked,
 }
 
-/// Mutable state of an entry; see the module docs.
+/// Bytes of entry files in the index, shared by every entry and kept in the
+/// `disk_usage` gauge. An entry adds to it only while it is in the index.
 #[derive(Debug)]
-pub struct State {
-    /// Bytes written to the file and readable (I2: readers never go past this).
-    pub written: u64,
-    /// Terminal status.
-    pub status: Status,
-    /// After a write error: the offset from which bytes go through the readers'
-    /// channels instead of the file (I7).
-    pub spill_at: Option<u64>,
-    /// Readers currently attached; production stops when it drops to zero (I6).
-    pub readers: usize,
-    /// Next reader id.
-    pub next_reader: u64,
-    /// One bounded channel per attached reader, used only after a write error.
-    pub spill: Vec<(u64, mpsc::Sender<Bytes>)>,
-    /// Whether the entry is still in the index (new readers may join).
-    pub in_index: bool,
-    /// The most recently written chunks with their offsets (at most [`TAIL_BYTES`]),
-    /// so readers keeping up with the producer take bytes from memory instead of
-    /// reading them back from the file.
-    pub tail: std::collections::VecDeque<(u64, Bytes)>,
-    /// Bytes held in `tail`.
-    pub tail_bytes: usize,
+pub(crate) struct DiskUsage {
+    bytes: AtomicU64,
+    gauge: IntGauge,
 }
 
-/// How much of the newest output an entry keeps in memory for readers at the head.
-pub const TAIL_BYTES: usize = 4 << 20;
-
-impl State {
-    /// Remember a chunk just written at `offset`, dropping the oldest beyond the cap.
-    pub fn push_tail(&mut self, offset: u64, chunk: Bytes) {
-        self.tail_bytes += chunk.len();
-        self.tail.push_back((offset, chunk));
-        while self.tail_bytes > TAIL_BYTES {
-            match self.tail.pop_front() {
-                Some((_, old)) => self.tail_bytes -= old.len(),
-                None => break,
-            }
+impl DiskUsage {
+    pub(crate) fn new(gauge: IntGauge) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            gauge,
         }
     }
 
-    /// The written bytes from `pos`, if they are still in the tail.
-    pub fn from_tail(&self, pos: u64) -> Option<Bytes> {
-        let (first, _) = self.tail.front()?;
-        if pos < *first {
-            return None;
-        }
-        self.tail.iter().find_map(|(offset, chunk)| {
-            let end = offset + chunk.len() as u64;
-            (pos >= *offset && pos < end).then(|| chunk.slice((pos - offset) as usize..))
-        })
+    /// The current total.
+    pub(crate) fn get(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        self.gauge.set(total as i64);
+    }
+
+    fn sub(&self, n: u64) {
+        let total = self.bytes.fetch_sub(n, Ordering::Relaxed).saturating_sub(n);
+        self.gauge.set(total as i64);
     }
 }
 
 /// A cache entry.
 #[derive(Debug)]
-pub struct Entry {
-    /// The key it answers.
-    pub key: CacheKey,
-    /// Its file (kept open, so readers can finish after the name is unlinked: I5).
-    pub file: Arc<std::fs::File>,
-    /// The file's name (I4: unique, never reused).
-    pub path: PathBuf,
-    /// When it was created, for `max_age`.
-    pub created: Instant,
-    state: Mutex<State>,
-    /// Bumped whenever `state` changes in a way readers care about.
-    changed: watch::Sender<u64>,
-    /// Wakes the producer when the last reader leaves.
-    pub abandoned: Notify,
+pub(crate) struct Entry {
+    key: CacheKey,
+    /// Kept open, so readers can finish after the name is unlinked (I5).
+    file: Arc<File>,
+    /// I4: unique to this process life, never reused.
+    path: PathBuf,
+    /// When it was created, for `max_age`; paused tokio time in tests.
+    created: Instant,
+    usage: Arc<DiskUsage>,
+    /// The published state. Changed only under `shared`, and only by the [`Writer`].
+    progress: watch::Sender<Progress>,
+    /// The entry's one lock. Lock order: the index lock, then this one, then the watch
+    /// channel's own (so never take this one while holding a `borrow()` of `progress`).
+    shared: Mutex<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Whether the entry is in the index; its bytes count in [`DiskUsage`] while it is.
+    indexed: bool,
+    /// The newest written chunks, so readers keeping up with the producer take bytes
+    /// from memory instead of reading them back from the file.
+    tail: Tail,
+    /// One bounded channel per reader attached while writing; used only after a write
+    /// error (I7). Cleared at the end, which closes them.
+    spill: Vec<mpsc::Sender<Bytes>>,
+}
+
+/// What a newly attached reader follows.
+pub(crate) struct Follower {
+    /// The published state; holding it counts as an attached reader (I6).
+    pub(crate) progress: watch::Receiver<Progress>,
+    /// This reader's channel for bytes past a write error; `None` when attached to a
+    /// finished entry.
+    pub(crate) spill: Option<mpsc::Receiver<Bytes>>,
 }
 
 impl Entry {
-    /// A new, empty entry in the `Writing` state.
-    pub fn new(key: CacheKey, file: std::fs::File, path: PathBuf) -> Self {
-        Self {
+    /// A new, empty entry in the `Writing` phase, counted as in the index; the [`Writer`]
+    /// is the only handle that can change its published state.
+    pub(crate) fn new(
+        key: CacheKey,
+        file: File,
+        path: PathBuf,
+        usage: Arc<DiskUsage>,
+    ) -> (Arc<Self>, Writer) {
+        let progress = watch::Sender::new(Progress {
+            written: 0,
+            phase: Phase::Writing,
+        });
+        let entry = Arc::new(Self {
             key,
             file: Arc::new(file),
             path,
             created: Instant::now(),
-            state: Mutex::new(State {
-                written: 0,
-                status: Status::Writing,
-                spill_at: None,
-                readers: 0,
-                next_reader: 0,
+            usage,
+            progress,
+            shared: Mutex::new(Shared {
+                indexed: true,
+                tail: Tail::default(),
                 spill: Vec::new(),
-                in_index: true,
-                tail: std::collections::VecDeque::new(),
-                tail_bytes: 0,
             }),
-            changed: watch::channel(0).0,
-            abandoned: Notify::new(),
-        }
+        });
+        let writer = Writer {
+            entry: entry.clone(),
+        };
+        (entry, writer)
     }
 
-    /// Lock the state. The lock is never held across `.await`.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    /// The key it answers.
+    pub(crate) fn key(&self) -> CacheKey {
+        self.key
+    }
+
+    /// The open entry file.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// The entry file's name.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the entry was created.
+    pub(crate) fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Whether every byte is written.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.progress.borrow().phase, Phase::Done)
+    }
+
+    /// Readers attached now.
+    pub(crate) fn readers(&self) -> usize {
+        self.progress.receiver_count()
+    }
+
+    /// Whether a new reader may join: still in the index, and writing or done.
+    pub(crate) fn joinable(&self) -> bool {
+        let shared = self.lock();
+        shared.indexed && matches!(self.progress.borrow().phase, Phase::Writing | Phase::Done)
+    }
+
+    /// Attach a reader. The index calls this under its lock after [`Entry::joinable`],
+    /// so the producer cannot see the reader count drop to zero in between (I1, I6).
+    pub(crate) fn attach(&self) -> Follower {
+        let mut shared = self.lock();
+        let progress = self.progress.subscribe();
+        let spill = match progress.borrow().phase {
+            Phase::Writing => {
+                let (tx, rx) = mpsc::channel(SPILL_CHUNKS);
+                shared.spill.push(tx);
+                Some(rx)
+            }
+            _ => None,
+        };
+        Follower { progress, spill }
+    }
+
+    /// Take the entry's bytes out of disk usage; `Some(bytes)` the first time only.
+    pub(crate) fn unindex(&self) -> Option<u64> {
+        let mut shared = self.lock();
+        if !shared.indexed {
+            return None;
+        }
+        shared.indexed = false;
+        let written = self.progress.borrow().written;
+        self.usage.sub(written);
+        Some(written)
+    }
+
+    /// The written bytes from `pos`, up to `limit`, if they are still in memory.
+    pub(crate) fn tail(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        self.lock().tail.get(pos, limit)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic while holding this lock leaves plain data behind; keep going.
-        self.state
+        self.shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
-    /// Wake every reader.
-    pub fn notify(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+/// The producer's handle on an entry: the only way to change its published state.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    entry: Arc<Entry>,
+}
+
+impl Writer {
+    /// The entry being written.
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.entry
     }
 
-    /// A receiver that wakes on [`Entry::notify`].
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Publish `chunk`, just written to the file at `offset`.
+    pub(crate) fn wrote(&self, offset: u64, chunk: Bytes) {
+        let len = chunk.len() as u64;
+        let mut shared = self.entry.lock();
+        shared.tail.push(offset, chunk);
+        if shared.indexed {
+            self.entry.usage.add(len);
+        }
+        // I2: the offset is published only once the bytes are in the file.
+        self.entry
+            .progress
+            .send_modify(|progress| progress.written = offset + len);
+    }
+
+    /// The file failed: from here on, bytes go through the readers' channels (I7).
+    pub(crate) fn start_spilling(&self) {
+        let _shared = self.entry.lock();
+        self.entry
+            .progress
+            .send_modify(|progress| progress.phase = Phase::Spilling);
+    }
+
+    /// The channels of the readers attached when writing stopped.
+    pub(crate) fn spill_targets(&self) -> Vec<mpsc::Sender<Bytes>> {
+        self.entry.lock().spill.clone()
+    }
+
+    /// Forget the channels of readers that left; false when none is left.
+    pub(crate) fn keep_open_spill_targets(&self) -> bool {
+        let mut shared = self.entry.lock();
+        shared.spill.retain(|tx| !tx.is_closed());
+        !shared.spill.is_empty()
+    }
+
+    /// Resolves when no reader is attached (it may resolve again after one joins and
+    /// leaves).
+    pub(crate) async fn readers_gone(&self) {
+        self.entry.progress.closed().await;
+    }
+
+    /// Publish the end: `Done` on `Ok`, `Failed` otherwise.
+    pub(crate) fn finish(self, result: Result<(), FailReason>) {
+        let phase = match result {
+            Ok(()) => Phase::Done,
+            Err(reason) => Phase::Failed(reason),
+        };
+        let mut shared = self.entry.lock();
+        self.entry
+            .progress
+            .send_modify(|progress| progress.phase = phase);
+        // Closed only after the end is published, so a reader whose channel closes
+        // finds the end when it looks.
+        shared.spill.clear();
+    }
+}
+
+/// The newest written chunks with their offsets, at most [`TAIL_BYTES`].
+#[derive(Debug, Default)]
+struct Tail {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Remember a chunk just written at `offset`, dropping the oldest beyond the cap.
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((offset, chunk));
+        while self.bytes > TAIL_BYTES {
+            match self.chunks.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The bytes from `pos` to the end of the chunk holding it, but not past `limit`.
+    fn get(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let (first, _) = self.chunks.front()?;
+        if pos < *first || pos >= limit {
+            return None;
+        }
+        self.chunks.iter().find_map(|(offset, chunk)| {
+            let end = (offset + chunk.len() as u64).min(limit);
+            (pos >= *offset && pos < end)
+                .then(|| chunk.slice((pos - offset) as usize..(end - offset) as usize))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+    use bytes::Bytes;
+
+    #[test]
+    fn tail_serves_from_any_offset_it_holds_and_never_past_the_limit() {
+        let mut tail = Tail::default();
+        tail.push(0, Bytes::from_static(b"abcd"));
+        tail.push(4, Bytes::from_static(b"efgh"));
+        assert_eq!(tail.get(2, 8).as_deref(), Some(&b"cd"[..]));
+        assert_eq!(tail.get(5, 8).as_deref(), Some(&b"fgh"[..]));
+        // I2: a reader's snapshot of the offset bounds what it gets.
+        assert_eq!(tail.get(5, 6).as_deref(), Some(&b"f"[..]));
+        assert_eq!(tail.get(8, 8), None);
+    }
+
+    #[test]
+    fn tail_drops_the_oldest_chunks_beyond_its_cap() {
+        let mut tail = Tail::default();
+        let big = Bytes::from(vec![0u8; super::TAIL_BYTES / 2 + 1]);
+        tail.push(0, big.clone());
+        tail.push(big.len() as u64, big.clone());
+        assert_eq!(tail.get(0, u64::MAX), None);
+        assert!(tail.get(big.len() as u64, u64::MAX).is_some());
     }
 }

@@ -7,22 +7,34 @@
 //!
 //! # Parts
 //!
-//! - **index** ([`cache`]): key → live [`entry`], in memory, under one lock that is never
-//!   held across an `.await`;
-//! - **file store** ([`store`]): one fresh file per entry, in a directory private to this
-//!   process life; leftovers of earlier lives are removed at start;
-//! - **entry** ([`entry`]): the file, the published write offset, the terminal state
-//!   (`Writing`, `Done`, `Failed`) and a change notification, plus the reader count;
-//! - **producer** ([`producer`]): a task that drains the upstream stream into the file and
-//!   publishes each offset;
-//! - **reader** ([`reader`]): a stream over the file that follows the published offset;
-//! - **admission** ([`admission`]): `min_occurrences`, counting keys over `max_age`;
+//! - **index** (`index.rs`): key → live entry, in memory, under one lock that is never
+//!   held across an `.await`; removing an entry unlinks its file;
+//! - **file store** (`store.rs`): one fresh file per entry, in a directory private to
+//!   this process life; leftovers of earlier lives are removed at start. Behind the
+//!   `EntryStore` trait, so tests inject failing writes, a full disk and removal
+//!   notifications;
+//! - **entry** (`entry.rs`): the file and one published state, `Progress` (bytes
+//!   written and a `Phase`: `Writing`, `Spilling`, `Done`, `Failed`), in one
+//!   `tokio::sync::watch` channel. Only the producer's `Writer` changes it, under the
+//!   entry's one lock; readers only observe it, and their number is the channel's
+//!   receiver count;
+//! - **producer** (`producer.rs`): a task that drains the upstream stream into the file
+//!   and publishes each offset;
+//! - **reader** (`reader.rs`): a stream over the file that follows the published offset;
+//! - **admission** (`admission.rs`): `min_occurrences`, counting keys over `max_age`;
+//! - **cache** (`cache.rs`): [`PackCache`], which wires these together, owns the
+//!   settings and the disk budget, and decides when to evict;
 //! - **bypass**: [`Fetch::Bypass`] tells the caller to stream straight from upstream.
+//!
+//! Modules depend one way: `cache` on all the others, `producer` on `index` and
+//! `entry`, `index` and `reader` on `entry`, and `entry` on none of them. Time is tokio
+//! time (`max_age`, admission windows), so tests pause and advance it instead of
+//! sleeping.
 //!
 //! ```text
 //!                 ┌────────── entry file (unique name, never reused) ──────────┐
 //!   upstream ──▶ producer ──write──▶ [##########################.........]   │
-//!                   │ publish offset (watch)        ▲        ▲         ▲     │
+//!                   │ publish Progress (watch)      ▲        ▲         ▲     │
 //!                   └──────────────────────────── reader  reader    reader  ┘
 //! ```
 //!
@@ -43,32 +55,24 @@
 //!   through bounded in-memory channels (the slowest of them sets the pace).
 #![deny(missing_docs)]
 
-pub mod admission;
-pub mod cache;
-pub mod config;
-pub mod entry;
-pub mod key;
-pub mod metrics;
-pub mod producer;
-pub mod reader;
+mod admission;
+mod cache;
+mod config;
+mod entry;
+mod index;
+mod key;
+mod metrics;
+mod producer;
+mod reader;
 pub mod store;
+mod upstream;
 
-pub use cache::{BypassReason, Fetch, PackCache};
+pub use cache::{BypassReason, EvictorHandle, Fetch, PackCache};
 pub use config::CacheConfig;
-pub use entry::UpstreamError;
 pub use key::{CacheKey, KeyBuilder};
 pub use metrics::CacheMetrics;
 pub use reader::{ReadError, Reader};
-
-use std::pin::Pin;
-
-/// The byte stream a producer forwards.
-pub type ByteStream =
-    Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send>>;
-
-/// The future that starts a producer's upstream.
-pub type Upstream =
-    Pin<Box<dyn std::future::Future<Output = Result<ByteStream, UpstreamError>> + Send>>;
+pub use upstream::{ByteStream, Upstream, UpstreamError};
 
 #[cfg(test)]
 mod tests;

@@ -1,138 +1,138 @@
-//! The producer task: drains the upstream stream into the entry's file.
+//! The producer task: drains the upstream stream into the entry's file and publishes
+//! each offset through the entry's [`Writer`].
 //!
 //! It is spawned detached from the request that created the entry (I6) and runs until
 //! the upstream ends, fails, or every reader has gone. A panic inside it fails the entry
-//! like any other error, since no request middleware protects it.
+//! like any other error, since no request middleware protects it. A failure removes the
+//! entry from the index before the readers learn of it (I3); a write error mid-stream
+//! removes it too, and hands the rest of the stream to the attached readers (I7). The
+//! producer decides nothing about admission or eviction.
 
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
-use crate::cache::Inner;
-use crate::entry::{Entry, FailReason, Status};
+use crate::entry::{FailReason, Writer};
+use crate::index::Index;
+use crate::metrics::CacheMetrics;
+use crate::store::EntryStore;
 use crate::Upstream;
 
-enum Outcome {
-    Done,
-    Failed(FailReason),
+/// What a producer needs besides its entry.
+pub(crate) struct Producer {
+    pub(crate) index: Arc<Index>,
+    pub(crate) store: Arc<dyn EntryStore>,
+    pub(crate) metrics: CacheMetrics,
 }
 
-/// Run the producer for `entry` to its end.
-pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, upstream: Upstream) {
-    let outcome = match AssertUnwindSafe(drive(&inner, &entry, upstream))
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            tracing::error!(key = %entry.key, "pack cache producer panicked");
-            Outcome::Failed(FailReason::Panicked)
-        }
-    };
-    match outcome {
-        Outcome::Done => {
-            let mut state = entry.lock();
-            state.status = Status::Done;
-            // Spill readers see their channel close, then the Done status.
-            state.spill.clear();
-            drop(state);
-            entry.notify();
-        }
-        Outcome::Failed(reason) => {
+impl Producer {
+    /// Run the producer for `writer`'s entry on its own task.
+    pub(crate) fn spawn(self, writer: Writer, upstream: Upstream) {
+        // I6: its own task, not part of the request that started it.
+        tokio::spawn(self.run(writer, upstream));
+    }
+
+    async fn run(self, writer: Writer, upstream: Upstream) {
+        let result = match AssertUnwindSafe(self.drive(&writer, upstream))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(key = %writer.entry().key(), "pack cache producer panicked");
+                Err(FailReason::Panicked)
+            }
+        };
+        if let Err(reason) = &result {
             let label = match reason {
                 FailReason::Abandoned => "abandoned",
                 _ => "failed",
             };
             // I3: out of the index before any reader wakes up to the failure.
-            inner.remove(&entry, label);
-            let mut state = entry.lock();
-            state.status = Status::Failed(reason);
-            state.spill.clear();
-            drop(state);
-            entry.notify();
+            self.index.remove(writer.entry(), label);
         }
+        writer.finish(result);
     }
-}
 
-async fn drive(inner: &Arc<Inner>, entry: &Arc<Entry>, upstream: Upstream) -> Outcome {
-    let mut stream = tokio::select! {
-        started = upstream => match started {
-            Ok(stream) => stream,
-            Err(err) => return Outcome::Failed(FailReason::Upstream(err)),
-        },
-        () = entry.abandoned.notified() => return Outcome::Failed(FailReason::Abandoned),
-    };
-    let mut offset = 0u64;
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = entry.abandoned.notified() => return Outcome::Failed(FailReason::Abandoned),
-            next = stream.next() => next,
+    async fn drive(&self, writer: &Writer, mut upstream: Upstream) -> Result<(), FailReason> {
+        let mut stream = loop {
+            tokio::select! {
+                started = &mut upstream => break started.map_err(FailReason::Upstream)?,
+                () = writer.readers_gone() => self.stop_if_unread(writer)?,
+            }
         };
-        let chunk = match next {
-            None => return Outcome::Done,
-            Some(Err(err)) => return Outcome::Failed(FailReason::Upstream(err)),
-            Some(Ok(chunk)) if chunk.is_empty() => continue,
-            Some(Ok(chunk)) => chunk,
-        };
-        let len = chunk.len() as u64;
-        inner.metrics.generated_bytes.inc_by(len);
-        let spilling = entry.lock().spill_at.is_some();
-        if !spilling {
-            match write_at(inner, entry, chunk.clone(), offset).await {
-                // (`chunk` is reference-counted: the clone shares its bytes.)
-                Ok(()) => {
-                    let mut state = entry.lock();
-                    state.push_tail(offset, chunk);
-                    offset += len;
-                    state.written = offset;
-                    if state.in_index {
-                        inner.add_usage(len);
-                    }
-                    drop(state);
-                    entry.notify();
+        let mut offset = 0u64;
+        let mut spilling = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = writer.readers_gone() => {
+                    self.stop_if_unread(writer)?;
                     continue;
                 }
-                Err(err) => {
-                    tracing::warn!(key = %entry.key, offset, error = %err, "pack cache write failed; serving attached readers from memory");
-                    inner.metrics.lookups.with_label_values(&["error"]).inc();
-                    entry.lock().spill_at = Some(offset);
-                    inner.remove(entry, "write_error");
-                    entry.notify();
+                next = stream.next() => next,
+            };
+            let chunk = match next {
+                None => return Ok(()),
+                Some(Err(err)) => return Err(FailReason::Upstream(err)),
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                Some(Ok(chunk)) => chunk,
+            };
+            let len = chunk.len() as u64;
+            self.metrics.generated_bytes.inc_by(len);
+            if !spilling {
+                // (`chunk` is reference-counted: the clone shares its bytes.)
+                match self.write(writer, chunk.clone(), offset).await {
+                    Ok(()) => {
+                        writer.wrote(offset, chunk);
+                        offset += len;
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(key = %writer.entry().key(), offset, error = %err, "pack cache write failed; serving attached readers from memory");
+                        self.metrics.lookups.with_label_values(&["error"]).inc();
+                        // I7: nobody joins any more, and the readers already attached
+                        // get the rest through their channels.
+                        writer.start_spilling();
+                        self.index.remove(writer.entry(), "write_error");
+                        spilling = true;
+                    }
                 }
             }
+            if !spill(writer, chunk).await {
+                return Err(FailReason::Abandoned);
+            }
         }
-        if !spill(entry, chunk).await {
-            return Outcome::Failed(FailReason::Abandoned);
+    }
+
+    /// The last reader left: stop, unless someone joined since (I6).
+    fn stop_if_unread(&self, writer: &Writer) -> Result<(), FailReason> {
+        if self.index.remove_if_unread(writer.entry()) {
+            return Err(FailReason::Abandoned);
         }
+        Ok(())
+    }
+
+    async fn write(&self, writer: &Writer, chunk: Bytes, offset: u64) -> io::Result<()> {
+        let store = self.store.clone();
+        let file = writer.entry().file().clone();
+        tokio::task::spawn_blocking(move || store.write_at(&file, &chunk, offset))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
-async fn write_at(inner: &Inner, entry: &Entry, chunk: Bytes, offset: u64) -> std::io::Result<()> {
-    if let Some(limit) = inner.fault_write_limit() {
-        if offset + chunk.len() as u64 > limit {
-            return Err(std::io::Error::other("injected write failure"));
-        }
-    }
-    let file = entry.file.clone();
-    tokio::task::spawn_blocking(move || file.write_all_at(&chunk, offset))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-/// Hand `chunk` to every attached reader's channel; false when none is left.
-async fn spill(entry: &Entry, chunk: Bytes) -> bool {
-    let senders = entry.lock().spill.clone();
-    let mut gone = Vec::new();
-    for (id, tx) in &senders {
+/// Hand `chunk` to every attached reader's channel, at the pace of the slowest (I7);
+/// false when none is left.
+async fn spill(writer: &Writer, chunk: Bytes) -> bool {
+    for tx in writer.spill_targets() {
         if tx.send(chunk.clone()).await.is_err() {
-            gone.push(*id);
+            // Forgotten below.
+            tracing::debug!(key = %writer.entry().key(), "a reader served from memory left");
         }
     }
-    let mut state = entry.lock();
-    state.spill.retain(|(id, _)| !gone.contains(id));
-    !state.spill.is_empty()
+    writer.keep_open_spill_targets()
 }

@@ -1,10 +1,11 @@
 //! A reader: streams an entry's bytes from the start, following the growing file.
 //!
-//! It reads up to the published offset (I2) with positioned reads on the entry's open
-//! file (so an unlinked file still reads: I5), then waits for the producer to publish
-//! more or to finish. After a write error it continues from its in-memory channel (I7).
-//! Dropping a reader detaches it; the last one to leave a still-writing entry stops the
-//! producer.
+//! It reads up to the published offset (I2), from the entry's in-memory tail when it
+//! keeps up with the producer and otherwise with reads on the entry's open file (so an
+//! unlinked file still reads: I5), then waits for the producer to publish more or to
+//! finish. After a write error it continues from its in-memory channel (I7). It only
+//! observes the entry's state, never changes it: dropping a reader drops its receiver of
+//! the published state, and the producer, seeing none left, stops (I6).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
@@ -13,10 +14,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 
-use crate::cache::Inner;
-use crate::entry::{Entry, FailReason, Status, UpstreamError};
+use crate::entry::{Entry, FailReason, Follower, Phase, Progress};
+use crate::upstream::UpstreamError;
 
 /// Largest chunk a reader reads from the file at once. Below glibc's mmap threshold,
 /// so buffers come from (and go back to) the heap instead of fresh zeroed pages.
@@ -48,12 +50,14 @@ impl ReadError {
 
 /// One reader of an entry. Use [`Reader::into_stream`] to consume it.
 pub struct Reader {
-    inner: Arc<Inner>,
     entry: Arc<Entry>,
-    id: u64,
+    /// The entry's published state; holding it keeps the producer going (I6).
+    progress: watch::Receiver<Progress>,
+    /// Bytes past a write error (I7); `None` once closed, or when attached to a finished
+    /// entry.
+    spill: Option<mpsc::Receiver<Bytes>>,
+    served: IntCounter,
     pos: u64,
-    changed: watch::Receiver<u64>,
-    spill: mpsc::Receiver<Bytes>,
     finished: bool,
     /// This reader's own open file description of the entry file (opened through
     /// /proc/self/fd, which works after unlink), so it reads sequentially into
@@ -62,26 +66,14 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Attach to `entry`; the caller holds the index lock and has checked that the entry
-    /// can be joined.
-    pub(crate) fn attach(inner: Arc<Inner>, entry: Arc<Entry>) -> Self {
-        let (tx, rx) = mpsc::channel(8);
-        let id = {
-            let mut state = entry.lock();
-            state.readers += 1;
-            state.next_reader += 1;
-            let id = state.next_reader;
-            state.spill.push((id, tx));
-            id
-        };
-        let changed = entry.subscribe();
+    /// Follow `entry` from its start; `served` counts the bytes handed out.
+    pub(crate) fn new(entry: Arc<Entry>, follower: Follower, served: IntCounter) -> Self {
         Self {
-            inner,
             entry,
-            id,
+            progress: follower.progress,
+            spill: follower.spill,
+            served,
             pos: 0,
-            changed,
-            spill: rx,
             finished: false,
             own: None,
         }
@@ -89,7 +81,7 @@ impl Reader {
 
     /// The entry's key, for logs.
     pub fn key(&self) -> crate::CacheKey {
-        self.entry.key
+        self.entry.key()
     }
 
     /// The next chunk, `None` at the clean end.
@@ -98,76 +90,63 @@ impl Reader {
             return None;
         }
         loop {
-            self.changed.borrow_and_update();
-            let (written, status, spill_at, from_tail) = {
-                let state = self.entry.lock();
-                let from_tail = if self.pos < state.written {
-                    state.from_tail(self.pos)
-                } else {
-                    None
-                };
-                (
-                    state.written,
-                    state.status.clone(),
-                    state.spill_at,
-                    from_tail,
-                )
-            };
-            if let Some(bytes) = from_tail {
-                // Keeping up with the producer: straight from memory, no file read.
-                self.pos += bytes.len() as u64;
-                self.inner.metrics.served_bytes.inc_by(bytes.len() as u64);
-                return Some(Ok(bytes));
-            }
+            // A copy: the borrow must not be held while the entry lock is taken.
+            let Progress { written, phase } = self.progress.borrow_and_update().clone();
             if self.pos < written {
+                // I2: from memory or the file, never past the published offset.
+                if let Some(bytes) = self.entry.tail(self.pos, written) {
+                    // Keeping up with the producer: no file read.
+                    return Some(Ok(self.hand_out(bytes)));
+                }
                 let len = (written - self.pos).min(CHUNK);
                 return Some(self.read_file(len).await);
             }
-            if spill_at.is_some_and(|at| self.pos >= at) {
-                match self.spill.recv().await {
-                    Some(chunk) => {
-                        self.pos += chunk.len() as u64;
-                        self.inner.metrics.served_bytes.inc_by(chunk.len() as u64);
-                        return Some(Ok(chunk));
+            if !matches!(phase, Phase::Writing) {
+                // The file part is over; the rest, if any, is in this reader's channel.
+                if let Some(spill) = &mut self.spill {
+                    match spill.recv().await {
+                        Some(chunk) => return Some(Ok(self.hand_out(chunk))),
+                        // Closed: the producer has published its end (I7).
+                        None => {
+                            self.spill = None;
+                            continue;
+                        }
                     }
-                    None => {
-                        // Channel closed: the producer finished one way or the other.
-                        let status = self.entry.lock().status.clone();
-                        return self.end(status);
-                    }
+                }
+                if !matches!(phase, Phase::Spilling) {
+                    return self.end(phase);
                 }
             }
-            match status {
-                Status::Writing => {
-                    if self.changed.changed().await.is_err() {
-                        return self.end(Status::Failed(FailReason::Panicked));
-                    }
-                }
-                other => return self.end(other),
+            if self.progress.changed().await.is_err() {
+                return self.end(Phase::Failed(FailReason::Panicked));
             }
         }
     }
 
-    fn end(&mut self, status: Status) -> Option<Result<Bytes, ReadError>> {
+    fn hand_out(&mut self, bytes: Bytes) -> Bytes {
+        self.pos += bytes.len() as u64;
+        self.served.inc_by(bytes.len() as u64);
+        bytes
+    }
+
+    fn end(&mut self, phase: Phase) -> Option<Result<Bytes, ReadError>> {
         self.finished = true;
-        match status {
-            Status::Done => None,
-            Status::Failed(FailReason::Upstream(err)) => Some(Err(ReadError::Upstream(err))),
-            Status::Failed(_) | Status::Writing => Some(Err(ReadError::Producer)),
+        match phase {
+            Phase::Done => None,
+            Phase::Failed(FailReason::Upstream(err)) => Some(Err(ReadError::Upstream(err))),
+            Phase::Failed(_) | Phase::Writing | Phase::Spilling => Some(Err(ReadError::Producer)),
         }
     }
 
     async fn read_file(&mut self, len: u64) -> Result<Bytes, ReadError> {
-        let shared = self.entry.file.clone();
+        let shared = self.entry.file().clone();
         let own = self.own.take();
         let pos = self.pos;
         let result = tokio::task::spawn_blocking(move || read_at(&shared, own, pos, len)).await;
         match result {
             Ok(Ok((own, bytes))) => {
                 self.own = own;
-                self.pos += bytes.len() as u64;
-                self.inner.metrics.served_bytes.inc_by(bytes.len() as u64);
-                Ok(bytes)
+                Ok(self.hand_out(bytes))
             }
             Ok(Err(err)) => {
                 self.finished = true;
@@ -198,6 +177,7 @@ fn read_at(
 ) -> std::io::Result<(Option<std::fs::File>, Bytes)> {
     let own = match own {
         Some(file) => Some(file),
+        // I5: through the open descriptor, so this works after the name is unlinked.
         None => std::fs::File::open(format!("/proc/self/fd/{}", shared.as_raw_fd())).ok(),
     };
     match own {
@@ -218,11 +198,5 @@ fn read_at(
             shared.read_exact_at(&mut buf, pos)?;
             Ok((None, Bytes::from(buf)))
         }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.inner.release(&self.entry, self.id);
     }
 }

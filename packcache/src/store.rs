@@ -1,11 +1,17 @@
-//! The files behind entries.
+//! The files behind entries: `EntryStore`, the few filesystem operations the cache
+//! needs, and `FileStore`, the real one.
 //!
 //! Each process life gets its own subdirectory `<dir>/gitgate-<pid>-<nanos>`; entry files
 //! in it are numbered and never reused (I4). At start, subdirectories of earlier lives
 //! whose process is gone are removed, so nothing written by a previous life is ever
-//! served.
+//! served. Every operation here blocks; callers run them on `spawn_blocking`. Reading
+//! entry files is the reader's job, not this module's. Tests wrap `FileStore` in a
+//! store that fails writes, reports a full disk or signals removals.
 
+use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,9 +33,27 @@ pub enum StoreError {
     },
 }
 
-/// Where entry files are made.
+/// Where entry files are made, written and removed. Every method blocks.
+pub(crate) trait EntryStore: fmt::Debug + Send + Sync + 'static {
+    /// This life's directory.
+    fn life_dir(&self) -> &Path;
+
+    /// Create a new, empty entry file (read + write) with a name never used before (I4).
+    fn create(&self) -> Result<(File, PathBuf), StoreError>;
+
+    /// Write all of `chunk` at `offset` of an entry file.
+    fn write_at(&self, file: &File, chunk: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Unlink an entry file; readers that have it open keep reading (I5).
+    fn remove(&self, path: &Path) -> io::Result<()>;
+
+    /// Free bytes on the filesystem holding the store.
+    fn free_bytes(&self) -> Result<u64, StoreError>;
+}
+
+/// The real store: files in this life's directory.
 #[derive(Debug)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     life_dir: PathBuf,
     counter: AtomicU64,
 }
@@ -37,7 +61,7 @@ pub struct FileStore {
 impl FileStore {
     /// Prepare `dir`: create it, remove leftovers of dead processes, make this life's
     /// subdirectory. Blocking; call it from `spawn_blocking`.
-    pub fn open_blocking(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open_blocking(dir: &Path) -> Result<Self, StoreError> {
         let io_err = |op, path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { op, path, source }
@@ -68,20 +92,22 @@ impl FileStore {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let life_dir = dir.join(format!("{LIFE_PREFIX}{}-{nanos}", std::process::id()));
+        // I4: `create_dir` fails rather than adopt a directory that already exists.
         std::fs::create_dir(&life_dir).map_err(io_err("creating", &life_dir))?;
         Ok(Self {
             life_dir,
             counter: AtomicU64::new(0),
         })
     }
+}
 
-    /// This life's directory.
-    pub fn life_dir(&self) -> &Path {
+impl EntryStore for FileStore {
+    fn life_dir(&self) -> &Path {
         &self.life_dir
     }
 
-    /// Create a new, empty entry file (read + write). Blocking.
-    pub fn create_blocking(&self) -> Result<(std::fs::File, PathBuf), StoreError> {
+    fn create(&self) -> Result<(File, PathBuf), StoreError> {
+        // I4: a counter within a directory private to this life, and `create_new`.
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.life_dir.join(format!("{n:08}.entry"));
         let file = std::fs::OpenOptions::new()
@@ -97,8 +123,15 @@ impl FileStore {
         Ok((file, path))
     }
 
-    /// Free bytes on the filesystem holding the store. Blocking.
-    pub fn free_bytes_blocking(&self) -> Result<u64, StoreError> {
+    fn write_at(&self, file: &File, chunk: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(chunk, offset)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn free_bytes(&self) -> Result<u64, StoreError> {
         let stat = nix::sys::statvfs::statvfs(&self.life_dir).map_err(|errno| StoreError::Io {
             op: "statvfs",
             path: self.life_dir.clone(),

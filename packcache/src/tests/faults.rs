@@ -1,0 +1,258 @@
+//! One test per failure mode: the producer failing or panicking mid-stream, a write error
+//! (full disk) mid-stream, a full disk before an entry exists, a failed file creation,
+//! the file unlinked under a reader, and readers leaving early.
+
+use std::io;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::BypassReason;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_producer_removes_the_entry_then_fails_every_reader() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (feed, upstream, _released) = feed();
+    let first = h.cache.fetch(key("k"), || upstream).await;
+    let second = h.cache.fetch(key("k"), || unreachable!("joins")).await;
+    assert!(matches!(first, Fetch::Miss(_)) && matches!(second, Fetch::Hit(_)));
+    feed.chunks(0..100, 4096).await;
+    feed.fail().await;
+    // Each reader looks at the index the moment it learns of the failure.
+    let fail = |fetch| {
+        let cache = h.cache.clone();
+        async move {
+            let (_, result) = drain(fetch).await;
+            (result, cache.entries())
+        }
+    };
+    let (a, b) = within("readers failing", async {
+        tokio::join!(fail(first), fail(second))
+    })
+    .await;
+    for (result, entries) in [a, b] {
+        let err = result.expect_err("the upstream failed");
+        assert!(err.contains("synthetic upstream failure"), "{err}");
+        // I3: the entry was gone before the reader woke.
+        assert_eq!(entries, 0);
+    }
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("failed")),
+        1
+    );
+    assert_eq!(h.cache.usage(), 0);
+    let (kind, result) = drain(h.cache.fetch(key("k"), || fixed(200, 4096)).await).await;
+    assert_eq!(kind, "miss", "I3: nobody joins a failed entry");
+    assert_eq!(result, Ok((expected_hash(200, 4096), 200 * 4096)));
+}
+
+#[tokio::test]
+async fn panicking_producer_fails_its_readers_and_removes_the_entry() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let upstream = || -> Upstream {
+        Box::pin(async {
+            let stream = futures_util::stream::iter(0..2u64).map(|i| {
+                assert!(i == 0, "synthetic producer panic");
+                Ok(chunk(i, 100))
+            });
+            Ok(Box::pin(stream) as ByteStream)
+        })
+    };
+    let (kind, result) = drain(h.cache.fetch(key("k"), upstream).await).await;
+    assert_eq!(kind, "miss");
+    assert_eq!(
+        result,
+        Err("pack cache producer stopped before the end".to_owned())
+    );
+    // I3
+    assert_eq!(h.cache.entries(), 0);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("failed")),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_mid_stream_still_serves_attached_readers() {
+    let dir = TempDir::new().expect("tempdir");
+    let full_at = Some((50_000, io::ErrorKind::StorageFull));
+    let h = Harness::failing_writes(config(&dir), full_at).await;
+    let (feed, upstream, _released) = feed();
+    let a = h.cache.fetch(key("k"), || upstream).await;
+    let b = h.cache.fetch(key("k"), || unreachable!("joins")).await;
+    let feeding = tokio::spawn(async move { feed.chunks(0..100, 4096).await });
+    let (ra, rb) = within("readers finishing", async {
+        tokio::join!(drain(a), drain(b))
+    })
+    .await;
+    feeding.await.expect("feed task");
+    let want = Ok((expected_hash(100, 4096), 100 * 4096));
+    // I7: both get every byte, past the failed write through their channels.
+    assert_eq!(ra.1, want);
+    assert_eq!(rb.1, want);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_lookups_total", Some("error")),
+        1
+    );
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("write_error")),
+        1
+    );
+    assert_eq!(
+        h.cache.entries(),
+        0,
+        "an entry with a write error is not kept"
+    );
+    assert_eq!(h.cache.usage(), 0);
+    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(kind, "miss");
+}
+
+#[tokio::test]
+async fn low_disk_space_evicts_complete_entries_then_bypasses() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.min_free_bytes = 1 << 20;
+    let h = Harness::new(cfg).await;
+    h.store.set_free_bytes(1 << 30);
+    let (kind, _) = drain(h.cache.fetch(key("a"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "miss");
+    h.store.set_free_bytes(1000);
+    let fetch = h
+        .cache
+        .fetch(key("b"), || unreachable!("no entry is made"))
+        .await;
+    // I7: a full disk before the entry exists is a bypass.
+    assert!(matches!(fetch, Fetch::Bypass(BypassReason::LowDiskSpace)));
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("low_disk")),
+        1
+    );
+    assert_eq!(
+        h.metric("gitgate_pack_cache_lookups_total", Some("bypass")),
+        1
+    );
+    h.store.removed(1).await;
+    assert_eq!(h.cache.entries(), 0);
+}
+
+#[tokio::test]
+async fn failed_file_creation_is_a_bypass() {
+    let dir = TempDir::new().expect("tempdir");
+    let registry = Registry::new();
+    let metrics = crate::CacheMetrics::register(&registry).expect("register");
+    let cache = PackCache::open(config(&dir), metrics).await.expect("open");
+    tokio::fs::remove_dir_all(cache.life_dir())
+        .await
+        .expect("remove life dir");
+    let fetch = cache
+        .fetch(key("k"), || unreachable!("no entry is made"))
+        .await;
+    // I7
+    assert!(matches!(fetch, Fetch::Bypass(BypassReason::StoreError)));
+    assert_eq!(
+        metric(&registry, "gitgate_pack_cache_lookups_total", Some("error")),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn eviction_unlinks_the_file_while_a_reader_finishes() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.max_age = Duration::from_millis(100);
+    let h = Harness::new(cfg).await;
+    let (feed, upstream, _released) = feed();
+    let Fetch::Miss(mut reader) = h.cache.fetch(key("k"), || upstream).await else {
+        panic!("expected a miss")
+    };
+    feed.chunks(0..10, 8192).await;
+    let mut hasher = blake3::Hasher::new();
+    let mut read = 0u64;
+    let first = reader.next_chunk().await.expect("a chunk").expect("bytes");
+    hasher.update(&first);
+    read += first.len() as u64;
+    let mut files = tokio::fs::read_dir(h.cache.life_dir())
+        .await
+        .expect("life dir");
+    let file = files
+        .next_entry()
+        .await
+        .expect("read life dir")
+        .expect("entry file")
+        .path();
+
+    tokio::time::advance(Duration::from_millis(100)).await;
+    h.cache.evict_expired(); // I5
+    assert_eq!(h.cache.entries(), 0);
+    h.store.removed(1).await;
+    assert!(
+        !tokio::fs::try_exists(&file).await.expect("stat"),
+        "evicted file still linked"
+    );
+
+    // I5: the reader holding the file finishes it, however much more is written.
+    let feeding = tokio::spawn(async move { feed.chunks(10..400, 8192).await });
+    let mut stream = std::pin::pin!(reader.into_stream());
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.expect("reading an unlinked file");
+        hasher.update(&bytes);
+        read += bytes.len() as u64;
+    }
+    feeding.await.expect("feed task");
+    assert_eq!(
+        (hasher.finalize(), read),
+        (expected_hash(400, 8192), 400 * 8192)
+    );
+    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(kind, "miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reader_leaving_early_does_not_stop_the_producer() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (feed, upstream, _released) = feed();
+    let creator = h.cache.fetch(key("k"), || upstream).await;
+    let other = h.cache.fetch(key("k"), || unreachable!("joins")).await;
+    let Fetch::Miss(mut creator) = creator else {
+        panic!("miss expected")
+    };
+    feed.chunks(0..1, 4096).await;
+    assert!(creator.next_chunk().await.is_some());
+    drop(creator);
+    // I6: the producer does not belong to the request that started it.
+    let feeding = tokio::spawn(async move { feed.chunks(1..500, 4096).await });
+    let (_, result) = within("the other reader finishing", drain(other)).await;
+    assert_eq!(result, Ok((expected_hash(500, 4096), 500 * 4096)));
+    feeding.await.expect("the producer kept reading");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_reader_leaving_stops_the_producer_and_removes_the_entry() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (feed, upstream, released) = feed();
+    let Fetch::Miss(mut only) = h.cache.fetch(key("k"), || upstream).await else {
+        panic!("miss expected")
+    };
+    feed.chunks(0..1, 4096).await;
+    assert!(only.next_chunk().await.is_some());
+    drop(only);
+    // I6: with nobody left to write for, the producer lets go of its upstream...
+    within("the producer stopping", released.wait()).await;
+    // ...having first taken the entry out of the index.
+    assert_eq!(h.cache.entries(), 0);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("abandoned")),
+        1
+    );
+    let next = h.cache.fetch(key("k"), || fixed(1, 1)).await;
+    assert!(
+        matches!(next, Fetch::Miss(_)),
+        "an abandoned entry was joinable"
+    );
+}

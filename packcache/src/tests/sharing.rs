@@ -1,0 +1,199 @@
+//! Sharing one entry, admission, the disk budget, `max_age` and restarts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_readers_joining_a_200mb_stream_get_identical_bytes() {
+    const CHUNKS: u64 = 3200;
+    const SIZE: usize = 64 * 1024; // 200 MiB in all
+    const READERS: usize = 64;
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let produced = AtomicU64::new(0);
+    let (feed, upstream, _released) = feed();
+    let first = h
+        .cache
+        .fetch(key("big"), || {
+            produced.fetch_add(1, Ordering::SeqCst);
+            upstream
+        })
+        .await;
+    assert!(matches!(first, Fetch::Miss(_)));
+    let mut readers = vec![tokio::spawn(drain(first))];
+    for i in 0..CHUNKS {
+        feed.chunks(i..i + 1, SIZE).await;
+        // Join every 50 chunks, while the producer is still writing (I1, I2).
+        if i % 50 == 49 && readers.len() < READERS {
+            let fetch = h
+                .cache
+                .fetch(key("big"), || unreachable!("I1: one producer per live key"))
+                .await;
+            assert!(matches!(fetch, Fetch::Hit(_)), "chunk {i}");
+            readers.push(tokio::spawn(drain(fetch)));
+        }
+    }
+    drop(feed);
+    assert_eq!(readers.len(), READERS);
+    let want = Ok((expected_hash(CHUNKS, SIZE), CHUNKS * SIZE as u64));
+    for reader in readers {
+        let (_, result) = within("a reader finishing", reader)
+            .await
+            .expect("reader task");
+        assert_eq!(result, want);
+    }
+    assert_eq!(produced.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_lookups_total", Some("hit")),
+        63
+    );
+    assert_eq!(
+        h.metric("gitgate_pack_cache_generated_bytes_total", None),
+        CHUNKS * SIZE as u64
+    );
+    assert_eq!(
+        h.metric("gitgate_pack_cache_served_bytes_total", None),
+        READERS as u64 * CHUNKS * SIZE as u64
+    );
+    assert_eq!(h.cache.usage(), CHUNKS * SIZE as u64);
+}
+
+#[tokio::test]
+async fn min_occurrences_gates_entry_creation() {
+    for (min, expected) in [
+        (0, ["miss", "hit", "hit"]),
+        (1, ["miss", "hit", "hit"]),
+        (3, ["bypass", "bypass", "miss"]),
+    ] {
+        let dir = TempDir::new().expect("tempdir");
+        let mut cfg = config(&dir);
+        cfg.min_occurrences = min;
+        let h = Harness::new(cfg).await;
+        let mut kinds = Vec::new();
+        let mut keep = Vec::new();
+        for _ in 0..3 {
+            match h.cache.fetch(key("k"), || fixed(4, 10)).await {
+                Fetch::Hit(r) => {
+                    kinds.push("hit");
+                    keep.push(r);
+                }
+                Fetch::Miss(r) => {
+                    kinds.push("miss");
+                    keep.push(r);
+                }
+                Fetch::Bypass(_) => kinds.push("bypass"),
+            }
+        }
+        assert_eq!(kinds, expected, "min_occurrences = {min}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sightings_older_than_max_age_do_not_count() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.min_occurrences = 2;
+    cfg.max_age = Duration::from_secs(60);
+    let h = Harness::new(cfg).await;
+    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(kind, "bypass");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(kind, "bypass", "the first sighting has expired");
+    tokio::time::advance(Duration::from_secs(59)).await;
+    let (kind, result) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(kind, "miss");
+    assert_eq!(result, Ok((expected_hash(1, 10), 10)));
+}
+
+#[tokio::test]
+async fn max_bytes_evicts_oldest_first() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.max_bytes = 25_000;
+    let h = Harness::new(cfg).await;
+    for name in ["a", "b", "c"] {
+        let (kind, result) = drain(h.cache.fetch(key(name), || fixed(10, 1000)).await).await;
+        assert_eq!(kind, "miss");
+        assert!(result.is_ok());
+    }
+    // 30 000 bytes were written against a 25 000 budget: making room for d evicts a (only).
+    let (kind, _) = drain(h.cache.fetch(key("d"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "miss");
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("max_bytes")),
+        1
+    );
+    let (kind, _) = drain(h.cache.fetch(key("c"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "hit", "the newest entry survives");
+    let (kind, _) = drain(h.cache.fetch(key("a"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "miss", "the oldest entry was evicted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_evictor_removes_entries_past_max_age_until_dropped() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.max_age = Duration::from_secs(10);
+    let h = Harness::new(cfg).await;
+    let evictor = h.cache.spawn_evictor(Duration::from_secs(1));
+    // (Paused time may auto-advance to the evictor's next tick while the test waits on
+    // other tasks, so deadlines are taken from the clock rather than counted.)
+    let before = Instant::now();
+    let (kind, _) = drain(h.cache.fetch(key("a"), || fixed(4, 100)).await).await;
+    assert_eq!(kind, "miss");
+    let after = Instant::now();
+    tokio::time::advance((before + Duration::from_secs(9)).saturating_duration_since(after)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.cache.entries(), 1, "younger than max_age");
+    let expired = after + Duration::from_secs(11);
+    tokio::time::advance(expired.saturating_duration_since(Instant::now())).await;
+    // I5: the evictor's tick removes the entry and unlinks its file.
+    h.store.removed(1).await;
+    assert_eq!(h.cache.entries(), 0);
+    assert_eq!(h.cache.usage(), 0);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("max_age")),
+        1
+    );
+
+    drop(evictor);
+    let (kind, _) = drain(h.cache.fetch(key("b"), || fixed(4, 100)).await).await;
+    assert_eq!(kind, "miss");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.cache.entries(), 1, "a dropped evictor still ran");
+}
+
+#[tokio::test]
+async fn leftovers_of_dead_processes_are_removed_at_start() {
+    let dir = TempDir::new().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let dead = cache_dir.join("gitgate-4000000000-1");
+    std::fs::create_dir_all(&dead).expect("mkdir");
+    std::fs::write(dead.join("00000000.entry"), b"half written").expect("write");
+    let live = cache_dir.join("gitgate-1-1"); // pid 1 is alive
+    std::fs::create_dir_all(&live).expect("mkdir");
+    let unrelated = cache_dir.join("operator-notes.txt");
+    std::fs::write(&unrelated, b"keep").expect("write");
+    let registry = Registry::new();
+    let metrics = crate::CacheMetrics::register(&registry).expect("register");
+    // The production constructor, over the real file store.
+    let cache = PackCache::open(config(&dir), metrics).await.expect("open");
+    assert!(!dead.exists(), "leftovers of a dead process were kept");
+    assert!(live.exists() && unrelated.exists());
+    // I4: this life's directory is new.
+    assert!(cache.life_dir().starts_with(&cache_dir));
+    assert_ne!(cache.life_dir(), dead);
+    assert_eq!(
+        std::fs::read_dir(cache.life_dir())
+            .expect("life dir")
+            .count(),
+        0
+    );
+}
