@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gitgate::config::Config;
+use gitgate_storage_client::daemon;
 
 /// An HTTP smart-git gateway.
 #[derive(Parser)]
@@ -41,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(Command::CheckConfig) = args.command {
-        return match Config::load(&args.config) {
+        return match Config::load(&args.config).await {
             Ok(_) => {
                 println!("{}: ok", args.config.display());
                 Ok(())
@@ -55,8 +56,9 @@ async fn main() -> anyhow::Result<()> {
         };
     }
     let config = Config::load(&args.config)
+        .await
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
-    init_logging(&config);
+    daemon::init_logging(config.log.format, &config.log.level);
     let listener = tokio::net::TcpListener::bind(config.listen.addr)
         .await
         .with_context(|| format!("binding {}", config.listen.addr))?;
@@ -69,41 +71,7 @@ async fn main() -> anyhow::Result<()> {
         "http"
     };
     println!("listening on {scheme}://{addr}");
-    gitgate::serve(listener, config, shutdown_signal()).await?;
+    gitgate::serve(listener, config, daemon::shutdown_signal()).await?;
     tracing::info!("gitgate stopped");
     Ok(())
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if config.log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; only ctrl-c stops gitgate");
-            if let Err(err) = tokio::signal::ctrl_c().await {
-                tracing::error!(error = %err, "cannot listen for ctrl-c either");
-                std::future::pending::<()>().await;
-            }
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

@@ -9,26 +9,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gitgate_storage_client::NodeClient;
+use gitgate_storage_client::{daemon, NodeClient};
 
-use crate::config::{Config, NodeLocation};
+use crate::config::{Config, NodeLocation, StorageConfig};
 use crate::state::AppState;
 
 /// Reload on every SIGHUP until the task is dropped.
 pub async fn on_sighup(path: PathBuf, running: Config, state: Arc<AppState>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGHUP; reloading is off");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        match Config::load(&path) {
+    daemon::on_sighup(|| async {
+        match Config::load(&path).await {
             Ok(new) => apply(&running, &new, &state),
             Err(err) => tracing::error!(error = %err, "config reload failed; nothing changed"),
         }
-    }
+    })
+    .await;
 }
 
 /// Apply the reloadable parts of `new`; warn about the rest.
@@ -51,33 +45,10 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
         }
     }
     let mut restart = Vec::new();
-    if running.listen.addr != new.listen.addr
-        || running.listen.tls_cert != new.listen.tls_cert
-        || running.listen.tls_key != new.listen.tls_key
-    {
+    if running.listen != new.listen {
         restart.push("listen");
     }
-    let nodes = |c: &Config| {
-        c.storage
-            .nodes
-            .iter()
-            .map(|n| format!("{}={:?}", n.name, location(&n.location)))
-            .collect::<Vec<_>>()
-    };
-    let replication = |c: &Config| {
-        let s = &c.storage;
-        format!(
-            "{} {} {:?} {} {:?} {:?} {:?}",
-            s.create_on_push,
-            s.replication_factor,
-            s.replication,
-            s.replication_workers,
-            s.replication_retry_max,
-            s.reconcile_interval,
-            s.lock_timeout
-        )
-    };
-    if nodes(running) != nodes(new) || replication(running) != replication(new) {
+    if without_tokens(&running.storage) != without_tokens(&new.storage) {
         restart.push("storage");
     }
     if running.metadata != new.metadata {
@@ -87,10 +58,10 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
     {
         restart.push("cache.enabled/cache.dir");
     }
-    if format!("{:?}", running.limits) != format!("{:?}", new.limits) {
+    if running.limits != new.limits {
         restart.push("limits");
     }
-    if running.log.json != new.log.json || running.log.level != new.log.level {
+    if running.log != new.log {
         restart.push("log");
     }
     if restart.is_empty() {
@@ -100,10 +71,14 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
     }
 }
 
-/// A node's location without its token, for comparing configs.
-fn location(l: &NodeLocation) -> String {
-    match l {
-        NodeLocation::Local { path, git } => format!("{}:{}", path.display(), git.display()),
-        NodeLocation::Remote { url, .. } => url.clone(),
+/// `[storage]` with remote nodes' tokens blanked: the tokens are applied on reload,
+/// everything else in the section needs a restart.
+fn without_tokens(storage: &StorageConfig) -> StorageConfig {
+    let mut storage = storage.clone();
+    for node in &mut storage.nodes {
+        if let NodeLocation::Remote { token, .. } = &mut node.location {
+            token.clear();
+        }
     }
+    storage
 }

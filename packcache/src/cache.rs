@@ -269,22 +269,9 @@ impl Drop for EvictorHandle {
     }
 }
 
+/// `5m`, `30s`, `1h 30m`, `250ms`: the `max_age` metric label, as the config writes it.
 fn humanize(d: Duration) -> String {
-    humantime_like(d)
-}
-
-/// `5m`, `30s`, `1h`, `250ms`: a compact label for the `max_age` metric label.
-fn humantime_like(d: Duration) -> String {
-    let secs = d.as_secs();
-    if d.subsec_nanos() != 0 || secs == 0 {
-        format!("{}ms", d.as_millis())
-    } else if secs % 3600 == 0 {
-        format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
-    }
+    humantime::format_duration(d).to_string()
 }
 
 impl Inner {
@@ -324,14 +311,14 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::humantime_like;
+    use super::humanize;
     use std::time::Duration;
 
     #[test]
     fn max_age_labels() {
-        assert_eq!(humantime_like(Duration::from_secs(300)), "5m");
-        assert_eq!(humantime_like(Duration::from_secs(90)), "90s");
-        assert_eq!(humantime_like(Duration::from_millis(250)), "250ms");
-        assert_eq!(humantime_like(Duration::from_secs(7200)), "2h");
+        assert_eq!(humanize(Duration::from_secs(300)), "5m");
+        assert_eq!(humanize(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(humanize(Duration::from_millis(250)), "250ms");
+        assert_eq!(humanize(Duration::from_secs(7200)), "2h");
     }
 }

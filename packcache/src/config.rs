@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the cache behaves; see DESIGN.md "The pack cache".
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Directory for entry files (a private subdirectory is made per process life).
     pub dir: PathBuf,

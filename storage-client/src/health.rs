@@ -16,7 +16,7 @@ use crate::client::NodeClient;
 use crate::nodes::NodeId;
 
 /// When a node counts as down.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
     /// Time between active checks.
     pub interval: Duration,

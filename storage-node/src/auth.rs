@@ -29,8 +29,9 @@ pub enum AuthError {
     BadSignature,
 }
 
-/// Whether failures are refused or only counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether failures are refused or only counted (`node.auth_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Refuse requests with bad tokens.
     Enforced,

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth::Mode;
+pub use crate::daemon::ConfigError;
+use crate::daemon::LogFormat;
 
 /// The parsed, resolved node configuration.
 #[derive(Debug, Clone)]
@@ -34,33 +36,8 @@ pub struct NodeConfig {
     pub auth_mode: Mode,
     /// git program.
     pub git: PathBuf,
-    /// Emit JSON log lines.
-    pub json_logs: bool,
-}
-
-/// A configuration problem, named by its key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TOML is invalid or has unknown keys or wrong types.
-    #[error("{0}")]
-    Parse(#[from] toml::de::Error),
-    /// A key has an invalid value.
-    #[error("{key}: {reason}")]
-    Invalid {
-        /// The key path, such as `node.token`.
-        key: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +61,7 @@ struct NodeSection {
     path: PathBuf,
     token: Option<String>,
     #[serde(default = "default_mode")]
-    auth_mode: String,
+    auth_mode: Mode,
     #[serde(default = "default_git")]
     git: PathBuf,
 }
@@ -93,11 +70,11 @@ struct NodeSection {
 #[serde(deny_unknown_fields)]
 struct Log {
     #[serde(default)]
-    format: Option<String>,
+    format: LogFormat,
 }
 
-fn default_mode() -> String {
-    "enforced".into()
+fn default_mode() -> Mode {
+    Mode::Enforced
 }
 
 fn default_git() -> PathBuf {
@@ -106,11 +83,8 @@ fn default_git() -> PathBuf {
 
 impl NodeConfig {
     /// Load `path`; `env_token` (from `GITGATE_NODE_TOKEN`) overrides `node.token`.
-    pub fn load(path: &Path, env_token: Option<String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    pub async fn load(path: &Path, env_token: Option<String>) -> Result<Self, ConfigError> {
+        let text = crate::daemon::read_config(path.to_owned()).await?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base, env_token)
     }
@@ -120,38 +94,18 @@ impl NodeConfig {
         let file: File = toml::from_str(text)?;
         let token = env_token.or(file.node.token).unwrap_or_default();
         if token.len() < 16 {
-            return Err(ConfigError::Invalid {
-                key: "node.token",
-                reason: "a shared secret of at least 16 characters is required".into(),
-            });
+            return Err(ConfigError::invalid(
+                "node.token",
+                "a shared secret of at least 16 characters is required",
+            ));
         }
-        let auth_mode = match file.node.auth_mode.as_str() {
-            "enforced" => Mode::Enforced,
-            "transitioning" => Mode::Transitioning,
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: "node.auth_mode",
-                    reason: format!("expected \"enforced\" or \"transitioning\", got {other:?}"),
-                })
-            }
-        };
-        let json_logs = match file.log.format.as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "log.format",
-                    reason: format!("expected \"text\" or \"json\", got {other:?}"),
-                })
-            }
-        };
         Ok(Self {
             addr: file.listen.addr,
             path: base.join(file.node.path),
             token,
-            auth_mode,
+            auth_mode: file.node.auth_mode,
             git: file.node.git,
-            json_logs,
+            log_format: file.log.format,
         })
     }
 }
@@ -188,5 +142,12 @@ mod tests {
         )
         .expect_err("unknown key");
         assert!(err.to_string().contains("bogus"), "{err}");
+        let err = NodeConfig::parse(
+            "[listen]\naddr = \"127.0.0.1:9100\"\n[node]\npath = \"r\"\ntoken = \"0123456789abcdef\"\nauth_mode = \"lax\"\n",
+            Path::new("/"),
+            None,
+        )
+        .expect_err("unknown mode");
+        assert!(err.to_string().contains("transitioning"), "{err}");
     }
 }

@@ -15,6 +15,7 @@
 //!   discovery, creation and deletion;
 //! - [`refstate`]: HEAD and a checksum over all refs, read with gix;
 //! - [`config`]: the `gitgate-node` configuration file;
+//! - [`daemon`]: logging, signals, reloads and config errors, shared by both binaries;
 //! - [`auth`]: the shared-secret tokens between gateway and node;
 //! - [`http`]: the internal HTTP API;
 //! - [`metrics`]: counts of git processes started.
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod git;
 pub mod http;
 pub mod metrics;

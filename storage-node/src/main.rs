@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use gitgate_storage_node::auth::{Secret, Verifier, DEFAULT_SKEW};
 use gitgate_storage_node::config::NodeConfig;
-use gitgate_storage_node::{Node, NodeSettings};
+use gitgate_storage_node::{daemon, Node, NodeSettings};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A gitgate storage node.
 #[derive(Parser)]
@@ -21,16 +22,17 @@ struct Args {
     config: PathBuf,
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
+async fn load(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
     NodeConfig::load(path, std::env::var("GITGATE_NODE_TOKEN").ok())
+        .await
         .with_context(|| format!("loading {}", path.display()))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = load(&args.config)?;
-    init_logging(config.json_logs);
+    let config = load(&args.config).await?;
+    daemon::init_logging(config.log_format, "info");
     let registry = prometheus::Registry::new();
     let metrics = gitgate_storage_node::NodeMetrics::register(&registry, "self")
         .context("registering metrics")?;
@@ -59,31 +61,28 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, "gitgate-node listening");
     // One line on stdout for scripts and test harnesses that asked for port 0.
     println!("listening on http://{addr}");
-    let reloader = tokio::spawn(reload_on_sighup(args.config.clone(), verifier.clone()));
+    // Reloads on SIGHUP while serving; aborted when this handle drops.
+    let reloader = AbortOnDropHandle::new(tokio::spawn(reload_on_sighup(
+        args.config.clone(),
+        verifier.clone(),
+    )));
     gitgate_storage_node::serve(
         listener,
         Arc::new(node),
         verifier,
         registry,
-        shutdown_signal(),
+        daemon::shutdown_signal(),
     )
     .await?;
-    reloader.abort();
+    drop(reloader);
     tracing::info!("gitgate-node stopped");
     Ok(())
 }
 
 /// Apply `node.token` and `node.auth_mode` from the config file on every SIGHUP.
 async fn reload_on_sighup(path: PathBuf, verifier: Arc<Verifier>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGHUP; reloading is off");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        match load(&path) {
+    daemon::on_sighup(|| async {
+        match load(&path).await {
             Ok(config) => {
                 verifier.reload(Secret::new(&config.token), config.auth_mode);
                 tracing::info!(auth_mode = ?config.auth_mode, "reloaded node token and auth mode");
@@ -93,37 +92,6 @@ async fn reload_on_sighup(path: PathBuf, verifier: Arc<Verifier>) {
                 "reload failed; keeping the current settings"
             ),
         }
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; only ctrl-c stops the node");
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    })
+    .await;
 }

@@ -1,0 +1,72 @@
+//! `[limits]`: request sizes, per-repository concurrency for node-bound fetches, and
+//! the timeouts that cut off slow clients.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{bytes, ConfigError};
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest upload-pack (fetch) request body after gzip inflation.
+    #[serde(deserialize_with = "bytes")]
+    pub max_fetch_request_bytes: u64,
+    /// Largest push (receive-pack) request body.
+    #[serde(deserialize_with = "bytes")]
+    pub max_push_bytes: u64,
+    /// Node-bound fetches per repository at once (0: unlimited).
+    pub fetch_concurrency_per_repo: usize,
+    /// Fetches that may wait for a slot, per repository.
+    pub fetch_queue_per_repo: usize,
+    /// How long a fetch may wait for a slot.
+    #[serde(with = "humantime_serde")]
+    pub fetch_queue_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a request body may stall between two chunks.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// How long a client may take no response bytes while some are ready.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_fetch_request_bytes: 64 << 20,
+            max_push_bytes: 5 << 30,
+            fetch_concurrency_per_repo: 16,
+            fetch_queue_per_repo: 100,
+            fetch_queue_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Report values that parse but cannot work.
+    pub(super) fn check(&self, problems: &mut Vec<ConfigError>) {
+        if self.fetch_concurrency_per_repo > 0 && self.fetch_queue_timeout.is_zero() {
+            problems.push(ConfigError::invalid(
+                "limits.fetch_queue_timeout",
+                "must be longer than zero",
+            ));
+        }
+        for (key, d) in [
+            ("limits.header_timeout", self.header_timeout),
+            ("limits.body_idle_timeout", self.body_idle_timeout),
+            ("limits.send_timeout", self.send_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+    }
+}
