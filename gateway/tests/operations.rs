@@ -559,6 +559,29 @@ fn https_clone_with_a_test_ca_and_no_plain_http() {
     let clone = d.join("clone");
     git.ok_env(None, &["clone", "-q", &url, path_str(&clone)], &env);
     git.fsck(&clone.join(".git"));
+    // The handshake itself: the chain verifies against the test CA, for the name.
+    let handshake = Command::new("openssl")
+        .args(["s_client", "-connect", gw.server.authority()])
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(&ca)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let transcript = String::from_utf8_lossy(&handshake.stdout);
+    assert!(
+        handshake.status.success() && transcript.contains("Verify return code: 0 (ok)"),
+        "TLS handshake failed: {transcript}{}",
+        String::from_utf8_lossy(&handshake.stderr)
+    );
+    assert!(
+        transcript.contains("TLSv1.3") || transcript.contains("TLSv1.2"),
+        "{transcript}"
+    );
     // Without the CA, git refuses the certificate; over plain HTTP nothing is served.
     assert!(!git.output(None, &["ls-remote", &url], &[]).status.success());
     let plain = url.replace("https://", "http://");
@@ -566,7 +589,29 @@ fn https_clone_with_a_test_ca_and_no_plain_http() {
         .output(None, &["ls-remote", &plain], &[])
         .status
         .success());
-    assert!(http::get(gw.server.authority(), "/-/health").map_or(true, |r| r.status != 200));
+    let answer = plain_exchange(
+        gw.server.authority(),
+        b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP was answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Send `request` over plain TCP; whatever comes back before the connection ends (a
+/// TLS server sends an alert or nothing).
+fn plain_exchange(authority: &str, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut answer = Vec::new();
+    // A reset or timeout after the alert is fine: what matters is what was sent.
+    let _ = stream.read_to_end(&mut answer);
+    answer
 }
 
 #[test]
@@ -851,8 +896,18 @@ fn check_config_names_the_key_of_every_problem() {
             vec!["listen.tls_cert"],
         ),
         (
-            format!("{base}[log]\nformat = \"xml\"\n[limits]\nheader_timeout = \"0s\"\n"),
-            vec!["log.format", "limits.header_timeout"],
+            format!("{base}[log]\nformat = \"xml\"\n"),
+            vec!["log.format"],
+        ),
+        (
+            format!("{base}[cache]\nmax_bytes = \"lots\"\n"),
+            vec!["cache.max_bytes"],
+        ),
+        // Every value that parses but is not acceptable is reported in one run.
+        (
+            base.replace("[listen]\n", "[listen]\ntls_cert = \"c.pem\"\n")
+                + "[limits]\nheader_timeout = \"0s\"\n",
+            vec!["listen.tls_cert", "limits.header_timeout"],
         ),
     ];
     for (i, (text, keys)) in cases.iter().enumerate() {

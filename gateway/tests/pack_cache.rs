@@ -67,7 +67,9 @@ fn parallel_clones(
 
 fn fanout(remote: bool) {
     let git = default_client();
-    for (min, max_runs) in [(0, 1), (1, 2)] {
+    // Identical clones that arrive together share one producer whatever min_occurrences
+    // is: upload-pack runs once for the pack of 16 clones.
+    for min in [0, 1] {
         let gw = gateway(remote, &format!("min_occurrences = {min}"));
         let tmp = TempDir::new().expect("tempdir");
         seeded(&gw, &git, tmp.path(), "ci/app");
@@ -81,8 +83,8 @@ fn fanout(remote: bool) {
             &[],
         );
         let runs = gw.upload_pack_runs() - before;
-        assert!(
-            runs >= 1 && runs <= max_runs,
+        assert_eq!(
+            runs, 1,
             "min_occurrences={min}: {runs} upload-pack runs for 16 clones"
         );
         let want = git.refs(&gw.repo_dir("ci/app"));
@@ -101,9 +103,9 @@ fn fanout(remote: bool) {
             &["--no-tags"],
         );
         let runs = gw.upload_pack_runs() - before;
-        assert!(
-            runs >= 17 && runs <= 16 + max_runs,
-            "v2, min_occurrences={min}: {runs} runs"
+        assert_eq!(
+            runs, 17,
+            "v2, min_occurrences={min}: {runs} runs (16 ls-refs and one fetch expected)"
         );
         for dir in &clones {
             git.fsck(dir);
@@ -454,7 +456,12 @@ fn full_disk_turns_into_bypass_and_clones_still_succeed() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here; the write-error path is covered by packcache's unit tests");
+        // CI runs as root and must run this test for real.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "full_disk_turns_into_bypass_and_clones_still_succeed: cannot mount a tmpfs, and CI is set"
+        );
+        eprintln!("full_disk_turns_into_bypass_and_clones_still_succeed: SKIPPED (cannot mount a tmpfs; not root?). The write-error path is still covered by packcache's unit tests.");
         return;
     }
     let _mount = Mount(cache_dir.clone());

@@ -323,6 +323,8 @@ fn push_100mb_blob_streams(remote: bool) {
         ],
     );
     assert_eq!(size.trim(), SIZE.to_string());
+    // Measured: each process's peak grows by about 3 MiB during the push (README); a
+    // buffered push would add its 100 MiB.
     for (pid, before) in gw.server_pids().into_iter().zip(before) {
         let peak = procs::peak_rss(pid);
         eprintln!(
@@ -331,8 +333,9 @@ fn push_100mb_blob_streams(remote: bool) {
             peak >> 20
         );
         assert!(
-            peak < 48 << 20,
-            "peak RSS {} MiB: the push was buffered",
+            peak.saturating_sub(before) < 12 << 20,
+            "peak RSS grew from {} MiB to {} MiB: the push was buffered",
+            before >> 20,
             peak >> 20
         );
     }

@@ -91,7 +91,7 @@ impl NodeConfig {
 
     /// Parse configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, env_token: Option<String>) -> Result<Self, ConfigError> {
-        let file: File = toml::from_str(text)?;
+        let file: File = crate::daemon::parse_toml(text)?;
         let token = env_token.or(file.node.token).unwrap_or_default();
         if token.len() < 16 {
             return Err(ConfigError::invalid(

@@ -81,6 +81,21 @@ pub async fn read_config(path: PathBuf) -> Result<String, ConfigError> {
         .map_err(|source| ConfigError::Read { path, source })
 }
 
+/// Parse TOML `text` into `T`. A type error (a wrong type, an unknown variant, a size or
+/// duration that does not parse) names its key path, such as `auth.anonymous`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text)?;
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        if key.is_empty() || key == "." {
+            ConfigError::Parse(inner)
+        } else {
+            ConfigError::invalid(key, inner.to_string().trim_end().to_owned())
+        }
+    })
+}
+
 /// A configuration problem, named by its key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -101,7 +101,7 @@ impl Config {
         base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = gitgate_storage_client::daemon::parse_toml(text)?;
         // Check every section, so one run reports every problem.
         let mut problems = Vec::new();
         let listen = raw.listen.resolve(base, &mut problems);

@@ -91,7 +91,10 @@ impl Server {
 
     /// The `host:port` part of the URL.
     pub fn authority(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .strip_prefix("https://")
+            .or_else(|| self.url.strip_prefix("http://"))
+            .unwrap_or(&self.url)
     }
 
     /// The log so far.
