@@ -10,7 +10,10 @@
 //!
 //! [`metadata`] records which replicas are up to date (embedded SQLite or PostgreSQL),
 //! and [`cluster::Cluster`] uses it to route reads to up-to-date replicas, send writes
-//! to the primary, replicate, and repair.
+//! to the primary, replicate, and repair. The gateway reads and writes only through
+//! `Cluster` (reads end to end in [`cluster::read`], pushes in [`cluster::write`]): node
+//! choice, failover, health reports and node metrics all happen here, and nodes are
+//! named by [`NodeId`].
 #![deny(missing_docs)]
 
 mod call;

@@ -11,6 +11,7 @@
 //! Generations only move forward: a replica's generation is raised, never lowered, and
 //! a repository's generation is bumped once per recorded write.
 
+mod advisory;
 pub mod embedded;
 mod lock;
 pub mod postgres;

@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use gitgate_proto::RepoPath;
 use tokio_postgres::NoTls;
 
+use super::advisory;
 use super::{
     millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
     ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
@@ -61,45 +62,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match err {
             deadpool_postgres::PoolError::Backend(err) => StoreError::Postgres(err),
             other => StoreError::Task(format!("connection pool: {other}")),
-        }
-    }
-}
-
-/// The advisory-lock key of a repository: 64 bits of its name's blake3 hash.
-fn lock_key(repo: &RepoPath) -> i64 {
-    let hash = blake3::hash(repo.as_str().as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash.as_bytes()[..8]);
-    i64::from_be_bytes(first)
-}
-
-/// A held advisory lock; unlocks (and returns the connection) when dropped.
-struct AdvisoryLock {
-    conn: Option<Object>,
-    key: i64,
-}
-
-impl Drop for AdvisoryLock {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let key = self.key;
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let unlocked = conn
-                        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
-                        .await
-                        .map(|row| row.get::<_, bool>(0));
-                    if !matches!(unlocked, Ok(true)) {
-                        // Do not reuse a session that may still hold the lock.
-                        drop(Object::take(conn));
-                    }
-                });
-            }
-            Err(_) => {
-                // No runtime: closing the session releases the lock.
-                drop(Object::take(conn));
-            }
         }
     }
 }
@@ -436,37 +398,10 @@ impl MetadataStore for PostgresStore {
     }
 
     fn lock<'a>(&'a self, repo: &'a RepoPath, wait: Duration) -> StoreFuture<'a, RepoLock> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + wait;
-            let mut pause = Duration::from_millis(5);
-            loop {
-                if let Some(lock) = self.try_lock(repo).await? {
-                    return Ok(lock);
-                }
-                if tokio::time::Instant::now() + pause > deadline {
-                    return Err(StoreError::LockTimeout(repo.clone()));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-        })
+        Box::pin(advisory::lock(&self.locks, repo, wait))
     }
 
     fn try_lock<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoLock>> {
-        Box::pin(async move {
-            let conn = self.locks.get().await?;
-            let key = lock_key(repo);
-            let row = conn
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await?;
-            if row.try_get::<_, bool>(0)? {
-                Ok(Some(RepoLock::new(AdvisoryLock {
-                    conn: Some(conn),
-                    key,
-                })))
-            } else {
-                Ok(None)
-            }
-        })
+        Box::pin(advisory::try_lock(&self.locks, repo))
     }
 }
