@@ -70,13 +70,19 @@ async fn generations(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     assert_eq!(seen.write.as_ref(), Some(&marker));
     assert_eq!(seen.primary.as_deref(), Some("a"));
 
+    assert_eq!(
+        other.get(&r).await.unwrap().unwrap().acked,
+        0,
+        "registered: acknowledged"
+    );
     let generation = s
-        .finish_write(&r, &["a".to_owned()], Some("c1"))
+        .finish_write(&r, &["a".to_owned()], Some("c1"), true)
         .await
         .unwrap();
     assert_eq!(generation, 1);
     let record = other.get(&r).await.unwrap().unwrap();
     assert_eq!(record.generation, 1);
+    assert_eq!(record.acked, 1, "an acknowledged write moves acked along");
     assert_eq!(record.checksum.as_deref(), Some("c1"));
     assert_eq!(record.write, None, "finishing clears the marker");
     assert!(record.is_up_to_date("a"));
@@ -101,9 +107,21 @@ async fn generations(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     let record = other.get(&r).await.unwrap().unwrap();
     assert_eq!((record.generation, record.write), (1, None));
 
+    // A write not acknowledged yet leaves acked where it was...
+    let unacked = s
+        .finish_write(&r, &["a".to_owned()], Some("c2"), false)
+        .await
+        .unwrap();
+    let record = other.get(&r).await.unwrap().unwrap();
+    assert_eq!((record.generation, record.acked), (unacked, 1));
+    // ...until it is acknowledged; acknowledging never goes back.
+    s.acknowledge(&r, unacked).await.unwrap();
+    s.acknowledge(&r, 1).await.unwrap();
+    assert_eq!(other.get(&r).await.unwrap().unwrap().acked, unacked);
+
     // Finishing an unregistered repository is an error, not a silent no-op.
     assert!(s
-        .finish_write(&repo("ghost.git"), &["a".to_owned()], None)
+        .finish_write(&repo("ghost.git"), &["a".to_owned()], None, true)
         .await
         .is_err());
 
@@ -132,7 +150,8 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
         JobCounts {
             queued: 2,
             running: 0,
-            retrying: 0
+            retrying: 0,
+            oldest_ms: now,
         }
     );
 
@@ -160,9 +179,9 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     // A renewed lease outlives the original expiry.
     assert_eq!(s.job_counts(now + 15_000).await.unwrap().running, 1);
     // Only the lease holder can complete or hand back a job.
-    other.complete(&first[0], "gw-2").await.unwrap();
+    assert!(!other.complete(&first[0], "gw-2", now).await.unwrap());
     assert_eq!(s.jobs_of(&r).await.unwrap().len(), 2);
-    s.complete(&first[0], "gw-1").await.unwrap();
+    assert!(s.complete(&first[0], "gw-1", now).await.unwrap());
     assert_eq!(s.jobs_of(&r).await.unwrap().len(), 1);
 
     // A failed job waits for its retry time.
@@ -185,31 +204,41 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
     let later = now + 2 + 10_001;
     let taken = other.claim("gw-2", later, lease, 10).await.unwrap();
     assert_eq!(taken.len(), 1, "expired lease is reclaimed");
-    s.complete(&again[0], "gw-1").await.unwrap();
+    assert!(!s.complete(&again[0], "gw-1", later).await.unwrap());
     assert_eq!(
         other.jobs_of(&r).await.unwrap().len(),
         1,
         "old holder lost it"
     );
-    // A change queued while a worker runs the job takes the job from it: the old run
-    // cannot complete it, and it is handed out again.
-    s.enqueue(
-        &r,
-        &taken[0].target,
-        JobKind::Update,
-        later,
-        QueueMode::Rearm,
-    )
-    .await
-    .unwrap();
-    other.complete(&taken[0], "gw-2").await.unwrap();
-    assert_eq!(
-        s.jobs_of(&r).await.unwrap().len(),
-        1,
-        "re-armed job survives"
+    // A change queued while a worker runs the job is noted on it: the job keeps its
+    // lease (no second copy into the target starts) and its worker makes another pass
+    // instead of completing it.
+    for _ in 0..3 {
+        s.enqueue(
+            &r,
+            &taken[0].target,
+            JobKind::Update,
+            later,
+            QueueMode::Rearm,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        s.claim("gw-1", later, lease, 10).await.unwrap().is_empty(),
+        "a running job keeps its lease"
     );
-    let rerun = s.claim("gw-1", later, lease, 10).await.unwrap();
-    assert_eq!(rerun.len(), 1);
+    assert!(
+        s.lease_target(&r, &taken[0].target, "gw-1", later, lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "nor can a synchronous copy take it"
+    );
+    assert!(!other.complete(&taken[0], "gw-2", later + 7).await.unwrap());
+    let rerun = s.claim("gw-1", later + 7, lease, 10).await.unwrap();
+    assert_eq!(rerun.len(), 1, "one more pass for three changes");
+    assert_eq!(rerun[0].attempts, 1, "a new change, not a retry");
     // IfMissing leaves an existing job (and its lease) alone.
     other
         .enqueue(
@@ -221,7 +250,7 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
         )
         .await
         .unwrap();
-    s.complete(&rerun[0], "gw-1").await.unwrap();
+    assert!(s.complete(&rerun[0], "gw-1", later).await.unwrap());
     assert!(s.jobs_of(&r).await.unwrap().is_empty());
     other
         .enqueue(&r, "z", JobKind::Update, later, QueueMode::IfMissing)
@@ -233,8 +262,53 @@ async fn jobs(s: &dyn MetadataStore, other: &dyn MetadataStore) {
         "IfMissing queues a missing job"
     );
     let last = s.claim("gw-1", later, lease, 10).await.unwrap();
-    s.complete(&last[0], "gw-1").await.unwrap();
-    assert_eq!(s.job_counts(later).await.unwrap(), JobCounts::default());
+    assert!(s.complete(&last[0], "gw-1", later).await.unwrap());
+    assert_eq!(
+        s.job_counts(later).await.unwrap(),
+        JobCounts {
+            oldest_ms: later,
+            ..JobCounts::default()
+        }
+    );
+
+    // Backoff survives new changes: a failed job stays put when a push comes in.
+    s.enqueue(&r, "y", JobKind::Update, later, QueueMode::Rearm)
+        .await
+        .unwrap();
+    let y = s.claim("gw-1", later, lease, 10).await.unwrap();
+    s.retry(&y[0], "gw-1", "down", later + 30_000)
+        .await
+        .unwrap();
+    other
+        .enqueue(&r, "y", JobKind::Update, later + 1, QueueMode::Rearm)
+        .await
+        .unwrap();
+    assert!(s
+        .claim("gw-1", later + 2, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.job_counts(later + 10).await.unwrap().oldest_ms,
+        later,
+        "the lag counts from the oldest change"
+    );
+    // A synchronous copy takes a free job's lease (creating a job if none), once.
+    let copy = s
+        .lease_target(&r, "y", "gw-2", later + 3, lease)
+        .await
+        .unwrap();
+    assert!(copy.is_some(), "a waiting job's lease is free");
+    assert!(other
+        .lease_target(&r, "y", "gw-1", later + 3, lease)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.complete(&copy.unwrap(), "gw-2", later + 4).await.unwrap());
+    let fresh = s.lease_target(&r, "x", "gw-2", later, lease).await.unwrap();
+    assert!(fresh.is_some());
+    assert!(s.complete(&fresh.unwrap(), "gw-2", later).await.unwrap());
+    assert!(s.jobs_of(&r).await.unwrap().is_empty());
 }
 
 async fn locks(s: &dyn MetadataStore, other: &dyn MetadataStore) {
@@ -272,12 +346,15 @@ async fn snapshots(writer: &dyn MetadataStore, reader: &dyn MetadataStore) {
     let r = repo("snapshot.git");
     writer.register(&new_repo("snapshot.git")).await.unwrap();
     let holders = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
-    writer.finish_write(&r, &holders, Some("c1")).await.unwrap();
+    writer
+        .finish_write(&r, &holders, Some("c1"), true)
+        .await
+        .unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let write = async {
         for i in 0..WRITES {
             writer
-                .finish_write(&r, &holders, Some(&format!("c{i}")))
+                .finish_write(&r, &holders, Some(&format!("c{i}")), true)
                 .await
                 .unwrap();
         }
@@ -330,7 +407,7 @@ async fn embedded_store() {
     let r = repo("durable.git");
     store.register(&new_repo("durable.git")).await.unwrap();
     store
-        .finish_write(&r, &["a".into()], Some("x"))
+        .finish_write(&r, &["a".into()], Some("x"), true)
         .await
         .unwrap();
     drop(store);

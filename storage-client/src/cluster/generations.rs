@@ -13,6 +13,10 @@
 //!    ever raises a replica's generation, never lowers it.
 //! 4. A replica added to fill the replication factor starts with no copy
 //!    ([`NO_COPY`]), which is below every generation ([`Cluster::add_replica_slot`]).
+//! 5. The acknowledged generation ([`crate::metadata::RepoRecord::acked`]) moves only
+//!    up, and only to a generation whose state a client was told is written (a push
+//!    acknowledged: at once in `async` mode, at the quorum in `sync` mode) or that a
+//!    repair kept from such a state. Replicas below it never serve.
 
 use gitgate_proto::RepoPath;
 
@@ -31,15 +35,29 @@ impl Cluster {
         Ok(self.store.register(new).await?)
     }
 
-    /// Rule 2: a write changed `repo`'s refs to `checksum`; `holders` have them. Returns
-    /// the new generation.
+    /// Rule 2: a write changed `repo`'s refs to `checksum`; `holders` have them.
+    /// `acknowledged` (rule 5) when the new state holds every acknowledged write and
+    /// may be acknowledged now. Returns the new generation.
     pub(super) async fn record_write(
         &self,
         repo: &RepoPath,
         holders: &[String],
         checksum: Option<&str>,
+        acknowledged: bool,
     ) -> Result<i64, ClusterError> {
-        Ok(self.store.finish_write(repo, holders, checksum).await?)
+        Ok(self
+            .store
+            .finish_write(repo, holders, checksum, acknowledged)
+            .await?)
+    }
+
+    /// Rule 5: a majority holds `generation`; it is acknowledged.
+    pub(super) async fn acknowledge(
+        &self,
+        repo: &RepoPath,
+        generation: i64,
+    ) -> Result<(), ClusterError> {
+        Ok(self.store.acknowledge(repo, generation).await?)
     }
 
     /// Rule 3: `target` was copied from a replica at `generation`, read before the

@@ -2,7 +2,7 @@
 //! replication job queue by state, how long replication takes, and how replications
 //! and repairs end.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::metadata::JobCounts;
 
@@ -22,6 +22,9 @@ pub struct ClusterMetrics {
     pub replications: IntCounterVec,
     /// `gitgate_repairs_total{kind}`: drift, marker, discovered, diverged.
     pub repairs: IntCounterVec,
+    /// `gitgate_replication_lag_seconds`: how long ago the oldest change not yet
+    /// copied to every replica was queued (0 when all replicas are up to date).
+    pub lag: Gauge,
 }
 
 impl ClusterMetrics {
@@ -73,6 +76,11 @@ impl ClusterMetrics {
             ),
             &["kind"],
         )?;
+        let lag = Gauge::new(
+            "gitgate_replication_lag_seconds",
+            "Age of the oldest change not yet copied to every replica.",
+        )?;
+        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(replications.clone()))?;
@@ -93,10 +101,14 @@ impl ClusterMetrics {
             latency,
             replications,
             repairs,
+            lag,
         })
     }
 
-    pub(crate) fn set_jobs(&self, counts: JobCounts) {
+    pub(crate) fn set_jobs(&self, counts: JobCounts, now_ms: i64) {
+        #[allow(clippy::cast_precision_loss)]
+        self.lag
+            .set(now_ms.saturating_sub(counts.oldest_ms).max(0) as f64 / 1000.0);
         self.jobs.with_label_values(&["queued"]).set(counts.queued);
         self.jobs
             .with_label_values(&["running"])

@@ -120,6 +120,42 @@ pub struct Cluster {
     jobs_queued: tokio::sync::Notify,
     /// One replication at a time per (repository, target) in this process.
     replicating: crate::metadata::LocalLocks<(RepoPath, NodeId)>,
+    /// When a write marker that could not be resolved may be tried again.
+    marker_retry: MarkerRetry,
+}
+
+/// Backoff for resolving write markers whose node answers health checks but not the
+/// repository's state: 1 s, doubling to 30 s, per repository.
+#[derive(Default)]
+struct MarkerRetry(
+    std::sync::Mutex<std::collections::HashMap<RepoPath, (tokio::time::Instant, Duration)>>,
+);
+
+impl MarkerRetry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn due(&self, repo: &RepoPath) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(repo)
+            .is_none_or(|(at, _)| tokio::time::Instant::now() >= *at)
+    }
+
+    fn failed(&self, repo: &RepoPath) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = map
+            .get(repo)
+            .map_or(Self::FIRST, |(_, w)| (*w * 2).min(Self::MAX));
+        tracing::info!(repo = %repo, retry_in = ?wait, "write marker not resolved; retrying later");
+        map.insert(repo.clone(), (tokio::time::Instant::now() + wait, wait));
+    }
+
+    fn cleared(&self, repo: &RepoPath) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(repo);
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -150,6 +186,7 @@ impl Cluster {
             scramble: std::collections::hash_map::RandomState::new(),
             jobs_queued: tokio::sync::Notify::new(),
             replicating: crate::metadata::LocalLocks::default(),
+            marker_retry: MarkerRetry::default(),
         }
     }
 
@@ -217,7 +254,16 @@ impl Cluster {
                     .ok_or_else(|| ClusterError::NotFound(repo.clone()))?
             }
         };
-        if record.write.is_none() {
+        let Some(marker) = &record.write else {
+            return Ok(record);
+        };
+        // A marker whose node is down is left alone (reads use the replicas that serve
+        // meanwhile); one whose node is up is tried with backoff, not by every request.
+        if self
+            .index_of(&marker.node)
+            .is_some_and(|node| !self.healthy(node))
+            || !self.marker_retry.due(repo)
+        {
             return Ok(record);
         }
         // A marker with the lock free belongs to a write that will never finish.
@@ -226,6 +272,11 @@ impl Cluster {
         };
         let record = self.resolve_marker(repo).await?;
         drop(lock);
+        if record.write.is_some() {
+            self.marker_retry.failed(repo);
+        } else {
+            self.marker_retry.cleared(repo);
+        }
         Ok(record)
     }
 

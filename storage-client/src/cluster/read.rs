@@ -21,7 +21,9 @@ use crate::{GitStream, RequestBody};
 /// Where a read may go.
 #[derive(Debug, Clone)]
 pub struct ReadRoute {
-    /// The repository's generation (part of the pack cache key).
+    /// The generation the chosen replicas hold (part of the pack cache key): the
+    /// repository's, or an older one while a newer unacknowledged write is not yet
+    /// held by a majority.
     pub generation: i64,
     /// Nodes to try, in order: healthy and up to date.
     candidates: Vec<NodeId>,
@@ -39,10 +41,9 @@ impl Cluster {
     /// starting at a pseudo-random one so reads spread (see [`routing`]).
     pub async fn read_route(&self, repo: &RepoPath) -> Result<ReadRoute, ClusterError> {
         let record = self.record(repo).await?;
-        let serving = self.serving_replicas(&record);
-        if serving.is_empty() {
+        let Some((generation, serving)) = self.serving_replicas(&record) else {
             return Err(self.unavailable(&record, "serve reads"));
-        }
+        };
         let writing = record
             .write
             .as_ref()
@@ -50,7 +51,7 @@ impl Cluster {
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
         Ok(ReadRoute {
-            generation: record.generation,
+            generation,
             candidates: routing::read_order(serving, writing, spread),
         })
     }
@@ -131,9 +132,15 @@ impl Cluster {
         result
     }
 
-    /// Node ids of `record`'s healthy, up-to-date replicas, in record order.
-    pub(crate) fn serving_replicas(&self, record: &RepoRecord) -> Vec<NodeId> {
-        routing::serving(record, |name| self.nodes.find(name), |id| self.healthy(id))
+    /// The replicas of `record` that may serve, and their generation (see
+    /// [`routing::serving`]).
+    pub(crate) fn serving_replicas(&self, record: &RepoRecord) -> Option<(i64, Vec<NodeId>)> {
+        routing::serving(
+            record,
+            self.settings.mode == super::ReplicationMode::Sync,
+            |name| self.nodes.find(name),
+            |id| self.healthy(id),
+        )
     }
 
     /// Why nothing can serve `record`, for the 503 message.
@@ -142,8 +149,10 @@ impl Cluster {
             .replicas
             .iter()
             .map(|r| {
-                let state = if r.generation != record.generation {
+                let state = if r.generation < record.acked {
                     "out of date"
+                } else if r.generation > record.acked && r.generation == record.generation {
+                    "holds an unacknowledged write"
                 } else if self.nodes.find(&r.node).is_some_and(|i| self.healthy(i)) {
                     "up"
                 } else {

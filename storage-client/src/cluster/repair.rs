@@ -231,7 +231,8 @@ impl Cluster {
         } else {
             tracing::warn!(repo = %repo, node = %marker.node, owner = %marker.owner, "recording an unfinished write found on its primary");
             let holders = [marker.node.clone()];
-            self.record_write(repo, &holders, state.checksum.as_deref())
+            // Found on its primary, never acknowledged: served once a majority has it.
+            self.record_write(repo, &holders, state.checksum.as_deref(), false)
                 .await?;
             let others: Vec<&str> = record
                 .replicas
@@ -330,10 +331,15 @@ impl Cluster {
         self.verify_checksums(&record).await
     }
 
-    /// Compare the refs of the up-to-date replicas with the recorded state.
+    /// Compare the refs of the up-to-date replicas with the recorded state. Skipped
+    /// while reads serve an older generation than the current one (an unacknowledged
+    /// write not yet spread): the recorded state is not theirs.
     async fn verify_checksums(&self, record: &RepoRecord) -> Result<(), ClusterError> {
         let repo = &record.repo;
-        let serving = self.serving_replicas(record);
+        let serving = match self.serving_replicas(record) {
+            Some((generation, nodes)) if generation == record.generation => nodes,
+            _ => return Ok(()),
+        };
         let reads: Vec<_> = serving
             .iter()
             .map(|&i| async move { (i, self.node(i).state(repo).await) })
@@ -395,7 +401,7 @@ impl Cluster {
             drifted = ?drifted,
             "replica refs differ from the recorded state: recording a new generation and repairing the others"
         );
-        self.record_write(repo, &holders, keep.checksum.as_deref())
+        self.record_write(repo, &holders, keep.checksum.as_deref(), true)
             .await?;
         self.queue(repo, &drifted, JobKind::Update).await
     }

@@ -1,10 +1,16 @@
 //! Bringing replicas up to date: one replication ([`Cluster::replicate_one`]) and the
 //! workers that run queued jobs with retries and backoff.
 //!
-//! A replication reads the repository's generation, picks a healthy replica holding it
-//! as the source, and has the target node fetch every ref from the source (prune, HEAD
-//! too). The target is then recorded at the generation read before the fetch: never
-//! higher than what it was copied from, and never lowered.
+//! A replication reads the record, picks the most advanced healthy replica as the
+//! source ([`routing::sources`]), and has the target node fetch every ref from it
+//! (prune, HEAD too). The target is then recorded at the source's generation read
+//! before the fetch: never higher than what it was copied from, and never lowered.
+//!
+//! A copy into a target runs only under that target's job lease (claimed by a worker,
+//! or taken with [`Cluster::replicate_now`] by a `sync` write), so two gateways never
+//! copy into one target at once. A new change for a target whose job is queued or
+//! running is noted on the job (its version), never resetting its backoff or its
+//! lease: the running copy then makes one more pass, however many pushes came in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +19,32 @@ use gitgate_proto::RepoPath;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{Cluster, ClusterError};
-use crate::metadata::{Job, JobKind, QueueMode};
+use std::time::Instant;
+
+use super::routing;
+use crate::metadata::{Job, JobKind, QueueMode, NO_COPY};
 use crate::nodes::NodeId;
 
 /// How long a claimed job belongs to this gateway before others may take it over;
 /// renewed every third of it while the job runs.
 const LEASE: Duration = Duration::from_secs(60);
-/// How often workers look for due jobs when nothing woke them.
-const POLL: Duration = Duration::from_secs(1);
+/// How often workers look for due jobs when nothing woke them (jobs queued by another
+/// gateway are found this way).
+const POLL: Duration = Duration::from_millis(200);
+/// How often the job counts and the replication lag are published.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// The first retry delay; doubled per attempt up to `max_retry_delay`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 impl Cluster {
-    /// Bring `target`'s replica of `repo` up to date from a healthy, up-to-date replica.
-    /// Nothing happens when it already is.
-    pub async fn replicate_one(&self, repo: &RepoPath, target: NodeId) -> Result<(), ClusterError> {
+    /// Bring `target`'s replica of `repo` up to date from the most advanced healthy
+    /// replica. Nothing happens when no replica is ahead of it. The caller holds the
+    /// target's job lease.
+    pub(crate) async fn replicate_one(
+        &self,
+        repo: &RepoPath,
+        target: NodeId,
+    ) -> Result<(), ClusterError> {
         let target_node = self.node(target);
         // One replication per replica at a time in this gateway.
         let key = (repo.clone(), target);
@@ -41,19 +58,26 @@ impl Cluster {
             .get(repo)
             .await?
             .ok_or_else(|| ClusterError::NotFound(repo.clone()))?;
-        if record.is_up_to_date(target_node.name()) {
-            return Ok(());
-        }
-        let mut sources = self.serving_replicas(&record);
-        sources.retain(|&i| i != target);
+        let current = record
+            .replica(target_node.name())
+            .map_or(NO_COPY, |r| r.generation);
+        let Some((generation, mut sources)) = routing::sources(
+            &record,
+            target,
+            current,
+            |name| self.index_of(name),
+            |id| self.healthy(id),
+        ) else {
+            if current >= record.generation {
+                return Ok(());
+            }
+            return Err(self.unavailable(&record, "be copied from"));
+        };
         // Prefer the primary: it is the one that certainly has the last write.
         if let Some(primary) = record.primary.as_deref().and_then(|p| self.index_of(p)) {
             if let Some(at) = sources.iter().position(|&i| i == primary) {
                 sources.swap(0, at);
             }
-        }
-        if sources.is_empty() {
-            return Err(self.unavailable(&record, "be copied from"));
         }
         let mut last = None;
         for source in sources {
@@ -84,7 +108,7 @@ impl Cluster {
                     self.record_copy(
                         repo,
                         target_node.name(),
-                        record.generation,
+                        generation,
                         copied.checksum.as_deref(),
                     )
                     .await?;
@@ -92,7 +116,7 @@ impl Cluster {
                         repo = %repo,
                         source = source_node.name(),
                         target = target_node.name(),
-                        generation = record.generation,
+                        generation,
                         "replicated"
                     );
                     return Ok(());
@@ -105,6 +129,60 @@ impl Cluster {
             }
         }
         Err(last.unwrap_or_else(|| self.unavailable(&record, "be copied from")))
+    }
+
+    /// Copy into `target` now (a `sync` write or the push advertisement's quorum), under
+    /// the target's job lease: waits up to `lock_timeout` for a copy another gateway
+    /// runs into it. Afterwards the job is complete, or due again if a change came in.
+    pub(crate) async fn replicate_now(
+        &self,
+        repo: &RepoPath,
+        target: NodeId,
+    ) -> Result<(), ClusterError> {
+        let owner = &self.settings.owner;
+        let name = self.node_name(target);
+        let deadline = tokio::time::Instant::now() + self.settings.lock_timeout;
+        let mut pause = Duration::from_millis(5);
+        let job = loop {
+            if let Some(job) = self
+                .store
+                .lease_target(repo, name, owner, Self::now_ms(), LEASE)
+                .await?
+            {
+                break job;
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(ClusterError::Busy(repo.clone()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = self.replicate_one(repo, target) => result,
+            never = self.keep_lease(&job, owner) => match never {},
+        };
+        match &result {
+            Ok(()) => {
+                self.metrics.replications.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .latency
+                    .observe(started.elapsed().as_secs_f64());
+                self.finish_job(&job, owner).await;
+            }
+            Err(err) => {
+                self.metrics
+                    .replications
+                    .with_label_values(&["error"])
+                    .inc();
+                let due = Self::now_ms()
+                    .saturating_add(i64::try_from(FIRST_RETRY.as_millis()).unwrap_or(i64::MAX));
+                if let Err(err) = self.store.retry(&job, owner, &err.to_string(), due).await {
+                    tracing::warn!(error = %err, "could not hand a failed copy back to the workers");
+                }
+            }
+        }
+        result
     }
 
     /// Queue `kind` jobs for `targets` of `repo` and wake the workers.
@@ -137,11 +215,15 @@ impl Cluster {
         let mut running = tokio::task::JoinSet::new();
         let mut health = self.health.subscribe();
         let mut was_healthy: Vec<bool> = self.nodes.ids().map(|i| self.healthy(i)).collect();
+        let mut counted = tokio::time::Instant::now() - COUNT_EVERY;
         loop {
             let now = Self::now_ms();
-            match self.store.job_counts(now).await {
-                Ok(counts) => self.metrics.set_jobs(counts),
-                Err(err) => tracing::warn!(error = %err, "could not count replication jobs"),
+            if counted.elapsed() >= COUNT_EVERY {
+                counted = tokio::time::Instant::now();
+                match self.store.job_counts(now).await {
+                    Ok(counts) => self.metrics.set_jobs(counts, now),
+                    Err(err) => tracing::warn!(error = %err, "could not count replication jobs"),
+                }
             }
             let free = slots.available_permits();
             let claimed = if free == 0 {
@@ -296,8 +378,13 @@ impl Cluster {
     }
 
     async fn finish_job(&self, job: &Job, owner: &str) {
-        if let Err(err) = self.store.complete(job, owner).await {
-            tracing::warn!(error = %err, "could not complete replication job");
+        match self.store.complete(job, owner, Self::now_ms()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // A change came in while it ran: one more pass, at once.
+                self.jobs_queued.notify_one();
+            }
+            Err(err) => tracing::warn!(error = %err, "could not complete replication job"),
         }
     }
 }

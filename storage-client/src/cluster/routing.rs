@@ -6,30 +6,87 @@
 //! tests feed them tables.
 //!
 //! Rules:
-//! - a replica serves only if its node is configured, healthy, and it holds the
-//!   repository's current generation (never a stale read);
+//! - a replica serves only if its node is configured and healthy and its state holds
+//!   every acknowledged write (generation at least [`RepoRecord::acked`]); of those, the
+//!   most advanced group serves, so a read is never older than the last acknowledged
+//!   push;
+//! - in `sync` mode, a generation beyond the acknowledged one (a push never
+//!   acknowledged: its gateway died, or it missed its quorum) serves only once a
+//!   majority of the replicas hold it: a lone holder's refs are never served. In
+//!   `async` mode it serves like any other (the primary alone holds every new write
+//!   there until replication);
+//! - a copy takes the most advanced state any healthy replica has, acknowledged or
+//!   not, so an unacknowledged push spreads when nothing newer was acknowledged, and is
+//!   replaced when something was;
 //! - while a push runs, reads stay on its primary, so a fetch never asks a replica for a
 //!   ref only the primary has yet;
 //! - the primary stays while it serves; otherwise the first serving replica becomes it;
 //! - a quorum is a majority of the configured replicas.
 
-use crate::metadata::RepoRecord;
+use crate::metadata::{RepoRecord, NO_COPY};
 use crate::nodes::NodeId;
 
-/// The replicas of `record` that can serve, in record order: configured (`locate`
-/// finds their node), healthy, and at the current generation.
+/// The replicas of `record` that may serve reads and take writes, in record order, and
+/// the generation they hold; `None` when none may (see the module rules).
+/// `quorum_for_unacknowledged` is the `sync` mode rule.
 pub fn serving(
     record: &RepoRecord,
+    quorum_for_unacknowledged: bool,
     locate: impl Fn(&str) -> Option<NodeId>,
     healthy: impl Fn(NodeId) -> bool,
-) -> Vec<NodeId> {
-    record
+) -> Option<(i64, Vec<NodeId>)> {
+    let configured: Vec<(i64, NodeId)> = record
         .replicas
         .iter()
-        .filter(|r| r.generation == record.generation)
-        .filter_map(|r| locate(&r.node))
-        .filter(|&id| healthy(id))
-        .collect()
+        .filter_map(|r| locate(&r.node).map(|id| (r.generation, id)))
+        .collect();
+    let needed = majority(configured.len());
+    let mut generations: Vec<i64> = configured
+        .iter()
+        .map(|&(g, _)| g)
+        .filter(|&g| g >= record.acked && g != NO_COPY)
+        .collect();
+    generations.sort_unstable_by(|a, b| b.cmp(a));
+    generations.dedup();
+    for generation in generations {
+        let at = || configured.iter().filter(move |&&(g, _)| g == generation);
+        if quorum_for_unacknowledged && generation > record.acked && at().count() < needed {
+            continue;
+        }
+        let up: Vec<NodeId> = at().map(|&(_, id)| id).filter(|&id| healthy(id)).collect();
+        if !up.is_empty() {
+            return Some((generation, up));
+        }
+    }
+    None
+}
+
+/// Where a copy into `target` comes from: the healthy replicas (other than `target`)
+/// holding the most advanced generation any of them has, and that generation; `None`
+/// when none is ahead of `target_generation`.
+pub fn sources(
+    record: &RepoRecord,
+    target: NodeId,
+    target_generation: i64,
+    locate: impl Fn(&str) -> Option<NodeId>,
+    healthy: impl Fn(NodeId) -> bool,
+) -> Option<(i64, Vec<NodeId>)> {
+    let up: Vec<(i64, NodeId)> = record
+        .replicas
+        .iter()
+        .filter_map(|r| locate(&r.node).map(|id| (r.generation, id)))
+        .filter(|&(_, id)| id != target && healthy(id))
+        .collect();
+    let best = up.iter().map(|&(g, _)| g).max()?;
+    (best > target_generation && best != NO_COPY).then(|| {
+        (
+            best,
+            up.iter()
+                .filter(|&&(g, _)| g == best)
+                .map(|&(_, id)| id)
+                .collect(),
+        )
+    })
 }
 
 /// The order a read tries `serving` in: only `writing` while a push runs on it (and it
@@ -85,7 +142,7 @@ pub fn holding(record: &RepoRecord, locate: impl Fn(&str) -> Option<NodeId>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{ReplicaRecord, NO_COPY};
+    use crate::metadata::ReplicaRecord;
     use gitgate_proto::RepoPath;
 
     fn id(i: usize) -> NodeId {
@@ -100,6 +157,7 @@ mod tests {
             primary: None,
             checksum: None,
             write: None,
+            acked: 10,
             replicas: replicas
                 .iter()
                 .map(|&(node, generation)| ReplicaRecord {
@@ -119,10 +177,76 @@ mod tests {
     #[test]
     fn only_configured_healthy_current_replicas_serve() {
         let r = record(&[("n0", 10), ("n1", 9), ("n2", 10), ("gone", 10), ("n3x", 10)]);
-        assert_eq!(serving(&r, locate, |_| true), vec![id(0), id(2)]);
-        assert_eq!(serving(&r, locate, |n| n != id(2)), vec![id(0)]);
+        assert_eq!(
+            serving(&r, true, locate, |_| true),
+            Some((10, vec![id(0), id(2)]))
+        );
+        assert_eq!(
+            serving(&r, true, locate, |n| n != id(2)),
+            Some((10, vec![id(0)]))
+        );
         let stale = record(&[("n0", 9), ("n1", NO_COPY)]);
-        assert!(serving(&stale, locate, |_| true).is_empty());
+        assert_eq!(serving(&stale, true, locate, |_| true), None);
+        // Older than the acknowledged generation: never, even with the others down.
+        assert_eq!(serving(&r, true, locate, |n| n == id(1)), None);
+    }
+
+    #[test]
+    fn an_unacknowledged_generation_serves_only_from_a_majority() {
+        // A push reached n0 alone and was not acknowledged: generation 11, acked 10.
+        let mut r = record(&[("n0", 11), ("n1", 10), ("n2", 10)]);
+        r.generation = 11;
+        assert_eq!(
+            serving(&r, true, locate, |_| true),
+            Some((10, vec![id(1), id(2)]))
+        );
+        // Its holder dead, the others still serve.
+        assert_eq!(
+            serving(&r, true, locate, |n| n != id(0)),
+            Some((10, vec![id(1), id(2)]))
+        );
+        // Copied to a second replica, a majority holds it: it serves.
+        let mut spread = record(&[("n0", 11), ("n1", 11), ("n2", 10)]);
+        spread.generation = 11;
+        assert_eq!(
+            serving(&spread, true, locate, |_| true),
+            Some((11, vec![id(0), id(1)]))
+        );
+        // Acknowledged (async mode), the primary alone holds it: only it serves, and
+        // with it down nothing does rather than lose the acknowledged push.
+        let mut acked = r.clone();
+        acked.acked = 11;
+        assert_eq!(
+            serving(&acked, true, locate, |_| true),
+            Some((11, vec![id(0)]))
+        );
+        assert_eq!(serving(&acked, true, locate, |n| n != id(0)), None);
+        // In async mode the unacknowledged write serves from its holder, and with it
+        // down the others (which hold every acknowledged write) take over.
+        assert_eq!(
+            serving(&r, false, locate, |_| true),
+            Some((11, vec![id(0)]))
+        );
+        assert_eq!(
+            serving(&r, false, locate, |n| n != id(0)),
+            Some((10, vec![id(1), id(2)]))
+        );
+    }
+
+    #[test]
+    fn copies_come_from_the_most_advanced_healthy_replica() {
+        let mut r = record(&[("n0", 11), ("n1", 10), ("n2", 9)]);
+        r.generation = 11;
+        assert_eq!(
+            sources(&r, id(2), 9, locate, |_| true),
+            Some((11, vec![id(0)]))
+        );
+        assert_eq!(
+            sources(&r, id(2), 9, locate, |n| n != id(0)),
+            Some((10, vec![id(1)]))
+        );
+        assert_eq!(sources(&r, id(1), 10, locate, |n| n != id(0)), None);
+        assert_eq!(sources(&r, id(0), 11, locate, |_| true), None);
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! A push holds the repository's lock from before it starts until its outcome is
 //! recorded. Under the lock: the repository is created when allowed, a marker naming
 //! the primary is written, the push runs on the primary, and then the primary's ref
-//! checksum is compared with the one from before. A push that changed refs bumps the
-//! generation of the replicas that hold it: the primary alone in `async` mode (the
-//! others get jobs), the primary and every replica it was copied to in `sync` mode,
-//! which also requires a majority.
+//! checksum is compared with the one from before. A push that changed refs gives the
+//! primary a new generation. In `async` mode that is acknowledged at once (the others
+//! get jobs). In `sync` mode the push is copied to the other replicas first and
+//! acknowledged only once a majority holds it; until then it is neither acknowledged
+//! nor served ([`super::routing`]), so a primary that dies with the only copy takes
+//! nothing the clients were told about with it, and the others keep serving and taking
+//! writes.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use gitgate_proto::RepoPath;
 
@@ -198,16 +200,20 @@ impl Cluster {
             // repaired from them when it is back instead of serving what it may hold.
             let holders: Vec<String> = self
                 .serving_replicas(&record)
+                .map(|(_, nodes)| nodes)
+                .unwrap_or_default()
                 .into_iter()
-                .map(|i| self.node(i).name().to_owned())
+                .map(|i| self.node_name(i).to_owned())
                 .filter(|name| *name != marker.node)
                 .collect();
-            if holders.is_empty() {
+            let Some(state) = holders.first().and_then(|h| record.replica(h)) else {
                 return Err(self.unavailable(&record, "take writes"));
-            }
+            };
+            let checksum = state.checksum.clone();
             tracing::warn!(repo = %repo, node = %marker.node, "unfinished write on an unreachable node: moving on without it");
             self.metrics.repairs.with_label_values(&["marker"]).inc();
-            self.record_write(repo, &holders, record.checksum.as_deref())
+            // The holders keep the state every acknowledged write is in.
+            self.record_write(repo, &holders, checksum.as_deref(), true)
                 .await?;
             self.queue(repo, &[marker.node.as_str()], JobKind::Update)
                 .await?;
@@ -220,7 +226,10 @@ impl Cluster {
     /// The current primary if it is healthy and up to date, otherwise a newly elected
     /// one (see [`routing::elect`]).
     async fn elect(&self, record: &RepoRecord) -> Result<NodeId, ClusterError> {
-        let serving = self.serving_replicas(record);
+        let serving = self
+            .serving_replicas(record)
+            .map(|(_, nodes)| nodes)
+            .unwrap_or_default();
         let current = record.primary.as_deref().and_then(|p| self.index_of(p));
         match routing::elect(current, &serving) {
             Election::Keep(primary) => Ok(primary),
@@ -324,25 +333,34 @@ impl Cluster {
         Ok(deleted)
     }
 
-    /// In `sync` mode: make sure a majority of `repo`'s replicas hold its current
-    /// generation, copying to the ones behind now if needed.
+    /// In `sync` mode: make sure a majority of `repo`'s replicas hold the state reads
+    /// serve, copying to the ones behind now if needed.
     async fn ensure_quorum(&self, repo: &RepoPath) -> Result<(), ClusterError> {
         let record = self.reread(repo).await?;
         let needed = routing::majority(self.configured_replicas(&record).count());
-        let holding = |record: &RepoRecord| routing::holding(record, |n| self.index_of(n));
+        let holding = |record: &RepoRecord| {
+            self.serving_replicas(record).map_or(0, |(generation, _)| {
+                self.configured_replicas(record)
+                    .filter(|r| r.generation == generation)
+                    .count()
+            })
+        };
         if holding(&record) >= needed {
             return Ok(());
         }
+        let serving_generation = self
+            .serving_replicas(&record)
+            .map_or(record.generation, |(g, _)| g);
         let behind: Vec<NodeId> = record
             .replicas
             .iter()
-            .filter(|r| r.generation != record.generation)
+            .filter(|r| r.generation < serving_generation)
             .filter_map(|r| self.index_of(&r.node))
             .filter(|&i| self.healthy(i))
             .collect();
         let copies: Vec<_> = behind
             .iter()
-            .map(|&target| self.replicate_one(repo, target))
+            .map(|&target| self.replicate_now(repo, target))
             .collect();
         for result in futures_util::future::join_all(copies).await {
             if let Err(err) = result {
@@ -386,62 +404,55 @@ impl Cluster {
             }
             return Ok(());
         }
+        let sync = self.settings.mode == ReplicationMode::Sync;
         let primary_name = node.name().to_owned();
-        let others: Vec<&String> = replicas.iter().filter(|r| **r != primary_name).collect();
-        let mut holders = vec![primary_name];
-        if self.settings.mode == ReplicationMode::Sync {
-            let started = Instant::now();
-            let copies: Vec<_> = others.iter().filter_map(|name| self.index_of(name)).filter(|&i| self.healthy(i)).map(|target| {
-                let expected = after.checksum.clone();
-                let head = after.head.clone();
-                async move {
-                    let key = (repo.clone(), target);
-                    let _one = self.replicating.lock_for(&key, self.settings.lock_timeout).await?;
-                    let copied = self
-                        .node(target)
-                        .replicate_from(repo, node, head.as_deref())
-                        .await;
-                    match copied {
-                        Ok(state) if state.checksum == expected => Some(target),
-                        Ok(_) => None,
-                        Err(err) => {
-                            if err.is_unavailable() {
-                                self.health.report_failure(target);
-                            }
-                            tracing::warn!(repo = %repo, node = self.node(target).name(), error = %err, "synchronous replication failed");
-                            None
-                        }
-                    }
-                }
-            }).collect();
-            for target in futures_util::future::join_all(copies)
-                .await
-                .into_iter()
-                .flatten()
-            {
-                holders.push(self.node(target).name().to_owned());
-                self.metrics.replications.with_label_values(&["ok"]).inc();
-                self.metrics
-                    .latency
-                    .observe(started.elapsed().as_secs_f64());
-            }
-        }
+        // The primary holds the push. In `async` mode that is the acknowledgement; in
+        // `sync` mode it is not acknowledged (nor served) until a majority holds it.
         let generation = self
-            .record_write(repo, &holders, after.checksum.as_deref())
+            .record_write(
+                repo,
+                std::slice::from_ref(&primary_name),
+                after.checksum.as_deref(),
+                !sync,
+            )
             .await?;
+        let others: Vec<&String> = replicas.iter().filter(|r| **r != primary_name).collect();
+        if sync {
+            let copies: Vec<_> = others
+                .iter()
+                .filter_map(|name| self.index_of(name))
+                .filter(|&i| self.healthy(i))
+                .map(|target| async move {
+                    if let Err(err) = self.replicate_now(repo, target).await {
+                        tracing::warn!(repo = %repo, node = self.node_name(target), error = %err, "synchronous replication failed");
+                    }
+                })
+                .collect();
+            futures_util::future::join_all(copies).await;
+        }
+        let record = self.reread(repo).await?;
+        let holders: Vec<&str> = record
+            .replicas
+            .iter()
+            .filter(|r| r.generation >= generation && replicas.contains(&r.node))
+            .map(|r| r.node.as_str())
+            .collect();
         let behind: Vec<&str> = others
             .iter()
-            .filter(|name| !holders.contains(name))
             .map(|name| name.as_str())
+            .filter(|name| !holders.contains(name))
             .collect();
         self.queue(repo, &behind, JobKind::Update).await?;
         tracing::debug!(repo = %repo, generation, holders = ?holders, "recorded push");
-        let needed = routing::majority(replicas.len());
-        if self.settings.mode == ReplicationMode::Sync && holders.len() < needed {
-            return Err(ClusterError::QuorumNotReached {
-                got: holders.len(),
-                needed,
-            });
+        if sync {
+            let needed = routing::majority(replicas.len());
+            if holders.len() < needed {
+                return Err(ClusterError::QuorumNotReached {
+                    got: holders.len(),
+                    needed,
+                });
+            }
+            self.acknowledge(repo, generation).await?;
         }
         Ok(())
     }

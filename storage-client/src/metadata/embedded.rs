@@ -59,6 +59,19 @@ impl EmbeddedStore {
             for table in sql::SCHEMA {
                 conn.execute(table, [])?;
             }
+            for (table, column, definition) in sql::ADDED_COLUMNS {
+                let present: i64 = conn.query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [column],
+                    |row| row.get(0),
+                )?;
+                if present == 0 {
+                    conn.execute(
+                        &format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                        [],
+                    )?;
+                }
+            }
             // One gateway owns this file: leases from its previous life are void.
             conn.execute(sql::RELEASE_ALL, [])?;
             Ok(conn)
@@ -113,25 +126,30 @@ fn int(value: i64) -> rusqlite::types::Value {
     rusqlite::types::Value::Integer(value)
 }
 
-fn job_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i32, i64)> {
+/// A job row as SQLite returns it: repo, target, kind, attempts, created, version.
+type JobRow = (String, String, String, i32, i64, i64);
+
+fn job_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
-fn jobs(rows: Vec<(String, String, String, i32, i64)>) -> Result<Vec<Job>, StoreError> {
+fn jobs(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
     rows.into_iter()
-        .map(|(repo, target, kind, attempts, created_ms)| {
+        .map(|(repo, target, kind, attempts, created_ms, version)| {
             Ok(Job {
                 repo: parse_repo(&repo)?,
                 target,
                 kind: JobKind::parse(&kind)?,
                 attempts,
                 created_ms,
+                version,
             })
         })
         .collect()
@@ -154,10 +172,12 @@ impl MetadataStore for EmbeddedStore {
                         row.get::<_, Option<String>>(3)?,
                         row.get::<_, Option<String>>(4)?,
                         row.get::<_, Option<i64>>(5)?,
+                        row.get::<_, i64>(6)?,
                     ))
                 })
                 .optional()?;
-            let Some((generation, primary, checksum, write_node, write_owner, started)) = head
+            let Some((generation, primary, checksum, write_node, write_owner, started, acked)) =
+                head
             else {
                 return Ok(None);
             };
@@ -187,6 +207,7 @@ impl MetadataStore for EmbeddedStore {
                 primary,
                 checksum,
                 write,
+                acked,
                 replicas,
             }))
         })
@@ -257,6 +278,7 @@ impl MetadataStore for EmbeddedStore {
         repo: &'a RepoPath,
         holders: &'a [String],
         checksum: Option<&'a str>,
+        acknowledged: bool,
     ) -> StoreFuture<'a, i64> {
         let repo = repo.clone();
         let holders = holders.to_vec();
@@ -266,7 +288,7 @@ impl MetadataStore for EmbeddedStore {
             let generation: i64 = tx
                 .query_row(
                     &sqlite(sql::BUMP_REPO),
-                    params![repo.as_str(), checksum],
+                    params![repo.as_str(), checksum, acknowledged],
                     |row| row.get(0),
                 )
                 .optional()?
@@ -280,6 +302,10 @@ impl MetadataStore for EmbeddedStore {
             tx.commit()?;
             Ok(generation)
         })
+    }
+
+    fn acknowledge<'a>(&'a self, repo: &'a RepoPath, generation: i64) -> StoreFuture<'a, ()> {
+        self.exec(sql::ACKNOWLEDGE, vec![text(repo.as_str()), int(generation)])
     }
 
     fn clear_write<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()> {
@@ -353,11 +379,48 @@ impl MetadataStore for EmbeddedStore {
         })
     }
 
-    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
-        self.exec(
-            sql::COMPLETE,
-            vec![text(job.repo.as_str()), text(&job.target), text(owner)],
-        )
+    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str, now_ms: i64) -> StoreFuture<'a, bool> {
+        let (repo, target, owner, version) = (
+            job.repo.as_str().to_owned(),
+            job.target.clone(),
+            owner.to_owned(),
+            job.version,
+        );
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let removed = tx.execute(
+                &sqlite(sql::COMPLETE),
+                params![repo, target, owner, version],
+            )? == 1;
+            if !removed {
+                tx.execute(&sqlite(sql::AGAIN), params![repo, target, owner, now_ms])?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn lease_target<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        owner: &'a str,
+        now_ms: i64,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Job>> {
+        let (repo, target, owner) = (
+            repo.as_str().to_owned(),
+            target.to_owned(),
+            owner.to_owned(),
+        );
+        let expires = now_ms.saturating_add(millis(lease));
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(&sqlite(sql::LEASE_TARGET))?;
+            let rows = stmt
+                .query_map(params![repo, target, now_ms, owner, expires], job_from)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(jobs(rows)?.into_iter().next())
+        })
     }
 
     fn retry<'a>(
@@ -401,6 +464,7 @@ impl MetadataStore for EmbeddedStore {
                     queued: row.get(0)?,
                     running: row.get(1)?,
                     retrying: row.get(2)?,
+                    oldest_ms: row.get(3)?,
                 })
             })?)
         })

@@ -42,6 +42,10 @@ pub struct RepoRecord {
     pub checksum: Option<String>,
     /// A write that started and has not been recorded as finished.
     pub write: Option<WriteMarker>,
+    /// The generation of the last state a client was told is written (a push
+    /// acknowledged, or a repair that kept an acknowledged state). A replica older than
+    /// this lacks an acknowledged write and must never serve.
+    pub acked: i64,
     /// The replicas, in node-name order.
     pub replicas: Vec<ReplicaRecord>,
 }
@@ -111,8 +115,8 @@ impl JobKind {
 /// What [`MetadataStore::enqueue`] does to a job that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueMode {
-    /// Keep it, make it due now, and take it from a worker running it, so that worker
-    /// cannot complete it before copying the change that caused this call.
+    /// Queue it, or note a new change on it: a running job then makes another pass
+    /// instead of completing; its backoff and lease stay as they are.
     Rearm,
     /// Leave it alone (only queue a missing job).
     IfMissing,
@@ -138,8 +142,10 @@ pub struct Job {
     pub kind: JobKind,
     /// Attempts so far, this one included once claimed.
     pub attempts: i32,
-    /// When the job was first queued (milliseconds since the epoch).
+    /// When the oldest change it has not copied yet was queued (ms since the epoch).
     pub created_ms: i64,
+    /// Changes noted on it; a job completes only if none came in while it ran.
+    pub version: i64,
 }
 
 /// How many jobs are in each state.
@@ -151,6 +157,9 @@ pub struct JobCounts {
     pub running: i64,
     /// Failed at least once, waiting for the next attempt.
     pub retrying: i64,
+    /// When the oldest change not copied yet was queued (`now` when none): the
+    /// replication lag is `now` minus this.
+    pub oldest_ms: i64,
 }
 
 /// A repository to register, with the replicas it starts with.
@@ -224,13 +233,18 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Record a finished write that changed refs: the repository's generation is bumped,
     /// the replicas on `holders` get the new generation and `checksum`, and the write
-    /// marker is cleared. Returns the new generation.
+    /// marker is cleared. When `acknowledged`, the new generation also becomes the
+    /// acknowledged one ([`RepoRecord::acked`]). Returns the new generation.
     fn finish_write<'a>(
         &'a self,
         repo: &'a RepoPath,
         holders: &'a [String],
         checksum: Option<&'a str>,
+        acknowledged: bool,
     ) -> StoreFuture<'a, i64>;
+
+    /// Make `generation` the acknowledged one, unless a later one already is.
+    fn acknowledge<'a>(&'a self, repo: &'a RepoPath, generation: i64) -> StoreFuture<'a, ()>;
 
     /// Clear the write marker (the write changed nothing).
     fn clear_write<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, ()>;
@@ -269,8 +283,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// lease is no longer `owner`'s (re-armed, or taken over after it expired).
     fn renew<'a>(&'a self, job: &'a Job, owner: &'a str, expires_ms: i64) -> StoreFuture<'a, bool>;
 
-    /// Remove a job `owner` finished.
-    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()>;
+    /// `owner` finished `job`: remove it, unless a change was noted on it while it ran
+    /// (its version moved); then it is due again at `now_ms`. `true` when removed.
+    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str, now_ms: i64) -> StoreFuture<'a, bool>;
+
+    /// Take the lease of `repo`'s job for `target` (creating the job) for `owner` until
+    /// `now_ms + lease`, unless another owner holds it. A copy into `target` runs only
+    /// under this lease or a claimed one, so copies into one target never overlap.
+    fn lease_target<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        owner: &'a str,
+        now_ms: i64,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Job>>;
 
     /// Give a failed job back, due again at `not_before_ms`.
     fn retry<'a>(

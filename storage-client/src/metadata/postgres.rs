@@ -86,6 +86,12 @@ impl PostgresStore {
             for table in sql::SCHEMA {
                 conn.batch_execute(table).await?;
             }
+            for (table, column, definition) in sql::ADDED_COLUMNS {
+                conn.batch_execute(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}"
+                ))
+                .await?;
+            }
             Ok::<_, tokio_postgres::Error>(())
         }
         .await;
@@ -115,6 +121,7 @@ fn job_from(row: &tokio_postgres::Row) -> Result<Job, StoreError> {
         kind: JobKind::parse(&kind)?,
         attempts: row.try_get(3)?,
         created_ms: row.try_get(4)?,
+        version: row.try_get(5)?,
     })
 }
 
@@ -161,6 +168,7 @@ impl MetadataStore for PostgresStore {
             };
             tx.commit().await?;
             Ok(Some(RepoRecord {
+                acked: row.try_get(6)?,
                 repo: repo.clone(),
                 generation: row.try_get(0)?,
                 primary: row.try_get(1)?,
@@ -245,13 +253,14 @@ impl MetadataStore for PostgresStore {
         repo: &'a RepoPath,
         holders: &'a [String],
         checksum: Option<&'a str>,
+        acknowledged: bool,
     ) -> StoreFuture<'a, i64> {
         Box::pin(async move {
             let mut conn = self.queries.get().await?;
             let tx = conn.transaction().await?;
             let name = repo.as_str();
             let row = tx
-                .query_opt(sql::BUMP_REPO, &[&name, &checksum])
+                .query_opt(sql::BUMP_REPO, &[&name, &checksum, &acknowledged])
                 .await?
                 .ok_or_else(|| StoreError::Corrupt(format!("{repo} is not registered")))?;
             let generation: i64 = row.try_get(0)?;
@@ -261,6 +270,14 @@ impl MetadataStore for PostgresStore {
             }
             tx.commit().await?;
             Ok(generation)
+        })
+    }
+
+    fn acknowledge<'a>(&'a self, repo: &'a RepoPath, generation: i64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.exec(sql::ACKNOWLEDGE, &[&repo.as_str(), &generation])
+                .await?;
+            Ok(())
         })
     }
 
@@ -336,11 +353,43 @@ impl MetadataStore for PostgresStore {
         })
     }
 
-    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str) -> StoreFuture<'a, ()> {
+    fn complete<'a>(&'a self, job: &'a Job, owner: &'a str, now_ms: i64) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            self.exec(sql::COMPLETE, &[&job.repo.as_str(), &job.target, &owner])
-                .await?;
-            Ok(())
+            let mut conn = self.queries.get().await?;
+            let tx = conn.transaction().await?;
+            let repo = job.repo.as_str();
+            let removed = tx
+                .execute(sql::COMPLETE, &[&repo, &job.target, &owner, &job.version])
+                .await?
+                == 1;
+            if !removed {
+                tx.execute(sql::AGAIN, &[&repo, &job.target, &owner, &now_ms])
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(removed)
+        })
+    }
+
+    fn lease_target<'a>(
+        &'a self,
+        repo: &'a RepoPath,
+        target: &'a str,
+        owner: &'a str,
+        now_ms: i64,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Job>> {
+        Box::pin(async move {
+            let conn = self.queries.get().await?;
+            let expires = now_ms.saturating_add(millis(lease));
+            conn.query_opt(
+                sql::LEASE_TARGET,
+                &[&repo.as_str(), &target, &now_ms, &owner, &expires],
+            )
+            .await?
+            .as_ref()
+            .map(job_from)
+            .transpose()
         })
     }
 
@@ -393,6 +442,7 @@ impl MetadataStore for PostgresStore {
                 queued: row.try_get(0)?,
                 running: row.try_get(1)?,
                 retrying: row.try_get(2)?,
+                oldest_ms: row.try_get(3)?,
             })
         })
     }
