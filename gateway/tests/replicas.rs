@@ -7,43 +7,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::cluster::{wait_for, Gateway, Nodes, NAMES};
+use support::cluster::{
+    clone, node_main, seed, seed_everywhere, wait_for, wait_replicated, Gateway, Nodes, NAMES,
+};
 use support::git::{default_client, Git};
 use support::{metric, path_str};
 use tempfile::TempDir;
-
-/// A work tree with a few commits, pushed through `gw` as `name` (created on push).
-fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> std::path::PathBuf {
-    let work = dir.join(format!("work-{name}"));
-    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
-    for i in 0..3 {
-        git.commit_file(
-            &work,
-            &format!("f{i}.txt"),
-            &format!("{i}\n"),
-            &format!("c{i}"),
-        );
-    }
-    git.ok(Some(&work), &["push", "-q", &gw.url(name), "main"]);
-    work
-}
-
-/// [`seed`], then wait until every node holds it; returns the work tree and its head.
-fn seed_everywhere(
-    git: &Git,
-    gw: &Gateway,
-    nodes: &Nodes,
-    dir: &Path,
-    name: &str,
-) -> (std::path::PathBuf, String) {
-    let work = seed(git, gw, dir, name);
-    let head = git
-        .ok(Some(&work), &["rev-parse", "HEAD"])
-        .trim()
-        .to_owned();
-    wait_replicated(git, nodes, &[0, 1, 2], name, &head);
-    (work, head)
-}
 
 /// Make the next push to `name` on each node in `which` stall in its post-receive hook,
 /// which runs once the refs are updated, after touching `reached`. Returns the hooks.
@@ -91,52 +60,6 @@ fn commit_and_push(git: &Git, work: &Path, url: &str, tag: &str) -> String {
     let head = git.commit_file(work, "change.txt", &format!("{tag}\n"), tag);
     git.ok(Some(work), &["push", "-q", url, "main"]);
     head
-}
-
-/// The commit `refs/heads/main` names on node `i`, if any.
-fn node_main(git: &Git, nodes: &Nodes, i: usize, name: &str) -> Option<String> {
-    let dir = nodes.repo_dir(i, name);
-    let out = git.output(
-        None,
-        &[
-            "--git-dir",
-            path_str(&dir),
-            "rev-parse",
-            "--verify",
-            "-q",
-            "refs/heads/main",
-        ],
-        &[],
-    );
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Wait until every node in `which` has `main` at `head`.
-fn wait_replicated(git: &Git, nodes: &Nodes, which: &[usize], name: &str, head: &str) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{name} at {head} on {which:?}"),
-        || {
-            which
-                .iter()
-                .all(|&i| node_main(git, nodes, i, name).as_deref() == Some(head))
-        },
-    );
-}
-
-/// Clone `url` into a fresh directory; returns the directory and its `main`.
-fn clone(git: &Git, url: &str, into: &Path) -> Result<String, String> {
-    let out = git.output(None, &["clone", "-q", "--bare", url, path_str(into)], &[]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let head = git.ok(
-        None,
-        &["--git-dir", path_str(into), "rev-parse", "refs/heads/main"],
-    );
-    Ok(head.trim().to_owned())
 }
 
 #[test]
@@ -805,4 +728,63 @@ fn sync_mode_refuses_to_acknowledge_without_a_majority() {
     );
     let dir = tmp.path().join("clone");
     assert_eq!(clone(&git, &url, &dir).unwrap(), lonely);
+}
+
+/// `sync` mode, the primary SIGKILLed after it applied a push and before any other
+/// replica has it: the push fails for its client, the survivors serve and take writes
+/// within the detection window, and once the primary is back the copies converge on a
+/// state with every acknowledged push (the unacknowledged one is dropped).
+#[test]
+fn sync_primary_killed_mid_push_leaves_the_survivors_serving() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(
+        &nodes,
+        "replication_factor = 3\nreplication = \"sync\"\n",
+        "",
+    );
+    let (work, acked) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "midpush");
+    let url = gw.url("midpush");
+
+    let reached = tmp.path().join("refs-updated");
+    let hooks = stall_pushes(&nodes, &[0, 1, 2], "midpush", &reached);
+    let lost = git.commit_file(&work, "lost.txt", "x\n", "never acknowledged");
+    let mut push = push_until_stalled(&git, &work, &url, &reached);
+    let primary = (0..3)
+        .find(|&i| node_main(&git, &nodes, i, "midpush").as_deref() == Some(lost.as_str()))
+        .expect("the primary applied the push");
+    let killed = Instant::now();
+    nodes.kill(primary);
+    let status = push.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a push its primary died under was reported as done"
+    );
+    for hook in hooks {
+        let _ = std::fs::remove_file(hook);
+    }
+
+    // Readable and writable from the survivors within the detection window.
+    gw.wait_health(NAMES[primary], false);
+    let dir = tmp.path().join("read");
+    assert_eq!(
+        clone(&git, &url, &dir).unwrap(),
+        acked,
+        "the survivors serve the acknowledged state"
+    );
+    git.ok(Some(&work), &["reset", "-q", "--hard", &acked]);
+    let next = commit_and_push(&git, &work, &url, "after the primary died");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "failover took {:?}",
+        killed.elapsed()
+    );
+    // The primary comes back: the copies converge on the acknowledged state.
+    nodes.restart(primary);
+    wait_replicated(&git, &nodes, &[0, 1, 2], "midpush", &next);
+    for i in 0..3 {
+        git.fsck(&nodes.repo_dir(i, "midpush"));
+    }
+    assert_eq!(clone(&git, &url, &tmp.path().join("last")).unwrap(), next);
 }

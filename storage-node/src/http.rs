@@ -270,6 +270,9 @@ fn error_response(err: &NodeError) -> Response {
     if let NodeError::BadReplication(bad) = err {
         return (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response();
     }
+    if let NodeError::ReplicationRunning(_) = err {
+        return (StatusCode::CONFLICT, format!("{err}\n")).into_response();
+    }
     tracing::error!(error = %err, "node operation failed");
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Node metric families.
 #[derive(Clone, Debug)]
@@ -19,6 +19,9 @@ pub struct NodeMetrics {
     /// `gitgate_node_git_processes_running_max{node,service}`: the most that ever ran
     /// at once since the node started (a high-water mark for capacity planning).
     pub running_max: IntGaugeVec,
+    /// `gitgate_node_replication_overlaps_total{node}`: replications refused because
+    /// another one into the same repository was running (0 when gateways coordinate).
+    pub replication_overlaps: IntCounter,
 }
 
 /// Counts one running git process; dropped when the process is done with.
@@ -82,6 +85,14 @@ impl NodeMetrics {
             .const_label("node", name),
             &["service"],
         )?;
+        let replication_overlaps = IntCounter::with_opts(
+            Opts::new(
+                "gitgate_node_replication_overlaps_total",
+                "Replications refused because another one into the same repository was running.",
+            )
+            .const_label("node", name),
+        )?;
+        registry.register(Box::new(replication_overlaps.clone()))?;
         registry.register(Box::new(git_processes.clone()))?;
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(running_max.clone()))?;
@@ -94,6 +105,7 @@ impl NodeMetrics {
             git_processes,
             running,
             running_max,
+            replication_overlaps,
         })
     }
 }

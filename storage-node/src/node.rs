@@ -48,6 +48,9 @@ pub enum NodeError {
     /// The git program could not be found.
     #[error("git program: {0}")]
     GitMissing(#[source] std::io::Error),
+    /// Another copy into this repository is running; two never run at once.
+    #[error("a replication into {0} is already running")]
+    ReplicationRunning(RepoPath),
 }
 
 impl NodeError {
@@ -99,6 +102,25 @@ pub struct Node {
     metrics: NodeMetrics,
     /// Running git processes per kind: advertise-refs, upload-pack, receive-pack, fetch.
     running: [Arc<AtomicI64>; 4],
+    /// Repositories a replication is copying into right now: a second one is refused
+    /// (and counted), never run on top of the first.
+    replicating: std::sync::Mutex<std::collections::HashSet<RepoPath>>,
+}
+
+/// Holds a repository in [`Node::replicating`] until dropped.
+struct Replicating<'a> {
+    node: &'a Node,
+    repo: RepoPath,
+}
+
+impl Drop for Replicating<'_> {
+    fn drop(&mut self) {
+        self.node
+            .replicating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.repo);
+    }
 }
 
 impl Node {
@@ -111,6 +133,7 @@ impl Node {
             git,
             metrics: settings.metrics,
             running: Default::default(),
+            replicating: Default::default(),
         })
     }
 
@@ -213,6 +236,20 @@ impl Node {
                 }
                 (url.clone(), Some(format!("Authorization: {authorization}")))
             }
+        };
+        let newly = self
+            .replicating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repo.clone());
+        if !newly {
+            self.metrics.replication_overlaps.inc();
+            tracing::warn!(repo = %repo, "refused a replication overlapping a running one");
+            return Err(NodeError::ReplicationRunning(repo.clone()));
+        }
+        let _replicating = Replicating {
+            node: self,
+            repo: repo.clone(),
         };
         match self.store.create(&self.git, repo).await {
             Ok(()) => tracing::info!(repo = %repo, "created repository for replication"),

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::git::Git;
+use super::path_str;
+
 use super::{http, metric, node_config, Server, TestNode, NODE_TOKEN};
 
 /// Node names, in config order.
@@ -118,10 +121,21 @@ impl Gateway {
     ) -> Self {
         let dir = TempDir::new().expect("tempdir");
         let config = dir.path().join("gitgate.toml");
+        // Keys in `storage_extra` override the FAST ones.
+        let fast: String = FAST
+            .lines()
+            .filter(|line| {
+                let key = line.split('=').next().unwrap_or_default().trim();
+                !storage_extra
+                    .lines()
+                    .any(|l| l.split('=').next().unwrap_or_default().trim() == key)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{FAST}{storage_extra}\n{nodes_toml}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n{auth_extra}\n"
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{fast}{storage_extra}\n{nodes_toml}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n{auth_extra}\n"
             ),
         )
         .expect("write config");
@@ -218,4 +232,83 @@ pub fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A work tree with a few commits, pushed through `gw` as `name` (created on push).
+pub fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> std::path::PathBuf {
+    let work = dir.join(format!("work-{name}"));
+    git.ok(None, &["init", "-q", "-b", "main", path_str(&work)]);
+    for i in 0..3 {
+        git.commit_file(
+            &work,
+            &format!("f{i}.txt"),
+            &format!("{i}\n"),
+            &format!("c{i}"),
+        );
+    }
+    git.ok(Some(&work), &["push", "-q", &gw.url(name), "main"]);
+    work
+}
+
+/// [`seed`], then wait until every node holds it; returns the work tree and its head.
+pub fn seed_everywhere(
+    git: &Git,
+    gw: &Gateway,
+    nodes: &Nodes,
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, String) {
+    let work = seed(git, gw, dir, name);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    wait_replicated(git, nodes, &[0, 1, 2], name, &head);
+    (work, head)
+}
+
+/// The commit `refs/heads/main` names on node `i`, if any.
+pub fn node_main(git: &Git, nodes: &Nodes, i: usize, name: &str) -> Option<String> {
+    let dir = nodes.repo_dir(i, name);
+    let out = git.output(
+        None,
+        &[
+            "--git-dir",
+            path_str(&dir),
+            "rev-parse",
+            "--verify",
+            "-q",
+            "refs/heads/main",
+        ],
+        &[],
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Wait until every node in `which` has `main` at `head`.
+pub fn wait_replicated(git: &Git, nodes: &Nodes, which: &[usize], name: &str, head: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{name} at {head} on {which:?}"),
+        || {
+            which
+                .iter()
+                .all(|&i| node_main(git, nodes, i, name).as_deref() == Some(head))
+        },
+    );
+}
+
+/// Clone `url` into a fresh directory; returns the directory and its `main`.
+pub fn clone(git: &Git, url: &str, into: &Path) -> Result<String, String> {
+    let out = git.output(None, &["clone", "-q", "--bare", url, path_str(into)], &[]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let head = git.ok(
+        None,
+        &["--git-dir", path_str(into), "rev-parse", "refs/heads/main"],
+    );
+    Ok(head.trim().to_owned())
 }

@@ -52,7 +52,12 @@ impl Cluster {
         let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
         Ok(ReadRoute {
             generation,
-            candidates: routing::read_order(serving, writing, spread),
+            candidates: routing::read_order(
+                serving,
+                writing,
+                self.settings.mode == super::ReplicationMode::Async,
+                spread,
+            ),
         })
     }
 

@@ -18,8 +18,12 @@
 //! - a copy takes the most advanced state any healthy replica has, acknowledged or
 //!   not, so an unacknowledged push spreads when nothing newer was acknowledged, and is
 //!   replaced when something was;
-//! - while a push runs, reads stay on its primary, so a fetch never asks a replica for a
-//!   ref only the primary has yet;
+//! - while a push runs, its primary's refs change before anything is recorded. In
+//!   `async` mode the push is served from the primary alone once recorded, so reads
+//!   stay on the primary meanwhile; in `sync` mode it is served only once a majority
+//!   holds it, so reads keep off the primary meanwhile (unless nothing else serves).
+//!   Either way a fetch never gets its refs from one state and asks another replica for
+//!   their objects;
 //! - the primary stays while it serves; otherwise the first serving replica becomes it;
 //! - a quorum is a majority of the configured replicas.
 
@@ -89,12 +93,24 @@ pub fn sources(
     })
 }
 
-/// The order a read tries `serving` in: only `writing` while a push runs on it (and it
-/// serves), otherwise all of them starting at `turn` (modulo their count), so reads
-/// spread.
-pub fn read_order(mut serving: Vec<NodeId>, writing: Option<NodeId>, turn: u64) -> Vec<NodeId> {
+/// The order a read tries `serving` in while a push runs on `writing` (if any): only
+/// the primary when the push will be served from it first (`async`), everything but
+/// the primary when it will be served only from a majority (`sync`, unless the primary
+/// is all there is). Otherwise all of them, starting at `turn` (modulo their count), so
+/// reads spread.
+pub fn read_order(
+    mut serving: Vec<NodeId>,
+    writing: Option<NodeId>,
+    write_served_from_primary: bool,
+    turn: u64,
+) -> Vec<NodeId> {
     if let Some(primary) = writing.filter(|w| serving.contains(w)) {
-        return vec![primary];
+        if write_served_from_primary {
+            return vec![primary];
+        }
+        if serving.len() > 1 {
+            serving.retain(|&n| n != primary);
+        }
     }
     if !serving.is_empty() {
         let start = usize::try_from(turn % serving.len() as u64).unwrap_or(0);
@@ -252,16 +268,25 @@ mod tests {
     #[test]
     fn reads_rotate_and_stay_on_a_pushing_primary() {
         let all = vec![id(0), id(1), id(2)];
-        assert_eq!(read_order(all.clone(), None, 0), all);
-        assert_eq!(read_order(all.clone(), None, 4), vec![id(1), id(2), id(0)]);
+        assert_eq!(read_order(all.clone(), None, true, 0), all);
+        assert_eq!(
+            read_order(all.clone(), None, true, 4),
+            vec![id(1), id(2), id(0)]
+        );
         let firsts: std::collections::BTreeSet<NodeId> = (0..3)
-            .map(|t| read_order(all.clone(), None, t)[0])
+            .map(|t| read_order(all.clone(), None, false, t)[0])
             .collect();
         assert_eq!(firsts.len(), 3, "every replica gets first place");
-        assert_eq!(read_order(all.clone(), Some(id(2)), 7), vec![id(2)]);
-        // A pushing primary that does not serve (down, behind) pins nothing.
-        assert_eq!(read_order(vec![id(0)], Some(id(2)), 1), vec![id(0)]);
-        assert!(read_order(Vec::new(), None, 3).is_empty());
+        // async: on the pushing primary; sync: off it, unless it is alone.
+        assert_eq!(read_order(all.clone(), Some(id(2)), true, 7), vec![id(2)]);
+        assert_eq!(
+            read_order(all.clone(), Some(id(2)), false, 0),
+            vec![id(0), id(1)]
+        );
+        assert_eq!(read_order(vec![id(2)], Some(id(2)), false, 0), vec![id(2)]);
+        // A pushing primary that does not serve (down, behind) changes nothing.
+        assert_eq!(read_order(vec![id(0)], Some(id(2)), true, 1), vec![id(0)]);
+        assert!(read_order(Vec::new(), None, true, 3).is_empty());
     }
 
     #[test]
