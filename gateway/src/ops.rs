@@ -13,8 +13,28 @@ pub async fn health() -> &'static str {
     "ok\n"
 }
 
-/// `/-/ready`: at least one storage node passes its health checks.
+/// How long the readiness check waits for the metadata store.
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/-/ready`: the metadata store answers and at least one storage node passes its
+/// health checks.
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match tokio::time::timeout(STORE_PING_TIMEOUT, state.cluster.store().ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "not ready: metadata store unreachable");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: metadata store unreachable: {err}\n"),
+            );
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: metadata store did not answer in time\n".to_owned(),
+            )
+        }
+    }
     if state.cluster.health().any_healthy() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

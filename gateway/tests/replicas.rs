@@ -788,3 +788,30 @@ fn sync_primary_killed_mid_push_leaves_the_survivors_serving() {
     }
     assert_eq!(clone(&git, &url, &tmp.path().join("last")).unwrap(), next);
 }
+
+/// `/-/ready` answers 503 once the shared metadata store is gone, and 200 before.
+#[test]
+fn ready_follows_the_metadata_store() {
+    let pg = gitgate_storage_client::throwaway_postgres::ThrowawayPostgres::start();
+    let metadata = format!("[metadata]\npostgres_url = \"{}\"\n", pg.url("postgres"));
+    let nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", &metadata);
+    let ready = || support::http::get(gw.server.authority(), "/-/ready").expect("ready");
+    assert_eq!(ready().status, 200);
+    drop(pg);
+    wait_for(
+        Duration::from_secs(15),
+        "ready to fail without PostgreSQL",
+        || {
+            let r = ready();
+            r.status == 503 && String::from_utf8_lossy(&r.body).contains("metadata store")
+        },
+    );
+    // The process keeps serving its operational endpoints.
+    assert_eq!(
+        support::http::get(gw.server.authority(), "/-/health")
+            .expect("health")
+            .status,
+        200
+    );
+}

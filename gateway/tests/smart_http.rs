@@ -733,3 +733,57 @@ fn shutdown_lets_inflight_clones_finish_within_the_grace_period() {
         "exited before the grace period with a client still connected"
     );
 }
+
+/// Partial-clone filters that cost the node more than they save are refused with a
+/// clear error; the usual ones work.
+#[test]
+fn expensive_filters_are_refused() {
+    let gw = TestGateway::start(false, GatewayOptions::default());
+    let git = support::git::default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 5);
+    seed_bare(&git, &work, &gw.repo_dir("filters"));
+    let url = gw.repo_url("filters");
+    for (n, filter) in ["blob:none", "tree:0", "combine:blob:none+tree:1"]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tmp.path().join(format!("ok{n}"));
+        git.ok(
+            None,
+            &[
+                "-c",
+                "protocol.version=2",
+                "clone",
+                "-q",
+                "--no-checkout",
+                &format!("--filter={filter}"),
+                &url,
+                path_str(&dir),
+            ],
+        );
+    }
+    let nine = (0..9).map(|_| "blob:none").collect::<Vec<_>>().join("+");
+    // Refused by the gateway before any node sees them: a 400 (git shows the status).
+    for filter in [
+        "sparse:oid=main:dir0/file0.txt".to_owned(),
+        "tree:5".to_owned(),
+        format!("combine:{nine}"),
+    ] {
+        let dir = tmp.path().join(format!("refused-{}", filter.len()));
+        let err = git.fails(
+            None,
+            &[
+                "-c",
+                "protocol.version=2",
+                "clone",
+                "-q",
+                "--no-checkout",
+                &format!("--filter={filter}"),
+                &url,
+                path_str(&dir),
+            ],
+        );
+        assert!(err.contains("400"), "{filter}: {err}");
+    }
+}

@@ -32,3 +32,11 @@ pub const MAX_REPO_PATH_DEPTH: usize = 8;
 pub const MAX_REPO_SEGMENT_LEN: usize = 100;
 /// Longest `Git-Protocol` header value.
 pub const MAX_GIT_PROTOCOL_LEN: usize = 256;
+
+/// Most filters one `combine:` filter may join. git evaluates each for every object;
+/// a client has no need for more than a few.
+pub const MAX_FILTER_COMBINE: usize = 8;
+
+/// Deepest `tree:<depth>` filter accepted: deeper ones make the node walk trees for
+/// little saving (the nodes enforce it too, with `uploadpackfilter.tree.maxDepth`).
+pub const MAX_FILTER_TREE_DEPTH: u64 = 4;

@@ -76,6 +76,11 @@ impl GitBinary {
                 // Partial clone (`--filter`) and the lazy fetches it makes later.
                 cmd.args(["-c", "uploadpack.allowFilter=true"]);
                 cmd.args(["-c", "uploadpack.allowAnySHA1InWant=true"]);
+                // Filters that cost the node more than the clone they save: a sparse
+                // checkout computed from a blob (`sparse:oid`) is refused, and `tree:`
+                // depth is bounded (the gateway bounds `combine:` too).
+                cmd.args(["-c", "uploadpackfilter.sparse:oid.allow=false"]);
+                cmd.args(["-c", "uploadpackfilter.tree.maxDepth=4"]);
             }
             Service::ReceivePack => {
                 cmd.args(["-c", "receive.advertisePushOptions=true"]);

@@ -13,7 +13,7 @@
 //! can reason about a fetch without re-parsing lines.
 
 use super::upload_v0::{parse_number, Deepen};
-use super::{keyword, oid_arg, push_bounded, show, text, value, ParseError};
+use super::{filter_spec, keyword, oid_arg, push_bounded, show, text, value, ParseError};
 use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
 use crate::oid::ObjectId;
 use crate::pktline::{self, PacketLineRef};
@@ -211,7 +211,7 @@ impl CommandRequest {
                     MAX_REPEATED_ARGS,
                 )?,
                 // git refuses a second filter; one value each keeps the key exact.
-                b"filter" if f.filter.is_none() => f.filter = Some(value("filter", line, rest)?),
+                b"filter" if f.filter.is_none() => f.filter = Some(filter_spec(line, rest)?),
                 b"packfile-uris" if f.packfile_uris.is_none() => {
                     f.packfile_uris = Some(value("packfile-uris", line, rest)?)
                 }

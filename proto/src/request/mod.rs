@@ -15,7 +15,7 @@ pub mod command_v2;
 pub mod receive;
 pub mod upload_v0;
 
-use crate::limits::MAX_CAPABILITY_LEN;
+use crate::limits::{MAX_CAPABILITY_LEN, MAX_FILTER_COMBINE, MAX_FILTER_TREE_DEPTH};
 use crate::oid::ObjectId;
 use crate::pktline::{trim_newline, PktLineError};
 
@@ -132,6 +132,67 @@ pub(crate) fn value(what: &'static str, line: &[u8], raw: &[u8]) -> Result<Strin
     }
 }
 
+/// A `filter <spec>` value, with the filters that cost a node more than they save
+/// refused: `sparse:` filters (a sparse checkout computed from a blob for every
+/// request), `tree:` deeper than [`MAX_FILTER_TREE_DEPTH`], and a `combine:` of more than
+/// [`MAX_FILTER_COMBINE`] filters.
+pub(crate) fn filter_spec(line: &[u8], raw: &[u8]) -> Result<String, ParseError> {
+    let spec = value("filter spec", line, raw)?;
+    let parts: Vec<String> = match spec.strip_prefix("combine:") {
+        Some(parts) => parts.split('+').map(percent_decoded).collect(),
+        None => vec![spec.clone()],
+    };
+    if parts.len() > MAX_FILTER_COMBINE {
+        return Err(ParseError::TooMany {
+            what: "combined filter",
+            limit: MAX_FILTER_COMBINE,
+        });
+    }
+    for part in &parts {
+        if part.starts_with("sparse:") {
+            return Err(ParseError::Unsupported {
+                what: "the sparse: partial-clone filter",
+            });
+        }
+        if let Some(depth) = part.strip_prefix("tree:") {
+            if !depth
+                .parse::<u64>()
+                .is_ok_and(|d| d <= MAX_FILTER_TREE_DEPTH)
+            {
+                return Err(ParseError::Unexpected {
+                    found: show(line),
+                    expected: "a tree: filter depth of at most 4",
+                });
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// `%XX` escapes decoded (git escapes the sub-filters of a `combine:` filter this way).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Push onto `list`, failing once it would exceed `limit`.
 pub(crate) fn push_bounded<T>(
     list: &mut Vec<T>,
@@ -151,5 +212,33 @@ pub(crate) fn keyword(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| b == b' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expensive_filters_are_refused() {
+        for ok in [
+            "blob:none",
+            "blob:limit=1k",
+            "tree:0",
+            "tree:4",
+            "combine:blob:none+tree:1",
+        ] {
+            assert!(filter_spec(b"filter", ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "sparse:oid=main:x",
+            "tree:5",
+            "tree:x",
+            "combine:blob:none+sparse%3Aoid=main:x",
+            "combine:tree%3A9+blob:none",
+            "combine:blob:none+blob:none+blob:none+blob:none+blob:none+blob:none+blob:none+blob:none+blob:none",
+        ] {
+            assert!(filter_spec(b"filter", bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

@@ -15,7 +15,7 @@
 //! flush is a negotiation round whatever follows it; [`UploadRequest::flushes_in_haves`]
 //! counts them so callers can tell.
 
-use super::{keyword, oid_arg, push_bounded, show, text, value, ParseError};
+use super::{filter_spec, keyword, oid_arg, push_bounded, show, text, value, ParseError};
 use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
 use crate::oid::ObjectId;
 use crate::pktline::{self, PacketLineRef};
@@ -142,7 +142,7 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
                         expected: "at most one filter line",
                     });
                 }
-                req.filter = Some(value("filter spec", data, rest)?);
+                req.filter = Some(filter_spec(data, rest)?);
             }
             _ => {
                 return Err(ParseError::Unexpected {

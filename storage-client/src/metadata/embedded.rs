@@ -156,6 +156,13 @@ fn jobs(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
 }
 
 impl MetadataStore for EmbeddedStore {
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.call(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
     fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>> {
         let repo = repo.clone();
         self.call(move |conn| {

@@ -209,6 +209,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 
 /// The replica metadata interface. Every method is one atomic change (or read).
 pub trait MetadataStore: Send + Sync + 'static {
+    /// Whether the store answers (a trivial query), for readiness checks.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
     /// The repository's record, if registered.
     fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>>;
 

@@ -126,6 +126,14 @@ fn job_from(row: &tokio_postgres::Row) -> Result<Job, StoreError> {
 }
 
 impl MetadataStore for PostgresStore {
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let conn = self.queries.get().await?;
+            conn.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+
     fn get<'a>(&'a self, repo: &'a RepoPath) -> StoreFuture<'a, Option<RepoRecord>> {
         Box::pin(async move {
             let mut conn = self.queries.get().await?;
