@@ -51,6 +51,9 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         ))
         // Echo the request id so clients and proxies can quote it.
         .layer(PropagateRequestIdLayer::x_request_id())
+        // Count request bodies as they arrive, before inflation, for the gzip ratio limit
+        // (a plain `Body` still here: the layers below change the body type).
+        .layer(middleware::from_fn(crate::fetch_body::count_raw))
         // A request body that stalls longer than this between chunks fails (slowloris).
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_idle_timeout,

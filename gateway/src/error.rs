@@ -59,6 +59,15 @@ pub enum AppError {
         /// The limit.
         limit: u64,
     },
+    /// A gzip request body inflates by more than the allowed ratio.
+    #[error("gzip request body inflates more than {limit} times")]
+    GzipRatio {
+        /// `limits.max_gzip_ratio`.
+        limit: u64,
+    },
+    /// Fetch bodies in memory across all requests are at `limits.fetch_body_budget`.
+    #[error("too many large fetch requests at once; try again shortly")]
+    FetchBodyBudget,
     /// The storage node cannot be reached.
     #[error("storage unavailable, try again later")]
     Unavailable(#[source] BoxError),
@@ -117,6 +126,7 @@ impl AppError {
             Self::BadRepoPath(_)
             | Self::BadRequest(_)
             | Self::BodyRead(_)
+            | Self::GzipRatio { .. }
             | Self::UnsupportedCommand(_) => StatusCode::BAD_REQUEST,
             Self::DumbHttp | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -124,7 +134,7 @@ impl AppError {
             Self::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) | Self::NoReplica(_) | Self::Busy => {
+            Self::Unavailable(_) | Self::NoReplica(_) | Self::Busy | Self::FetchBodyBudget => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NodeFailed(_) => StatusCode::BAD_GATEWAY,

@@ -14,6 +14,7 @@
 //! - [`metrics`]: the request path's metric families;
 //! - [`git`]: the smart-HTTP handlers and the one parsed view of a request;
 //! - [`body`]: streamed, metered response bodies;
+//! - [`fetch_body`]: fetch request bodies in memory, within a shared budget;
 //! - [`error`]: the mapping of failures to responses;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
 //! - [`progress`]: noticing clients that stopped reading;
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod fetch_body;
 pub mod git;
 pub mod limits;
 pub mod metrics;
@@ -127,7 +129,11 @@ pub async fn serve(
     let state = Arc::new(state::AppState {
         cluster,
         create_on_push: config.storage.create_on_push,
-        max_fetch_request_bytes: config.limits.max_fetch_request_bytes,
+        fetch_bodies: fetch_body::FetchBodies::new(
+            config.limits.fetch_body_budget,
+            config.limits.max_fetch_request_bytes,
+            config.limits.max_gzip_ratio,
+        ),
         max_push_bytes: config.limits.max_push_bytes,
         cache,
         registry,

@@ -15,8 +15,8 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// `storage.create_on_push`.
     pub create_on_push: bool,
-    /// `limits.max_fetch_request_bytes`.
-    pub max_fetch_request_bytes: u64,
+    /// Fetch bodies in memory: per-request size, the shared budget, the gzip ratio.
+    pub fetch_bodies: crate::fetch_body::FetchBodies,
     /// `limits.max_push_bytes`.
     pub max_push_bytes: u64,
     /// The pack cache, when `cache.enabled`.

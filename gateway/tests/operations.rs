@@ -1005,3 +1005,118 @@ fn a_client_that_stops_reading_is_disconnected_and_git_stopped() {
     // Others are still served.
     git.ok(None, &["ls-remote", &gw.repo_url("big")]);
 }
+
+/// A gzipped fetch body with `haves` have lines: all the same id (compresses about
+/// 1000x) or distinct pseudo-random ones (about 2x).
+fn gzip_fetch_body(wants: &str, haves: usize, same: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    let want = format!("want {wants} side-band-64k ofs-delta\n");
+    body.extend_from_slice(format!("{:04x}{want}", want.len() + 4).as_bytes());
+    body.extend_from_slice(b"0000");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..haves {
+        let id = if same {
+            "0".repeat(40)
+        } else {
+            let mut s = String::with_capacity(40);
+            while s.len() < 40 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push_str(&format!("{x:016x}"));
+            }
+            s.truncate(40);
+            s
+        };
+        body.extend_from_slice(format!("0032have {id}\n").as_bytes());
+    }
+    body.extend_from_slice(b"0009done\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&body).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+fn post_gzip(authority: &str, path: &str, body: &[u8]) -> u16 {
+    http::post(
+        authority,
+        path,
+        &[
+            "Content-Type: application/x-git-upload-pack-request",
+            "Content-Encoding: gzip",
+        ],
+        body,
+    )
+    .map_or(0, |r| r.status)
+}
+
+/// 12 concurrent gzip bodies that inflate to 63 MiB each (a "zip bomb" of identical have
+/// lines) are refused by the ratio limit; 12 bodies that do not compress are held within
+/// the shared budget (the rest get 503). Peak RSS stays under 256 MiB, and a clone
+/// during them succeeds.
+#[test]
+fn fetch_bodies_cannot_exhaust_memory() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions::default()
+            .with_limits("fetch_body_budget = \"64MiB\"\nmax_fetch_request_bytes = \"64MiB\""),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 5);
+    seed_bare(&git, &work, &gw.repo_dir("pub"));
+    let head = git
+        .ok(Some(&work), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let authority = gw.server.authority().to_owned();
+    let pid = gw.server.pid();
+    let before = support::procs::peak_rss(pid);
+
+    // 63 MiB of identical have lines: about 1,300,000 lines.
+    let bomb = gzip_fetch_body(&head, 63 * (1 << 20) / 50, true);
+    assert!(
+        bomb.len() < 1 << 20,
+        "the bomb compresses: {} bytes",
+        bomb.len()
+    );
+    // 20 MiB of distinct have lines: compresses about 2x.
+    let plain = gzip_fetch_body(&head, 20 * (1 << 20) / 50, false);
+
+    for (body, what) in [(&bomb, "bomb"), (&plain, "incompressible")] {
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let posts: Vec<_> = (0..12)
+                .map(|_| {
+                    let authority = authority.clone();
+                    scope.spawn(move || post_gzip(&authority, "/pub.git/git-upload-pack", body))
+                })
+                .collect();
+            // A normal clone while they run.
+            let dir = tmp.path().join(format!("clone-{what}"));
+            git.ok(None, &["clone", "-q", &gw.repo_url("pub"), path_str(&dir)]);
+            posts.into_iter().map(|p| p.join().expect("post")).collect()
+        });
+        eprintln!(
+            "{what}: statuses {statuses:?}, peak RSS so far {} MiB",
+            support::procs::peak_rss(pid) >> 20
+        );
+        match what {
+            "bomb" => assert!(statuses.iter().all(|&s| s == 400), "{statuses:?}"),
+            _ => {
+                // Refused early: a 503, or (0) the connection closed while the client
+                // was still sending the body the gateway would not hold.
+                assert!(
+                    statuses.iter().any(|&s| s == 503 || s == 0),
+                    "the budget never ran out: {statuses:?}"
+                );
+                assert!(statuses.contains(&200), "nothing fitted: {statuses:?}");
+                assert!(
+                    statuses.iter().all(|&s| s == 503 || s == 200 || s == 0),
+                    "{statuses:?}"
+                );
+            }
+        }
+    }
+    let peak = support::procs::peak_rss(pid);
+    eprintln!("peak RSS {} MiB (before {} MiB)", peak >> 20, before >> 20);
+    assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
+}

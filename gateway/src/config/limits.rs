@@ -17,6 +17,11 @@ pub struct LimitsConfig {
     /// Largest push (receive-pack) request body.
     #[serde(deserialize_with = "bytes")]
     pub max_push_bytes: u64,
+    /// Inflated fetch bodies held in memory across all requests at once.
+    #[serde(deserialize_with = "bytes")]
+    pub fetch_body_budget: u64,
+    /// Most a gzip request body may inflate, as a multiple of its compressed size.
+    pub max_gzip_ratio: u64,
     /// Node-bound fetches per repository at once (0: unlimited).
     pub fetch_concurrency_per_repo: usize,
     /// Fetches that may wait for a slot, per repository.
@@ -40,6 +45,8 @@ impl Default for LimitsConfig {
         Self {
             max_fetch_request_bytes: 64 << 20,
             max_push_bytes: 5 << 30,
+            fetch_body_budget: 128 << 20,
+            max_gzip_ratio: 100,
             fetch_concurrency_per_repo: 16,
             fetch_queue_per_repo: 100,
             fetch_queue_timeout: Duration::from_secs(30),
@@ -53,6 +60,18 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Report values that parse but cannot work.
     pub(super) fn check(&self, problems: &mut Vec<ConfigError>) {
+        if self.fetch_body_budget < self.max_fetch_request_bytes {
+            problems.push(ConfigError::invalid(
+                "limits.fetch_body_budget",
+                "must be at least limits.max_fetch_request_bytes",
+            ));
+        }
+        if self.max_gzip_ratio < 2 {
+            problems.push(ConfigError::invalid(
+                "limits.max_gzip_ratio",
+                "must be at least 2",
+            ));
+        }
         if self.fetch_concurrency_per_repo > 0 && self.fetch_queue_timeout.is_zero() {
             problems.push(ConfigError::invalid(
                 "limits.fetch_queue_timeout",

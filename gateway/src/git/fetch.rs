@@ -1,8 +1,7 @@
 //! `POST git-upload-pack`: a fetch.
 //!
-//! Fetch requests are small: they are read whole (up to
-//! `limits.max_fetch_request_bytes`, after gzip inflation) and parsed before any node
-//! sees them. One that ends negotiation goes through the pack cache, keyed by
+//! Fetch requests are small: they are read whole, after gzip inflation and within the
+//! bounds of [`crate::fetch_body`], and parsed before any node sees them. One that ends negotiation goes through the pack cache, keyed by
 //! [`super::cache_key`]; its producer checks that git's answer is a complete final
 //! response before the entry can end cleanly. The rest stream straight through from
 //! the route's replicas, holding a per-repository slot.
@@ -17,13 +16,13 @@ use gitgate_packcache::{ByteStream, Fetch, ReadError, UpstreamError};
 use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
 use gitgate_proto::{normalize, RepoPath, Service};
 use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
-use http_body_util::{BodyExt, Limited};
 
 use super::cache_key::cache_key;
 use super::response::{boxed, git_response, holding};
 use super::GitRequest;
 use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
+use crate::fetch_body::{HeldBody, RawBytes};
 use crate::limits::{LimitError, RepoLimiter};
 use crate::state::AppState;
 
@@ -37,11 +36,13 @@ pub async fn upload_pack(
     git: &GitRequest,
     repo: &RepoPath,
     body: Body,
+    raw: Option<RawBytes>,
 ) -> Result<Response, AppError> {
-    let body = read_limited(body, state.max_fetch_request_bytes).await?;
+    let held = state.fetch_bodies.read(body, raw.as_ref()).await?;
+    let body = &held.bytes;
     let version = git.version();
     // Validate before any node sees it; the canonical form keys the pack cache.
-    let normalized = normalize::upload_pack(version, &body)?;
+    let normalized = normalize::upload_pack(version, body)?;
     if let Some(command) = &normalized.command {
         if !V2_COMMANDS.contains(&command.as_str()) {
             return Err(AppError::UnsupportedCommand(command.clone()));
@@ -63,7 +64,7 @@ pub async fn upload_pack(
             route: route.clone(),
             git: git.clone(),
             repo: repo.clone(),
-            body: body.clone(),
+            body: held.clone(),
             limiter: state.limiter.clone(),
             expected,
         }
@@ -92,7 +93,7 @@ pub async fn upload_pack(
     let slot = state.limiter.acquire(repo).await?;
     let stream = state
         .cluster
-        .upload_pack(&route, git.call(repo, Service::UploadPack), &body)
+        .upload_pack(&route, git.call(repo, Service::UploadPack), body)
         .await?;
     Ok(git_response(
         holding(boxed(stream), slot),
@@ -108,7 +109,9 @@ struct Producer {
     route: ReadRoute,
     git: GitRequest,
     repo: RepoPath,
-    body: Bytes,
+    /// The request body, holding its share of the fetch-body budget until the
+    /// producer is done with it.
+    body: Arc<HeldBody>,
     limiter: Arc<RepoLimiter>,
     /// The shape of git's complete answer: anything else fails the entry (I3), so
     /// an answer that is not a whole final response is never served from the cache.
@@ -131,7 +134,7 @@ impl Producer {
                 // The producer takes the repository's slot; its readers share it.
                 let slot = limiter.acquire(&repo).await.map_err(UpstreamError::new)?;
                 let stream = cluster
-                    .upload_pack(&route, git.call(&repo, Service::UploadPack), &body)
+                    .upload_pack(&route, git.call(&repo, Service::UploadPack), &body.bytes)
                     .await
                     .map_err(UpstreamError::new)?;
                 let stream = stream.map(move |item| {
@@ -225,17 +228,5 @@ fn read_error(err: ReadError) -> AppError {
             AppError::Unavailable(Box::new(err))
         }
         _ => AppError::NodeFailed(Box::new(err)),
-    }
-}
-
-/// Read a whole (already inflated) body, refusing more than `limit` bytes.
-async fn read_limited(body: Body, limit: u64) -> Result<Bytes, AppError> {
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(AppError::BodyTooLarge { limit })
-        }
-        Err(err) => Err(AppError::BodyRead(err.to_string())),
     }
 }

@@ -67,7 +67,11 @@ pub async fn handle(
             span.record("service", service.name());
             match service {
                 Service::UploadPack => {
-                    fetch::upload_pack(&state, &git, repo, req.into_body()).await
+                    let raw = req
+                        .extensions()
+                        .get::<crate::fetch_body::RawBytes>()
+                        .cloned();
+                    fetch::upload_pack(&state, &git, repo, req.into_body(), raw).await
                 }
                 Service::ReceivePack => {
                     let (parts, body) = req.into_parts();
