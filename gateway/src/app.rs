@@ -19,7 +19,11 @@ use crate::{admin, git, ops};
 /// Build the gateway's router.
 ///
 /// The global stack runs top to bottom (outermost first).
-pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Router {
+pub fn app(
+    state: Arc<AppState>,
+    body_idle_timeout: std::time::Duration,
+    pace: crate::body_pace::Pace,
+) -> Router {
     // Git requests are authorized before the handler runs: before any cache lookup or
     // node call, on every request. Operational endpoints stay outside auth.
     let git_routes = git::handle.layer(middleware::from_fn_with_state(
@@ -54,6 +58,12 @@ pub fn app(state: Arc<AppState>, body_idle_timeout: std::time::Duration) -> Rout
         // Count request bodies as they arrive, before inflation, for the gzip ratio limit
         // (a plain `Body` still here: the layers below change the body type).
         .layer(middleware::from_fn(crate::fetch_body::count_raw))
+        // A body that trickles (under body_min_rate) or outlasts body_deadline fails, so
+        // it cannot hold a push's repository lock.
+        .layer(middleware::from_fn_with_state(
+            pace,
+            crate::body_pace::enforce,
+        ))
         // A request body that stalls longer than this between chunks fails (slowloris).
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_idle_timeout,

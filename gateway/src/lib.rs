@@ -14,12 +14,14 @@
 //! - [`metrics`]: the request path's metric families;
 //! - [`git`]: the smart-HTTP handlers and the one parsed view of a request;
 //! - [`body`]: streamed, metered response bodies;
+//! - [`body_pace`]: a minimum rate and a deadline for request bodies;
 //! - [`fetch_body`]: fetch request bodies in memory, within a shared budget;
 //! - [`error`]: the mapping of failures to responses;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
 //! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
+//! - [`connections`]: the total and per-client connection limits;
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
 
@@ -28,7 +30,9 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod body_pace;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod fetch_body;
 pub mod git;
@@ -95,6 +99,7 @@ pub async fn serve(
         .as_ref()
         .map(|c| c.spawn_evictor(evict_every(config.cache.cache.max_age)));
     let metrics = metrics::GatewayMetrics::register(&registry)?;
+    let connections_refused = metrics.connections_refused.clone();
     let limiter = Arc::new(limits::RepoLimiter::new(
         config.limits.fetch_concurrency_per_repo,
         config.limits.fetch_queue_per_repo,
@@ -145,7 +150,11 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let router = app::app(state.clone(), config.limits.body_idle_timeout);
+    let router = app::app(
+        state.clone(),
+        config.limits.body_idle_timeout,
+        config.limits.pace(),
+    );
     // Reloads on SIGHUP while serving; stops with serve.
     let reloader = config.path.clone().map(|path| {
         AbortOnDropHandle::new(tokio::spawn(reload::on_sighup(path, config.clone(), state)))
@@ -155,6 +164,11 @@ pub async fn serve(
         header_timeout: config.limits.header_timeout,
         shutdown_grace: config.listen.shutdown_grace,
         send_timeout: config.limits.send_timeout,
+        connections: connections::ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_client,
+        ),
+        refused: connections_refused,
     };
     let served = server::run(listener, router, settings, shutdown).await;
     drop(reloader);

@@ -20,6 +20,8 @@ pub struct GatewayMetrics {
     pub in_progress: IntGauge,
     /// `gitgate_concurrency_queued`: fetches waiting for a slot.
     pub queued: IntGauge,
+    /// `gitgate_connections_refused_total{reason=total|per_client}`.
+    pub connections_refused: IntCounterVec,
     /// `gitgate_concurrency_rejected_total{reason=queue_full|queue_timeout}`.
     pub rejected: IntCounterVec,
 }
@@ -52,6 +54,13 @@ impl GatewayMetrics {
                 ),
                 &["method", "result"],
             )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "gitgate_connections_refused_total",
+                    "Connections refused at accept for being over a connection limit.",
+                ),
+                &["reason"],
+            )?,
             in_progress: IntGauge::new(
                 "gitgate_concurrency_in_progress",
                 "Node-bound fetches holding a concurrency slot.",
@@ -71,6 +80,10 @@ impl GatewayMetrics {
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.client_auth.clone()))?;
+        registry.register(Box::new(m.connections_refused.clone()))?;
+        for reason in ["total", "per_client"] {
+            m.connections_refused.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.in_progress.clone()))?;
         registry.register(Box::new(m.queued.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;

@@ -2,7 +2,8 @@
 //!
 //! Each connection is HTTP/1.1 served by hyper with a header read timeout (a client
 //! that trickles its headers is cut off), behind an optional rustls handshake (bounded
-//! by the same timeout). On shutdown the listener closes at once, connections finish
+//! by the same timeout). Connections over the total or per-client limit are refused
+//! at accept ([`crate::connections`]). On shutdown the listener closes at once, connections finish
 //! their in-flight requests, and whatever is left after the grace period is closed.
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::connections::{ConnectionLimits, REFUSAL};
 use crate::progress::ConnProgress;
 
 /// Why TLS could not be set up.
@@ -83,6 +85,10 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// A response whose client takes no bytes for this long is closed.
     pub send_timeout: Duration,
+    /// Open connections, total and per client address.
+    pub connections: Arc<ConnectionLimits>,
+    /// `gitgate_connections_refused_total{reason}`.
+    pub refused: prometheus::IntCounterVec,
 }
 
 /// Serve `router` on `listener` until `shutdown`, then drain (see the module docs).
@@ -111,6 +117,20 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        let admitted = match settings.connections.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                settings.refused.with_label_values(&[reason.label()]).inc();
+                tracing::debug!(%peer, reason = reason.label(), "refusing a connection over the limit");
+                if settings.tls.is_none() {
+                    // Say why, then drain what the client sent (closing with unread
+                    // input would reset the connection before it reads the answer).
+                    // Best effort, bounded: the client may already be gone.
+                    tokio::spawn(tokio::time::timeout(Duration::from_secs(1), refuse(tcp)));
+                }
+                continue;
+            }
+        };
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY not set");
         }
@@ -129,6 +149,8 @@ pub async fn run(
         let tls = settings.tls.clone();
         let handshake_timeout = settings.header_timeout;
         tokio::spawn(async move {
+            // Holds this connection's place in the limits until it ends.
+            let _admitted = admitted;
             let served = async {
                 match tls {
                     None => {
@@ -176,5 +198,15 @@ pub async fn run(
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
         }
     }
+    Ok(())
+}
+
+/// Answer a refused plain-HTTP connection with [`REFUSAL`] and close it cleanly.
+async fn refuse(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(REFUSAL).await?;
+    tcp.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while tcp.read(&mut sink).await? > 0 {}
     Ok(())
 }

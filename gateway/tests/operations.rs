@@ -1120,3 +1120,146 @@ fn fetch_bodies_cannot_exhaust_memory() {
     eprintln!("peak RSS {} MiB (before {} MiB)", peak >> 20, before >> 20);
     assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+/// A push body trickled one byte at a time (well inside the idle timeout) is cut once
+/// its average rate falls under `body_min_rate`, releasing the repository's write lock:
+/// another push gets through within the grace period, not after `lock_timeout`.
+#[test]
+fn a_trickled_push_does_not_hold_the_repository() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            ..Default::default()
+        }
+        .with_limits("body_min_rate = \"1KiB\"\nbody_rate_grace = \"2s\"\n"),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 3);
+    let url = gw.repo_url("slow");
+    git.ok(Some(&work), &["push", "-q", &url, "main"]);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+
+    // A receive-pack request whose body comes one byte every 200 ms.
+    let mut stream = TcpStream::connect(gw.server.authority()).expect("connect");
+    let command = format!("{head} {} refs/heads/slow\0report-status\n", "1".repeat(40));
+    let line = format!("{:04x}{command}", command.len() + 4);
+    stream
+        .write_all(
+            format!(
+                "POST /slow.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-receive-pack-request\r\nContent-Length: {}\r\n\r\n",
+                line.len() + 4
+            )
+            .as_bytes(),
+        )
+        .expect("headers");
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for byte in line.bytes() {
+            if stream.write_all(&[byte]).is_err() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Another push to the same repository: waits for the lock, then goes through.
+    git.commit_file(&work, "next.txt", "next\n", "next");
+    let pushed = Instant::now();
+    git.ok(Some(&work), &["push", "-q", &url, "main"]);
+    let waited = pushed.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the trickled push held the repository for {waited:?}"
+    );
+    let cut = trickle.join().expect("trickle");
+    assert!(
+        cut < Duration::from_secs(15),
+        "the trickled body was never cut ({cut:?})"
+    );
+}
+
+/// One client address holding `max_connections_per_client` idle connections gets a 503
+/// for the next one; another address is still served; closing them frees the places.
+#[test]
+fn per_client_connection_limit() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions::default()
+            .with_limits("max_connections_per_client = 8\nheader_timeout = \"30s\"\n"),
+    );
+    let authority = gw.server.authority().to_owned();
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&authority).expect("connect"))
+        .collect();
+    // Give the accept loop time to count them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let answer = http::get(&authority, "/-/health");
+        match answer {
+            Ok(r) if r.status == 503 => break r,
+            _ if Instant::now() > deadline => panic!("the ninth connection was served"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert!(String::from_utf8_lossy(&refused.body).contains("too many connections"));
+    assert!(refused.head.to_ascii_lowercase().contains("retry-after"));
+    // Another client address is served.
+    let other = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
+    let mut socket = socket2_connect(other, &authority);
+    socket
+        .write_all(b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+    wait_ok(&authority);
+    let scrape = gw.scrape();
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_connections_refused_total",
+            &["reason=\"per_client\""]
+        ) >= 1.0
+    );
+}
+
+/// A TCP connection to `to` from the local address `from`.
+fn socket2_connect(from: std::net::SocketAddr, to: &str) -> TcpStream {
+    let to: std::net::SocketAddr = to.parse().expect("authority");
+    // std has no bind-before-connect; tokio's TcpSocket does.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(from).expect("bind 127.0.0.2");
+        socket
+            .connect(to)
+            .await
+            .expect("connect")
+            .into_std()
+            .and_then(|s| {
+                s.set_nonblocking(false)?;
+                Ok(s)
+            })
+            .expect("std stream")
+    })
+}
+
+/// Wait until `/-/health` answers 200 from this address again.
+fn wait_ok(authority: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(http::get(authority, "/-/health"), Ok(r) if r.status == 200) {
+        assert!(Instant::now() < deadline, "places were not given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

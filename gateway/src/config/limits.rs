@@ -38,6 +38,19 @@ pub struct LimitsConfig {
     /// How long a client may take no response bytes while some are ready.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Lowest average rate of a request body, past `body_rate_grace`.
+    #[serde(deserialize_with = "bytes")]
+    pub body_min_rate: u64,
+    /// Time before a request body's rate counts.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_grace: Duration,
+    /// Longest a request body may take in all.
+    #[serde(with = "humantime_serde")]
+    pub body_deadline: Duration,
+    /// Open connections at once (0: no limit).
+    pub max_connections: usize,
+    /// Open connections at once from one client address (0: no limit).
+    pub max_connections_per_client: usize,
 }
 
 impl Default for LimitsConfig {
@@ -53,11 +66,25 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(120),
+            body_min_rate: 1 << 10,
+            body_rate_grace: Duration::from_secs(30),
+            body_deadline: Duration::from_secs(2 * 3600),
+            max_connections: 4096,
+            max_connections_per_client: 256,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The pace request bodies must keep.
+    pub fn pace(&self) -> crate::body_pace::Pace {
+        crate::body_pace::Pace {
+            min_rate: self.body_min_rate,
+            grace: self.body_rate_grace,
+            deadline: self.body_deadline,
+        }
+    }
+
     /// Report values that parse but cannot work.
     pub(super) fn check(&self, problems: &mut Vec<ConfigError>) {
         if self.fetch_body_budget < self.max_fetch_request_bytes {
@@ -79,6 +106,7 @@ impl LimitsConfig {
             ));
         }
         for (key, d) in [
+            ("limits.body_deadline", self.body_deadline),
             ("limits.header_timeout", self.header_timeout),
             ("limits.body_idle_timeout", self.body_idle_timeout),
             ("limits.send_timeout", self.send_timeout),

@@ -164,7 +164,10 @@ mod tests {
             d.limits.max_fetch_request_bytes,
             c.limits.max_fetch_request_bytes
         );
-        assert_eq!(d.limits, c.limits, "every [limits] default is the documented one");
+        assert_eq!(
+            d.limits, c.limits,
+            "every [limits] default is the documented one"
+        );
         assert_eq!(d.storage.replication_factor, c.storage.replication_factor);
         assert_eq!(d.cache.enabled, c.cache.enabled);
         assert_eq!(d.cache.cache.max_age, c.cache.cache.max_age);
