@@ -325,6 +325,7 @@ fn converge_and_check(c: &Cluster, log: &Log) {
         for (node, name) in nodes.nodes.iter().zip(NAMES) {
             let scrape = http::get(node.server.authority(), "/-/metrics").expect("scrape");
             let text = String::from_utf8_lossy(&scrape.body).into_owned();
+            assert!(text.contains("gitgate_node_replication_overlaps_total"));
             assert_eq!(
                 metric(&text, "gitgate_node_replication_overlaps_total", &[]),
                 0.0,
@@ -594,6 +595,9 @@ fn replication_to_a_dead_node_backs_off_under_pushes() {
     nodes.restart(2);
     support::cluster::wait_replicated(&git, &nodes, &[0, 1, 2], "down", &last);
     let scrape = http::get(nodes.nodes[2].server.authority(), "/-/metrics").expect("scrape");
+    assert!(
+        String::from_utf8_lossy(&scrape.body).contains("gitgate_node_replication_overlaps_total")
+    );
     assert_eq!(
         metric(
             &String::from_utf8_lossy(&scrape.body),

@@ -787,3 +787,48 @@ fn expensive_filters_are_refused() {
         assert!(err.contains("400"), "{filter}: {err}");
     }
 }
+
+/// With `create_on_push`, asking to push (the receive-pack advertisement) creates
+/// nothing, anonymous crawlers included; the push itself creates the repository.
+#[test]
+fn asking_to_push_creates_nothing() {
+    for remote in [false, true] {
+        let gw = TestGateway::start(
+            remote,
+            GatewayOptions {
+                create_on_push: true,
+                ..Default::default()
+            },
+        );
+        let authority = gw.server.authority().to_owned();
+        let ask = http::get(
+            &authority,
+            "/crawl/me.git/info/refs?service=git-receive-pack",
+        )
+        .expect("advertisement");
+        assert_eq!(ask.status, 200, "a push to a new repository may start");
+        assert!(
+            String::from_utf8_lossy(&ask.body).contains("capabilities^{}"),
+            "an empty repository's advertisement"
+        );
+        assert!(
+            !gw.repo_dir("crawl/me").exists(),
+            "remote={remote}: created on GET"
+        );
+        let read = http::get(
+            &authority,
+            "/crawl/me.git/info/refs?service=git-upload-pack",
+        )
+        .expect("read");
+        assert_eq!(read.status, 404, "remote={remote}: registered on GET");
+        // A real push creates it.
+        let git = support::git::default_client();
+        let tmp = TempDir::new().expect("tempdir");
+        let work = make_source(&git, tmp.path(), 4);
+        git.ok(
+            Some(&work),
+            &["push", "-q", &gw.repo_url("crawl/me"), "main"],
+        );
+        assert!(gw.repo_dir("crawl/me").exists());
+    }
+}

@@ -65,6 +65,24 @@ impl NodeClient {
         }
     }
 
+    /// The receive-pack advertisement of `call.repo`, or an empty repository's when it
+    /// does not exist on this node (a push will create it). Creates nothing.
+    pub async fn push_advertisement_or_empty(
+        &self,
+        call: GitCall<'_>,
+    ) -> Result<GitStream, ClientError> {
+        match self {
+            Self::Local { name, node } => {
+                let stream = node
+                    .push_advertisement_or_empty(call.repo, call.protocol)
+                    .await
+                    .map_err(|e| Self::local_error(name, call.repo, e))?;
+                peek_local(name, stream).await
+            }
+            Self::Remote(r) => r.push_advertisement_or_empty(call).await,
+        }
+    }
+
     /// Run `upload-pack` / `receive-pack` with `body`. Resolves once the first bytes
     /// are available.
     pub async fn rpc(

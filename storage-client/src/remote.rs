@@ -182,6 +182,23 @@ impl RemoteNode {
     }
 
     pub(crate) async fn info_refs(&self, call: GitCall<'_>) -> Result<GitStream, ClientError> {
+        self.advertisement(call, false).await
+    }
+
+    /// The receive-pack advertisement, or an empty repository's when `call.repo` does
+    /// not exist (see [`api::EMPTY_IF_MISSING`]).
+    pub(crate) async fn push_advertisement_or_empty(
+        &self,
+        call: GitCall<'_>,
+    ) -> Result<GitStream, ClientError> {
+        self.advertisement(call, true).await
+    }
+
+    async fn advertisement(
+        &self,
+        call: GitCall<'_>,
+        empty_if_missing: bool,
+    ) -> Result<GitStream, ClientError> {
         let path = format!(
             "/{}/info/refs?service={}",
             call.repo.relative_dir(),
@@ -190,6 +207,9 @@ impl RemoteNode {
         let mut req = self.request(Method::GET, &path, call.request_id);
         if let Some(p) = call.protocol {
             req = req.header("git-protocol", p.as_str());
+        }
+        if empty_if_missing {
+            req = req.header(api::EMPTY_IF_MISSING, "1");
         }
         let req = req.body(Body::empty()).map_err(|e| self.build_error(e))?;
         let resp = self.send(req).await?;

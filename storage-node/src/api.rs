@@ -14,6 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Request header on a receive-pack `info/refs`: when the repository does not exist,
+/// answer with an empty repository's advertisement (a push will create it) instead of
+/// 404. Nothing is created.
+pub const EMPTY_IF_MISSING: &str = "gitgate-empty-if-missing";
+
 pub use crate::process::{peek, GitStream, GitStreamError, RequestBody};
 pub use crate::refstate::RepoState;
 

@@ -208,7 +208,15 @@ async fn git(
             let Some(service) = smart_http::service_from_query(uri.query()) else {
                 return (StatusCode::FORBIDDEN, "only smart HTTP is served\n").into_response();
             };
-            let result = s.node.info_refs(&repo, service, protocol.as_ref()).await;
+            let empty_if_missing = service == Service::ReceivePack
+                && headers.contains_key(crate::api::EMPTY_IF_MISSING);
+            let result = if empty_if_missing {
+                s.node
+                    .push_advertisement_or_empty(&repo, protocol.as_ref())
+                    .await
+            } else {
+                s.node.info_refs(&repo, service, protocol.as_ref()).await
+            };
             respond(result, service.advertisement_content_type()).await
         }
         (Method::POST, Endpoint::Rpc(service)) => {

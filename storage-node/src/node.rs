@@ -105,7 +105,14 @@ pub struct Node {
     /// Repositories a replication is copying into right now: a second one is refused
     /// (and counted), never run on top of the first.
     replicating: std::sync::Mutex<std::collections::HashSet<RepoPath>>,
+    /// An empty bare repository under the root (hidden from discovery by its leading
+    /// dot), whose receive-pack advertisement answers for a repository a push will
+    /// create: asking to push creates nothing.
+    empty: PathBuf,
 }
+
+/// The empty template's directory name under the root.
+const EMPTY_TEMPLATE: &str = ".gitgate-empty.git";
 
 /// Holds a repository in [`Node::replicating`] until dropped.
 struct Replicating<'a> {
@@ -128,12 +135,17 @@ impl Node {
     pub async fn open(settings: NodeSettings) -> Result<Self, NodeError> {
         let git = GitBinary::locate(&settings.git).map_err(NodeError::GitMissing)?;
         let store = RepoStore::open(settings.root).await?;
+        let empty = store.root().join(EMPTY_TEMPLATE);
+        if tokio::fs::metadata(empty.join("HEAD")).await.is_err() {
+            process::run_to_end("init", git.init_bare(&empty)).await?;
+        }
         Ok(Self {
             store,
             git,
             metrics: settings.metrics,
             running: Default::default(),
             replicating: Default::default(),
+            empty,
         })
     }
 
@@ -169,7 +181,31 @@ impl Node {
         protocol: Option<&GitProtocol>,
     ) -> Result<GitStream, NodeError> {
         let dir = self.existing_dir(repo).await?;
-        let cmd = self.git.service(service, &dir, protocol, true);
+        self.advertise(&dir, service, protocol)
+    }
+
+    /// The receive-pack advertisement of `repo`, or, when it does not exist, that of an
+    /// empty repository (for a push that will create it). Creates nothing.
+    pub async fn push_advertisement_or_empty(
+        &self,
+        repo: &RepoPath,
+        protocol: Option<&GitProtocol>,
+    ) -> Result<GitStream, NodeError> {
+        let dir = match self.existing_dir(repo).await {
+            Ok(dir) => dir,
+            Err(NodeError::NotFound(_)) => self.empty.clone(),
+            Err(err) => return Err(err),
+        };
+        self.advertise(&dir, Service::ReceivePack, protocol)
+    }
+
+    fn advertise(
+        &self,
+        dir: &std::path::Path,
+        service: Service,
+        protocol: Option<&GitProtocol>,
+    ) -> Result<GitStream, NodeError> {
+        let cmd = self.git.service(service, dir, protocol, true);
         let guard = self.guard("advertise-refs");
         let advertisement = process::run("advertise-refs", cmd, None, Some(guard))?;
         self.metrics

@@ -110,14 +110,41 @@ impl Drop for PushGuard {
 
 impl Cluster {
     /// The receive-pack ref advertisement of `call.repo`, from the node that will take
-    /// the push (see [`Self::push_target`]).
+    /// the push (see [`Self::push_target`]). For a repository that does not exist yet
+    /// and that a push may create (`create`), the advertisement of an empty repository
+    /// from its first healthy placement node: asking to push creates nothing; the push
+    /// itself does.
     pub async fn receive_pack_advertisement(
         &self,
         call: GitCall<'_>,
         create: bool,
     ) -> Result<GitStream, ClusterError> {
-        let primary = self.push_target(call.repo, create).await?;
-        Ok(self.observe(primary, self.node(primary).info_refs(call).await)?)
+        match self.push_target(call.repo, false).await {
+            Ok(primary) => Ok(self.observe(primary, self.node(primary).info_refs(call).await)?),
+            Err(ClusterError::NotFound(_)) if create => {
+                let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
+                let placed = placement::nodes_for(
+                    call.repo.as_str(),
+                    &names,
+                    self.settings.replication_factor,
+                );
+                let Some(node) = placed
+                    .into_iter()
+                    .map(NodeId::at)
+                    .find(|&i| self.healthy(i))
+                else {
+                    return Err(ClusterError::Unavailable(format!(
+                        "cannot create {}: none of its nodes is up",
+                        call.repo
+                    )));
+                };
+                Ok(self.observe(
+                    node,
+                    self.node(node).push_advertisement_or_empty(call).await,
+                )?)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// The node that takes pushes to `repo` (for the push's ref advertisement),
