@@ -21,7 +21,6 @@
 //! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
-//! - [`connections`]: the total and per-client connection limits;
 //! - [`state`]: what the handlers share.
 #![deny(missing_docs)]
 
@@ -32,7 +31,6 @@ pub mod auth;
 pub mod body;
 pub mod body_pace;
 pub mod config;
-pub mod connections;
 pub mod error;
 pub mod fetch_body;
 pub mod git;
@@ -164,7 +162,7 @@ pub async fn serve(
         header_timeout: config.limits.header_timeout,
         shutdown_grace: config.listen.shutdown_grace,
         send_timeout: config.limits.send_timeout,
-        connections: connections::ConnectionLimits::new(
+        connections: gitgate_storage_client::daemon::connections::ConnectionLimits::new(
             config.limits.max_connections,
             config.limits.max_connections_per_client,
         ),

@@ -3,7 +3,7 @@
 //! Each connection is HTTP/1.1 served by hyper with a header read timeout (a client
 //! that trickles its headers is cut off), behind an optional rustls handshake (bounded
 //! by the same timeout). Connections over the total or per-client limit are refused
-//! at accept ([`crate::connections`]). On shutdown the listener closes at once, connections finish
+//! at accept (`gitgate_storage_client::daemon::connections`). On shutdown the listener closes at once, connections finish
 //! their in-flight requests, and whatever is left after the grace period is closed.
 
 use std::future::Future;
@@ -21,8 +21,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::connections::{ConnectionLimits, REFUSAL};
 use crate::progress::ConnProgress;
+use gitgate_storage_client::daemon::connections::{refuse, ConnectionLimits};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -198,15 +198,5 @@ pub async fn run(
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
         }
     }
-    Ok(())
-}
-
-/// Answer a refused plain-HTTP connection with [`REFUSAL`] and close it cleanly.
-async fn refuse(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tcp.write_all(REFUSAL).await?;
-    tcp.shutdown().await?;
-    let mut sink = [0u8; 4096];
-    while tcp.read(&mut sink).await? > 0 {}
     Ok(())
 }

@@ -10,6 +10,12 @@
 //! auth_mode = "enforced"      # or "transitioning" while rotating the secret
 //! git = "git"                 # program, looked up in PATH once at start
 //!
+//! [limits]
+//! header_timeout = "10s"      # for a request's headers, and between kept-alive requests
+//! max_connections = 1024      # open connections at once (0: no limit)
+//! max_connections_per_client = 256
+//! shutdown_grace = "30s"      # in-flight requests may finish after SIGTERM
+//!
 //! [log]
 //! format = "text"             # or "json"
 //! ```
@@ -38,6 +44,49 @@ pub struct NodeConfig {
     pub git: PathBuf,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// `[limits]`.
+    pub limits: Limits,
+}
+
+/// `[limits]`: how connections are served.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time allowed for a request's headers, and between requests on one connection.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
+    /// Open connections at once (0: no limit).
+    pub max_connections: usize,
+    /// Open connections at once from one address (0: no limit).
+    pub max_connections_per_client: usize,
+    /// Time in-flight requests get after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_client: 256,
+            shutdown_grace: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// The serving settings these limits make.
+    pub fn serve_settings(&self) -> crate::daemon::http_server::ServeSettings {
+        crate::daemon::http_server::ServeSettings {
+            header_timeout: self.header_timeout,
+            shutdown_grace: self.shutdown_grace,
+            connections: crate::daemon::connections::ConnectionLimits::new(
+                self.max_connections,
+                self.max_connections_per_client,
+            ),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -45,6 +94,8 @@ pub struct NodeConfig {
 struct File {
     listen: Listen,
     node: NodeSection,
+    #[serde(default)]
+    limits: Limits,
     #[serde(default)]
     log: Log,
 }
@@ -106,6 +157,7 @@ impl NodeConfig {
             auth_mode: file.node.auth_mode,
             git: file.node.git,
             log_format: file.log.format,
+            limits: file.limits,
         })
     }
 }

@@ -59,17 +59,23 @@ pub fn router(node: Arc<Node>, verifier: Arc<Verifier>, registry: prometheus::Re
         .with_state(AppState { node })
 }
 
-/// Serve the node API on `listener` until `shutdown` completes.
+/// Serve the node API on `listener` until `shutdown` completes, with the header
+/// timeout, connection limits and bounded drain of `settings`.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     verifier: Arc<Verifier>,
     registry: prometheus::Registry,
+    settings: crate::daemon::http_server::ServeSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, verifier, registry))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::daemon::http_server::serve_http(
+        listener,
+        router(node, verifier, registry),
+        settings,
+        shutdown,
+    )
+    .await
 }
 
 /// Prometheus text exposition of `registry`.

@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(node),
         verifier,
         registry,
+        config.limits.serve_settings(),
         daemon::shutdown_signal(),
     )
     .await?;

@@ -26,6 +26,10 @@ impl Drop for NodeProc {
 }
 
 fn start(mode: &str, seed: impl FnOnce(&Path)) -> NodeProc {
+    start_with(mode, "", seed)
+}
+
+fn start_with(mode: &str, extra: &str, seed: impl FnOnce(&Path)) -> NodeProc {
     let dir = TempDir::new().expect("tempdir");
     let root = dir.path().join("repos");
     std::fs::create_dir_all(&root).expect("root");
@@ -33,7 +37,7 @@ fn start(mode: &str, seed: impl FnOnce(&Path)) -> NodeProc {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        format!("[listen]\naddr = \"127.0.0.1:0\"\n[node]\npath = \"repos\"\ntoken = \"{TOKEN}\"\nauth_mode = \"{mode}\"\n"),
+        format!("[listen]\naddr = \"127.0.0.1:0\"\n[node]\npath = \"repos\"\ntoken = \"{TOKEN}\"\nauth_mode = \"{mode}\"\n{extra}"),
     )
     .expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate-node"))
@@ -343,4 +347,58 @@ fn replicate_copies_every_ref_and_head_from_another_node() {
         &body(dead, "refs/heads/trunk"),
     );
     assert_eq!(status, 500);
+}
+
+/// Anyone who can reach a node gets no more than the header timeout out of a socket,
+/// and no more than their share of connections.
+#[test]
+fn slow_headers_are_cut_and_connections_limited() {
+    let node = start_with(
+        "enforced",
+        "[limits]\nheader_timeout = \"2s\"\nmax_connections_per_client = 4\n",
+        |_| {},
+    );
+    // One header byte every 300 ms: cut within the header timeout.
+    let mut slow = TcpStream::connect(&node.authority).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let request = b"GET /-/health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = None;
+    for byte in request {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    let cut = cut.unwrap_or_else(|| {
+        // The write may still succeed after the close; the read says it is closed.
+        let mut buf = [0u8; 64];
+        let n = slow.read(&mut buf).unwrap_or(0);
+        assert!(
+            n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "the slow client was served"
+        );
+        started.elapsed()
+    });
+    assert!(cut < Duration::from_secs(6), "cut after {cut:?}");
+    drop(slow);
+
+    // Four idle connections from this address; the fifth is refused.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&node.authority).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(&node.authority).expect("connect");
+    fifth
+        .write_all(b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = fifth.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(idle);
 }

@@ -95,6 +95,18 @@ impl Drop for Admitted {
 /// What a refused plain-HTTP connection is told before it is closed.
 pub const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n";
 
+/// Answer a refused plain-HTTP connection with [`REFUSAL`], then close it cleanly:
+/// what the client sent is drained first, since closing with unread input would reset
+/// the connection before the client reads the answer. Callers bound it in time.
+pub async fn refuse(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(REFUSAL).await?;
+    tcp.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while tcp.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,14 @@
 //! What both binaries (`gitgate` and `gitgate-node`) do the same way around their
-//! server: logging setup, the shutdown signal, reloading on SIGHUP, and the shape of a
-//! configuration error.
+//! server: logging setup, the shutdown signal, reloading on SIGHUP, the shape of a
+//! configuration error, connection limits ([`connections`]) and, for the node, the
+//! HTTP serving loop ([`http_server`]).
 //!
 //! It lives in this crate because it is the lowest one with a runtime that both binaries
 //! reach (the gateway through `gitgate_storage_client::daemon`); nothing in it knows of
 //! nodes.
+
+pub mod connections;
+pub mod http_server;
 
 use std::future::Future;
 use std::path::PathBuf;
