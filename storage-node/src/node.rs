@@ -287,22 +287,41 @@ impl Node {
             node: self,
             repo: repo.clone(),
         };
-        match self.store.create(&self.git, repo).await {
-            Ok(()) => tracing::info!(repo = %repo, "created repository for replication"),
-            Err(RepoStoreError::AlreadyExists(_)) => {}
+        let created = match self.store.create(&self.git, repo).await {
+            Ok(()) => {
+                tracing::info!(repo = %repo, "created repository for replication");
+                true
+            }
+            Err(RepoStoreError::AlreadyExists(_)) => false,
             Err(err) => return Err(err.into()),
+        };
+        let copied = self
+            .copy_into(repo, &from, authorization.as_deref(), head)
+            .await;
+        if copied.is_err() && created {
+            // A failed copy into a repository made for it leaves nothing behind.
+            if let Err(err) = self.store.delete(repo).await {
+                tracing::warn!(repo = %repo, error = %err, "could not remove the repository a failed replication created");
+            }
         }
+        copied
+    }
+
+    /// The copy itself: fetch every ref from `from`, set HEAD, read the new state.
+    async fn copy_into(
+        &self,
+        repo: &RepoPath,
+        from: &str,
+        authorization: Option<&str>,
+        head: Option<&str>,
+    ) -> Result<RepoState, NodeError> {
         let dir = self.store.dir(repo);
         let _running = self.guard("fetch");
         self.metrics
             .git_processes
             .with_label_values(&["fetch"])
             .inc();
-        process::run_to_end(
-            "fetch",
-            self.git.mirror_fetch(&dir, &from, authorization.as_deref()),
-        )
-        .await?;
+        process::run_to_end("fetch", self.git.mirror_fetch(&dir, from, authorization)).await?;
         if let Some(head) = head {
             process::run_to_end("symbolic-ref", self.git.set_head(&dir, head)).await?;
         }

@@ -18,6 +18,13 @@ struct NodeProc {
     _dir: TempDir,
 }
 
+impl NodeProc {
+    /// The node's repository root.
+    fn root_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("repos")
+    }
+}
+
 impl Drop for NodeProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -347,6 +354,11 @@ fn replicate_copies_every_ref_and_head_from_another_node() {
         &body(dead, "refs/heads/trunk"),
     );
     assert_eq!(status, 500);
+    // ...and leaves no empty repository behind.
+    assert!(
+        !target.root_dir().join("other.git").exists(),
+        "a failed replication left a repository behind"
+    );
 }
 
 /// Anyone who can reach a node gets no more than the header timeout out of a socket,
