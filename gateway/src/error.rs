@@ -44,6 +44,12 @@ pub enum AppError {
     /// Waited too long in the per-repository queue.
     #[error("timed out waiting for a free slot for this repository; try again shortly")]
     QueueTimeout,
+    /// This client's queue is full.
+    #[error("too many of your fetches are waiting; try again shortly")]
+    ClientQueueFull,
+    /// Waited too long in this client's queue.
+    #[error("timed out waiting for one of your fetches to finish; try again shortly")]
+    ClientQueueTimeout,
     /// The request body is not a valid git request.
     #[error("malformed request: {0}")]
     BadRequest(#[from] ParseError),
@@ -112,9 +118,12 @@ impl From<ClusterError> for AppError {
 
 impl From<crate::limits::LimitError> for AppError {
     fn from(err: crate::limits::LimitError) -> Self {
+        use crate::limits::{LimitError, Scope};
         match err {
-            crate::limits::LimitError::QueueFull => Self::QueueFull,
-            crate::limits::LimitError::Timeout => Self::QueueTimeout,
+            LimitError::QueueFull(Scope::Repository) => Self::QueueFull,
+            LimitError::Timeout(Scope::Repository) => Self::QueueTimeout,
+            LimitError::QueueFull(Scope::Client) => Self::ClientQueueFull,
+            LimitError::Timeout(Scope::Client) => Self::ClientQueueTimeout,
         }
     }
 }
@@ -130,8 +139,8 @@ impl AppError {
             | Self::UnsupportedCommand(_) => StatusCode::BAD_REQUEST,
             Self::DumbHttp | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-            Self::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull | Self::ClientQueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueTimeout | Self::ClientQueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) | Self::NoReplica(_) | Self::Busy | Self::FetchBodyBudget => {

@@ -10,7 +10,7 @@
 //! - [`auth`]: client authentication and authorization;
 //! - [`access_log`]: one log line and request metrics per request;
 //! - [`admin`]: the admin API (repository deletion);
-//! - [`limits`]: the per-repository limit on node-bound fetches;
+//! - [`limits`]: the per-repository and per-client limits on node-bound fetches;
 //! - [`metrics`]: the request path's metric families;
 //! - [`git`]: the smart-HTTP handlers and the one parsed view of a request;
 //! - [`body`]: streamed, metered response bodies;
@@ -98,10 +98,17 @@ pub async fn serve(
         .map(|c| c.spawn_evictor(evict_every(config.cache.cache.max_age)));
     let metrics = metrics::GatewayMetrics::register(&registry)?;
     let connections_refused = metrics.connections_refused.clone();
-    let limiter = Arc::new(limits::RepoLimiter::new(
-        config.limits.fetch_concurrency_per_repo,
-        config.limits.fetch_queue_per_repo,
-        config.limits.fetch_queue_timeout,
+    let limiter = Arc::new(limits::FetchLimits::new(
+        limits::LimitSettings {
+            limit: config.limits.fetch_concurrency_per_repo,
+            max_queue: config.limits.fetch_queue_per_repo,
+            max_wait: config.limits.fetch_queue_timeout,
+        },
+        limits::LimitSettings {
+            limit: config.limits.client_concurrency,
+            max_queue: config.limits.client_queue,
+            max_wait: config.limits.client_queue_timeout,
+        },
         metrics.clone(),
     ));
     if config.auth.anonymous == Some(auth::Permission::Write) {

@@ -1,14 +1,19 @@
-//! Per-repository concurrency limit for fetches that reach a storage node.
+//! Concurrency limits for fetches that reach a storage node: per repository and per
+//! client.
 //!
-//! Only work that runs `upload-pack` on a node takes a slot: cache misses (the producer
-//! takes it, so the clients sharing its entry cost one slot) and fetches that bypass the
-//! cache. Cache hits never wait. A fetch that finds every slot of its repository taken
-//! waits in a bounded queue for at most `fetch_queue_timeout`; past the queue bound it
-//! is refused at once (429), past the wait it is refused (503), both with
-//! `Retry-After`. The limit sits here rather than in a route layer because whether a
-//! request needs a slot is only known after the cache lookup.
+//! Only work that runs `upload-pack` on a node takes slots: cache misses (the producer
+//! takes them, so the clients sharing its entry cost one) and fetches that bypass the
+//! cache. Cache hits never wait. A fetch takes a slot of its client first (the token
+//! name when authenticated, else the peer address), then one of its repository, so a
+//! client over its share is refused before it can fill the repository's slots and
+//! queue that everyone shares. Each [`Limiter`] gives `limit` slots per key; a fetch
+//! that finds them taken waits in a bounded queue for at most its timeout: past the
+//! queue bound it is refused at once (429), past the wait it is refused (503), both
+//! with `Retry-After`. The limits sit here rather than in a route layer because
+//! whether a request needs a slot is only known after the cache lookup.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,130 +26,220 @@ use crate::metrics::GatewayMetrics;
 /// Why a fetch got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    /// The repository's queue is full.
-    #[error("per-repository queue full")]
-    QueueFull,
+    /// The queue is full.
+    #[error("{0} queue full")]
+    QueueFull(Scope),
     /// The wait in the queue ran out.
-    #[error("timed out in the per-repository queue")]
-    Timeout,
+    #[error("timed out in the {0} queue")]
+    Timeout(Scope),
 }
 
-/// Slots of one repository.
-struct RepoSlots {
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The repository's.
+    Repository,
+    /// The client's.
+    Client,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Repository => "per-repository",
+            Self::Client => "per-client",
+        })
+    }
+}
+
+impl LimitError {
+    /// The metric label: `queue_full`, `queue_timeout`, `client_queue_full`,
+    /// `client_queue_timeout`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull(Scope::Repository) => "queue_full",
+            Self::Timeout(Scope::Repository) => "queue_timeout",
+            Self::QueueFull(Scope::Client) => "client_queue_full",
+            Self::Timeout(Scope::Client) => "client_queue_timeout",
+        }
+    }
+}
+
+/// How many slots, how long a queue, how long a wait.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    /// Slots per key (0: unlimited).
+    pub limit: usize,
+    /// Fetches that may wait, per key.
+    pub max_queue: usize,
+    /// Longest wait.
+    pub max_wait: Duration,
+}
+
+/// Slots of one key.
+struct Slots {
     semaphore: Arc<Semaphore>,
     /// Fetches waiting for a slot (bounded by `max_queue`).
     queued: AtomicUsize,
 }
 
-/// The limiter.
-pub struct RepoLimiter {
-    limit: usize,
-    max_queue: usize,
-    max_wait: Duration,
-    /// Repositories with fetches in progress or queued; idle ones are removed.
-    repos: Mutex<HashMap<RepoPath, Arc<RepoSlots>>>,
+/// Slots per key of type `K`; keys with nothing running or queued are forgotten.
+pub struct Limiter<K> {
+    settings: LimitSettings,
+    scope: Scope,
+    keys: Mutex<HashMap<K, Arc<Slots>>>,
     metrics: GatewayMetrics,
 }
 
-/// A held slot; released when dropped (with the response stream that owns it).
-pub struct Slot {
+/// A held slot of one limiter; released when dropped.
+struct Held<K: Eq + Hash + Clone> {
     _permit: OwnedSemaphorePermit,
-    limiter: Arc<RepoLimiter>,
-    repo: RepoPath,
-    slots: Arc<RepoSlots>,
+    limiter: Arc<Limiter<K>>,
+    key: K,
+    slots: Arc<Slots>,
 }
 
-impl RepoLimiter {
-    /// `limit` concurrent node fetches per repository (0: unlimited), at most
-    /// `max_queue` waiting, each for at most `max_wait`.
-    pub fn new(
-        limit: usize,
-        max_queue: usize,
-        max_wait: Duration,
-        metrics: GatewayMetrics,
-    ) -> Self {
-        Self {
-            limit,
-            max_queue,
-            max_wait,
-            repos: Mutex::new(HashMap::new()),
+impl<K: Eq + Hash + Clone> Limiter<K> {
+    fn new(settings: LimitSettings, scope: Scope, metrics: GatewayMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            scope,
+            keys: Mutex::new(HashMap::new()),
             metrics,
-        }
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RepoPath, Arc<RepoSlots>>> {
-        self.repos
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<Slots>>> {
+        self.keys
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Wait for a slot for `repo`; `None` when the limit is off.
-    pub async fn acquire(self: &Arc<Self>, repo: &RepoPath) -> Result<Option<Slot>, LimitError> {
-        if self.limit == 0 {
+    /// Wait for a slot for `key`; `None` when the limit is off.
+    async fn acquire(self: &Arc<Self>, key: &K) -> Result<Option<Held<K>>, LimitError> {
+        let LimitSettings {
+            limit,
+            max_queue,
+            max_wait,
+        } = self.settings;
+        if limit == 0 {
             return Ok(None);
         }
         let slots = self
             .lock()
-            .entry(repo.clone())
+            .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(RepoSlots {
-                    semaphore: Arc::new(Semaphore::new(self.limit)),
+                Arc::new(Slots {
+                    semaphore: Arc::new(Semaphore::new(limit)),
                     queued: AtomicUsize::new(0),
                 })
             })
             .clone();
-        let permit = match slots.semaphore.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if slots.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
-                    slots.queued.fetch_sub(1, Ordering::SeqCst);
-                    self.metrics
-                        .rejected
-                        .with_label_values(&["queue_full"])
-                        .inc();
-                    return Err(LimitError::QueueFull);
-                }
-                self.metrics.queued.inc();
-                let waited =
-                    tokio::time::timeout(self.max_wait, slots.semaphore.clone().acquire_owned())
-                        .await;
-                slots.queued.fetch_sub(1, Ordering::SeqCst);
-                self.metrics.queued.dec();
-                match waited {
-                    Ok(Ok(permit)) => permit,
-                    // The semaphore is never closed; treat it like a timeout if it were.
-                    Ok(Err(_)) | Err(_) => {
-                        self.metrics
-                            .rejected
-                            .with_label_values(&["queue_timeout"])
-                            .inc();
-                        return Err(LimitError::Timeout);
-                    }
-                }
-            }
-        };
-        self.metrics.in_progress.inc();
-        Ok(Some(Slot {
+        let held = |permit| Held {
             _permit: permit,
             limiter: self.clone(),
-            repo: repo.clone(),
-            slots,
-        }))
+            key: key.clone(),
+            slots: slots.clone(),
+        };
+        if let Ok(permit) = slots.semaphore.clone().try_acquire_owned() {
+            return Ok(Some(held(permit)));
+        }
+        if slots.queued.fetch_add(1, Ordering::SeqCst) >= max_queue {
+            slots.queued.fetch_sub(1, Ordering::SeqCst);
+            let err = LimitError::QueueFull(self.scope);
+            self.metrics
+                .rejected
+                .with_label_values(&[err.label()])
+                .inc();
+            // Forget the key if it was only made for this refused fetch.
+            self.forget_if_idle(key, &slots, 1);
+            return Err(err);
+        }
+        self.metrics.queued.inc();
+        let waited = tokio::time::timeout(max_wait, slots.semaphore.clone().acquire_owned()).await;
+        slots.queued.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.queued.dec();
+        match waited {
+            Ok(Ok(permit)) => Ok(Some(held(permit))),
+            // The semaphore is never closed; treat it like a timeout if it were.
+            Ok(Err(_)) | Err(_) => {
+                let err = LimitError::Timeout(self.scope);
+                self.metrics
+                    .rejected
+                    .with_label_values(&[err.label()])
+                    .inc();
+                Err(err)
+            }
+        }
+    }
+
+    /// Forget `key` when only the map and `holders` other references hold its slots,
+    /// nobody waits and every permit is back.
+    fn forget_if_idle(&self, key: &K, slots: &Arc<Slots>, holders: usize) {
+        let mut keys = self.lock();
+        let idle = Arc::strong_count(slots) == 1 + holders
+            && slots.queued.load(Ordering::SeqCst) == 0
+            && slots.semaphore.available_permits() == self.settings.limit;
+        if idle {
+            keys.remove(key);
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for Held<K> {
+    fn drop(&mut self) {
+        // The permit in this value goes back after this function; count it as back.
+        let mut keys = self.limiter.lock();
+        let idle = Arc::strong_count(&self.slots) == 2
+            && self.slots.queued.load(Ordering::SeqCst) == 0
+            && self.slots.semaphore.available_permits() + 1 == self.limiter.settings.limit;
+        if idle {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+/// Both limits of node-bound fetches.
+pub struct FetchLimits {
+    repos: Arc<Limiter<RepoPath>>,
+    clients: Arc<Limiter<String>>,
+    metrics: GatewayMetrics,
+}
+
+/// The slots one node-bound fetch holds; released when dropped (with the response
+/// stream that owns it).
+pub struct Slot {
+    _client: Option<Held<String>>,
+    _repo: Option<Held<RepoPath>>,
+    metrics: GatewayMetrics,
+}
+
+impl FetchLimits {
+    /// Limits per repository and per client.
+    pub fn new(repo: LimitSettings, client: LimitSettings, metrics: GatewayMetrics) -> Self {
+        Self {
+            repos: Limiter::new(repo, Scope::Repository, metrics.clone()),
+            clients: Limiter::new(client, Scope::Client, metrics.clone()),
+            metrics,
+        }
+    }
+
+    /// Wait for a slot of `client`, then one of `repo`.
+    pub async fn acquire(&self, repo: &RepoPath, client: &str) -> Result<Slot, LimitError> {
+        let client = self.clients.acquire(&client.to_owned()).await?;
+        let repo = self.repos.acquire(repo).await?;
+        self.metrics.in_progress.inc();
+        Ok(Slot {
+            _client: client,
+            _repo: repo,
+            metrics: self.metrics.clone(),
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.limiter.metrics.in_progress.dec();
-        let mut repos = self.limiter.lock();
-        // Forget idle repositories: only the map and this slot hold the entry, nobody
-        // waits, and this is the last permit out.
-        let idle = Arc::strong_count(&self.slots) == 2
-            && self.slots.queued.load(Ordering::SeqCst) == 0
-            && self.slots.semaphore.available_permits() + 1 == self.limiter.limit;
-        if idle {
-            repos.remove(&self.repo);
-        }
+        self.metrics.in_progress.dec();
     }
 }
 
@@ -152,47 +247,79 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn settings(limit: usize, max_queue: usize) -> LimitSettings {
+        LimitSettings {
+            limit,
+            max_queue,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn limits_queues_and_times_out() {
         let metrics = GatewayMetrics::register(&prometheus::Registry::new()).expect("metrics");
-        let limiter = Arc::new(RepoLimiter::new(
-            2,
-            1,
-            Duration::from_secs(5),
+        let limits = Arc::new(FetchLimits::new(
+            settings(2, 1),
+            settings(0, 0),
             metrics.clone(),
         ));
         let repo = RepoPath::parse("r").expect("repo");
-        let a = limiter
-            .acquire(&repo)
-            .await
-            .expect("slot")
-            .expect("limited");
-        let _b = limiter
-            .acquire(&repo)
-            .await
-            .expect("slot")
-            .expect("limited");
+        let a = limits.acquire(&repo, "x").await.expect("slot");
+        let _b = limits.acquire(&repo, "x").await.expect("slot");
         let waiting = {
-            let limiter = limiter.clone();
+            let limits = limits.clone();
             let repo = repo.clone();
-            tokio::spawn(async move { limiter.acquire(&repo).await.map(|s| s.is_some()) })
+            tokio::spawn(async move { limits.acquire(&repo, "x").await.map(|_| ()) })
         };
         tokio::task::yield_now().await;
         assert_eq!(metrics.queued.get(), 1);
         assert_eq!(
-            limiter.acquire(&repo).await.err(),
-            Some(LimitError::QueueFull)
+            limits.acquire(&repo, "x").await.err(),
+            Some(LimitError::QueueFull(Scope::Repository))
         );
         drop(a);
-        assert_eq!(waiting.await.expect("task"), Ok(true));
+        assert_eq!(waiting.await.expect("task"), Ok(()));
         let other = RepoPath::parse("other").expect("repo");
-        let _c = limiter.acquire(&other).await.expect("slot");
-        let _d = limiter.acquire(&other).await.expect("slot");
+        let _c = limits.acquire(&other, "x").await.expect("slot");
+        let _d = limits.acquire(&other, "x").await.expect("slot");
         assert_eq!(
-            limiter.acquire(&other).await.err(),
-            Some(LimitError::Timeout)
+            limits.acquire(&other, "x").await.err(),
+            Some(LimitError::Timeout(Scope::Repository))
         );
         // _b, _c and _d; the waiter dropped its slot when its task ended.
         assert_eq!(metrics.in_progress.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_client_cannot_take_a_repository() {
+        let metrics = GatewayMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let limits = Arc::new(FetchLimits::new(settings(4, 4), settings(2, 2), metrics));
+        let repo = RepoPath::parse("r").expect("repo");
+        let held: Vec<Slot> = vec![
+            limits.acquire(&repo, "a").await.expect("a1"),
+            limits.acquire(&repo, "a").await.expect("a2"),
+        ];
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let limits = limits.clone();
+                let repo = repo.clone();
+                tokio::spawn(async move { limits.acquire(&repo, "a").await.map(|_| ()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // A's third and fourth wait in A's queue; the fifth is refused at once...
+        assert_eq!(
+            limits.acquire(&repo, "a").await.err(),
+            Some(LimitError::QueueFull(Scope::Client))
+        );
+        // ...while B still finds free slots of the repository.
+        let _b1 = limits.acquire(&repo, "b").await.expect("b1");
+        let _b2 = limits.acquire(&repo, "b").await.expect("b2");
+        drop(held);
+        for q in queued {
+            assert_eq!(q.await.expect("task"), Ok(()));
+        }
+        // Nothing running or queued for A any more: its key is forgotten.
+        assert!(limits.clients.lock().get("a").is_none());
     }
 }

@@ -21,6 +21,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::git::request::PeerAddr;
 use crate::progress::ConnProgress;
 use gitgate_storage_client::daemon::connections::{refuse, ConnectionLimits};
 
@@ -140,6 +141,7 @@ pub async fn run(
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(tagged.clone());
+                req.extensions_mut().insert(PeerAddr(peer));
                 req
             },
         ));

@@ -6,7 +6,7 @@ use gitgate_packcache::PackCache;
 use gitgate_storage_client::cluster::Cluster;
 
 use crate::auth::AuthConfig;
-use crate::limits::RepoLimiter;
+use crate::limits::FetchLimits;
 use crate::metrics::GatewayMetrics;
 
 /// Shared state of the handlers.
@@ -25,8 +25,8 @@ pub struct AppState {
     pub registry: prometheus::Registry,
     /// The request path's metric families.
     pub metrics: GatewayMetrics,
-    /// Per-repository limit on node-bound fetches.
-    pub limiter: Arc<RepoLimiter>,
+    /// Per-repository and per-client limits on node-bound fetches.
+    pub limiter: Arc<FetchLimits>,
     /// Who may do what; replaced as a whole on reload (SIGHUP).
     pub auth: RwLock<Arc<AuthConfig>>,
 }

@@ -1263,3 +1263,116 @@ fn wait_ok(authority: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One client (a runaway pipeline) holding many slow cache-missing fetches gets its own
+/// share of node work and 429s past it; another client's clones still get through.
+#[test]
+fn one_client_cannot_starve_another() {
+    const A: &str = "client-a-token-aaaaaaaaaaaa";
+    const B: &str = "client-b-token-bbbbbbbbbbbb";
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            extra: "[cache]\nenabled = false\n".into(),
+            auth: Some(format!(
+                "[auth]\nanonymous = \"write\"\n\
+                 [[auth.tokens]]\nname = \"a\"\nhash = \"{}\"\nread = [\"**\"]\n\
+                 [[auth.tokens]]\nname = \"b\"\nhash = \"{}\"\nread = [\"**\"]\n",
+                hash_token(A),
+                hash_token(B)
+            )),
+            ..Default::default()
+        }
+        .with_limits(
+            "fetch_concurrency_per_repo = 4\nfetch_queue_per_repo = 4\nfetch_queue_timeout = \"120s\"\n\
+             client_concurrency = 2\nclient_queue = 2\nclient_queue_timeout = \"120s\"\n",
+        ),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "hot", &[3 << 20], 7);
+    let body = support::fetch_everything(&head);
+    let authority = gw.server.authority().to_owned();
+
+    // Client A: 30 fetches at once, each leaving its response unread for 4 s.
+    let a: Vec<_> = (0..30)
+        .map(|_| {
+            let (body, authority) = (body.clone(), authority.clone());
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&authority).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(120)))
+                    .expect("timeout");
+                let head = format!(
+                    "POST /hot.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {A}\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).expect("send");
+                s.write_all(&body).expect("send");
+                std::thread::sleep(Duration::from_secs(4));
+                let mut response = Vec::new();
+                let _ = s.read_to_end(&mut response);
+                String::from_utf8_lossy(&response[..response.len().min(300)]).into_owned()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Client B: three clones while A holds its share.
+    let started = Instant::now();
+    for i in 0..3 {
+        let dir = tmp.path().join(format!("b-{i}"));
+        let out = git.output(
+            None,
+            &[
+                "-c",
+                &format!("http.extraHeader=Authorization: Bearer {B}"),
+                "clone",
+                "-q",
+                "--bare",
+                &gw.repo_url("hot"),
+                path_str(&dir),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "B's clone {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "B waited for A: {:?}",
+        started.elapsed()
+    );
+    let answers: Vec<String> = a.into_iter().map(|t| t.join().expect("a")).collect();
+    let refused = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 429"))
+        .count();
+    let served = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 200"))
+        .count();
+    eprintln!("client A: {served} served, {refused} refused");
+    assert!(
+        answers
+            .iter()
+            .filter(|r| r.starts_with("HTTP/1.1 429"))
+            .all(|r| r.to_ascii_lowercase().contains("retry-after")),
+        "429 without Retry-After"
+    );
+    assert!(
+        refused >= 26,
+        "A got more than its share: {refused} refused"
+    );
+    assert_eq!(served + refused, 30, "{answers:#?}");
+    assert!(
+        metric(
+            &gw.scrape(),
+            "gitgate_concurrency_rejected_total",
+            &["reason=\"client_queue_full\""]
+        ) >= 26.0
+    );
+}

@@ -47,6 +47,13 @@ pub struct LimitsConfig {
     /// Longest a request body may take in all.
     #[serde(with = "humantime_serde")]
     pub body_deadline: Duration,
+    /// Node-bound fetches of one client at once (0: unlimited).
+    pub client_concurrency: usize,
+    /// Fetches of one client that may wait for a slot.
+    pub client_queue: usize,
+    /// How long a fetch may wait for a slot of its client.
+    #[serde(with = "humantime_serde")]
+    pub client_queue_timeout: Duration,
     /// Open connections at once (0: no limit).
     pub max_connections: usize,
     /// Open connections at once from one client address (0: no limit).
@@ -69,6 +76,9 @@ impl Default for LimitsConfig {
             body_min_rate: 1 << 10,
             body_rate_grace: Duration::from_secs(30),
             body_deadline: Duration::from_secs(2 * 3600),
+            client_concurrency: 0,
+            client_queue: 32,
+            client_queue_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_connections_per_client: 256,
         }
@@ -102,6 +112,12 @@ impl LimitsConfig {
         if self.fetch_concurrency_per_repo > 0 && self.fetch_queue_timeout.is_zero() {
             problems.push(ConfigError::invalid(
                 "limits.fetch_queue_timeout",
+                "must be longer than zero",
+            ));
+        }
+        if self.client_concurrency > 0 && self.client_queue_timeout.is_zero() {
+            problems.push(ConfigError::invalid(
+                "limits.client_queue_timeout",
                 "must be longer than zero",
             ));
         }

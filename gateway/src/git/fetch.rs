@@ -23,7 +23,7 @@ use super::GitRequest;
 use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
 use crate::fetch_body::{HeldBody, RawBytes};
-use crate::limits::{LimitError, RepoLimiter};
+use crate::limits::{FetchLimits, LimitError};
 use crate::state::AppState;
 
 /// The protocol v2 commands upload-pack serves; anything else is refused here with a
@@ -90,7 +90,7 @@ pub async fn upload_pack(
     } else {
         span.record("cache", "none");
     }
-    let slot = state.limiter.acquire(repo).await?;
+    let slot = state.limiter.acquire(repo, &git.client()).await?;
     let stream = state
         .cluster
         .upload_pack(&route, git.call(repo, Service::UploadPack), body)
@@ -112,7 +112,7 @@ struct Producer {
     /// The request body, holding its share of the fetch-body budget until the
     /// producer is done with it.
     body: Arc<HeldBody>,
-    limiter: Arc<RepoLimiter>,
+    limiter: Arc<FetchLimits>,
     /// The shape of git's complete answer: anything else fails the entry (I3), so
     /// an answer that is not a whole final response is never served from the cache.
     expected: Expected,
@@ -132,7 +132,11 @@ impl Producer {
         move || {
             Box::pin(async move {
                 // The producer takes the repository's slot; its readers share it.
-                let slot = limiter.acquire(&repo).await.map_err(UpstreamError::new)?;
+                // The client that started production holds the slots its readers share.
+                let slot = limiter
+                    .acquire(&repo, &git.client())
+                    .await
+                    .map_err(UpstreamError::new)?;
                 let stream = cluster
                     .upload_pack(&route, git.call(&repo, Service::UploadPack), &body.bytes)
                     .await

@@ -27,7 +27,13 @@ pub struct GitRequest {
     pub route: Route,
     /// Who the request was authorized as, once auth has run (`anonymous` included).
     pub principal: Option<String>,
+    /// The peer's address, when served by the gateway's server loop.
+    pub peer: Option<std::net::IpAddr>,
 }
+
+/// The peer address of a connection, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Where a request goes.
 #[derive(Debug, Clone)]
@@ -80,6 +86,17 @@ impl GitRequest {
                 .and_then(|v| GitProtocol::parse(v.as_bytes())),
             route,
             principal: None,
+            peer: None,
+        }
+    }
+
+    /// Who counts as one client for the per-client limits: the authenticated name, else
+    /// the peer address (anonymous clients are told apart by address).
+    pub fn client(&self) -> String {
+        match (&self.principal, self.peer) {
+            (Some(who), _) if who != "anonymous" => format!("user:{who}"),
+            (_, Some(ip)) => format!("ip:{ip}"),
+            _ => "anonymous".to_owned(),
         }
     }
 
@@ -131,7 +148,8 @@ impl GitRequest {
 /// The layer function: parse the request once and put the [`GitRequest`] in its
 /// extensions for everything below.
 pub async fn parse(mut req: Request, next: Next) -> Response {
-    let git = GitRequest::of(req.uri(), req.headers());
+    let mut git = GitRequest::of(req.uri(), req.headers());
+    git.peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     req.extensions_mut().insert(git);
     next.run(req).await
 }

@@ -15,15 +15,12 @@ pub fn boxed(stream: gitgate_storage_client::GitStream) -> BodyStream {
     Box::pin(stream.map_err(|e| Box::new(e) as BoxError))
 }
 
-/// Keep `slot` (a concurrency slot) until the body is done with.
-pub fn holding(stream: BodyStream, slot: Option<Slot>) -> BodyStream {
-    match slot {
-        None => stream,
-        Some(slot) => Box::pin(stream.map(move |item| {
-            let _held_until_the_body_ends = &slot;
-            item
-        })),
-    }
+/// Keep `slot` (the fetch's concurrency slots) until the body is done with.
+pub fn holding(stream: BodyStream, slot: Slot) -> BodyStream {
+    Box::pin(stream.map(move |item| {
+        let _held_until_the_body_ends = &slot;
+        item
+    }))
 }
 
 /// A git response: `content_type`, not cacheable, streaming `stream`. `generated` says
