@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use gitgate_proto::RepoPath;
 use gitgate_storage_node::api::{
-    self, GitStream, GitStreamError, ReplicateRequest, RepoState, RequestBody, Secret,
+    self, GitStream, GitStreamError, ReplicateRequest, RepoState, RequestBody, Secret, TokenScope,
 };
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Limited};
@@ -89,25 +89,30 @@ impl RemoteNode {
         &self.name
     }
 
+    /// The node as addressed: the `host:port` its tokens are bound to.
+    fn authority(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// A request with a token for exactly this method and target, used once.
     fn request(
         &self,
         method: Method,
         path_and_query: &str,
         request_id: &str,
     ) -> http::request::Builder {
+        let token = self.secret.read().unwrap_or_else(|p| p.into_inner()).token(
+            self.authority(),
+            TokenScope::Request {
+                method: method.as_str(),
+                path_and_query,
+            },
+            SystemTime::now(),
+        );
         Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query))
-            .header(
-                header::AUTHORIZATION,
-                format!(
-                    "Bearer {}",
-                    self.secret
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .token(SystemTime::now())
-                ),
-            )
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header("x-request-id", request_id)
     }
 
@@ -295,12 +300,16 @@ impl RemoteNode {
 
     /// The repository's smart-HTTP URL on this node and a fresh `Authorization` value
     /// for it: what another node needs to fetch from here.
+    /// The URL of `repo` on this node and the `Authorization` value another node's
+    /// `git fetch` uses to copy from it: a token for reading that repository only.
     pub(crate) fn fetch_source(&self, repo: &RepoPath) -> (String, String) {
-        let token = self
-            .secret
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .token(SystemTime::now());
+        let token = self.secret.read().unwrap_or_else(|p| p.into_inner()).token(
+            self.authority(),
+            TokenScope::Fetch {
+                repo: repo.as_str(),
+            },
+            SystemTime::now(),
+        );
         (
             format!("{}/{}", self.base, repo.relative_dir()),
             format!("Bearer {token}"),

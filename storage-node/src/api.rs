@@ -2,8 +2,10 @@
 //! may use, and nothing of the server's internals.
 //!
 //! - the token scheme: [`Secret`] derives the MAC key from the shared secret and mints
-//!   tokens (`v1.<unix seconds>.<hex MAC>`, blake3 keyed over the timestamp); the node
-//!   checks them in its own `auth` module;
+//!   tokens (`v2.<unix seconds>.<nonce>.<scope>.<hex MAC>`, blake3 keyed over the time,
+//!   the nonce, the node as addressed (`host:port`) and the scope: one request's method
+//!   and path, used once, or reading one repository with git for a replica copy); the
+//!   node checks them in its own `auth` module;
 //! - the bodies of the admin API ([`ReplicateRequest`]) and the repository state it
 //!   returns ([`RepoState`]);
 //! - the byte streams of git services ([`GitStream`], [`RequestBody`],
@@ -38,24 +40,110 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// What a token allows, beyond the node it was minted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope<'a> {
+    /// One request, once: this method and this path with its query.
+    Request {
+        /// `GET`, `POST`, ...
+        method: &'a str,
+        /// The request target, e.g. `/admin/state?repo=a`.
+        path_and_query: &'a str,
+    },
+    /// Reading one repository with git (`info/refs` for upload-pack and
+    /// `git-upload-pack`), as often as a `git fetch` needs within the window: what a
+    /// replica copy from this node uses.
+    Fetch {
+        /// The repository, as a relative path (`group/name`).
+        repo: &'a str,
+    },
+}
+
+impl TokenScope<'_> {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Request { .. } => "r",
+            Self::Fetch { .. } => "f",
+        }
+    }
+
+    fn subject(self) -> String {
+        match self {
+            Self::Request {
+                method,
+                path_and_query,
+            } => format!("{method} {path_and_query}"),
+            Self::Fetch { repo } => repo.to_owned(),
+        }
+    }
+}
+
+/// Nonces unique to this process: a counter over a random start.
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Secret {
     /// Derive the key from the configured secret text.
     pub fn new(secret: &str) -> Self {
         Self(blake3::derive_key(KEY_CONTEXT, secret.as_bytes()))
     }
 
-    pub(crate) fn mac(&self, timestamp: u64) -> blake3::Hash {
-        blake3::keyed_hash(&self.0, timestamp.to_string().as_bytes())
+    /// The MAC of a token: over its time, nonce, the node (the `host:port` the client
+    /// addresses), its scope kind and subject. Length-prefixed fields, so no two
+    /// different inputs hash alike.
+    pub(crate) fn mac(
+        &self,
+        timestamp: u64,
+        nonce: &str,
+        node: &str,
+        scope: TokenScope<'_>,
+    ) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for field in [
+            timestamp.to_string().as_str(),
+            nonce,
+            node,
+            scope.kind(),
+            scope.subject().as_str(),
+        ] {
+            h.update(&(field.len() as u64).to_be_bytes());
+            h.update(field.as_bytes());
+        }
+        h.finalize()
     }
 
-    /// A token valid at `now`.
-    pub fn token(&self, now: SystemTime) -> String {
+    /// A token for `scope` on the node addressed as `node` (`host:port`), valid at
+    /// `now`: `v2.<unix seconds>.<nonce>.<r|f>.<hex MAC>`.
+    pub fn token(&self, node: &str, scope: TokenScope<'_>, now: SystemTime) -> String {
         let ts = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        format!("v1.{ts}.{}", self.mac(ts).to_hex())
+        let nonce = fresh_nonce(now);
+        format!(
+            "v2.{ts}.{nonce}.{}.{}",
+            scope.kind(),
+            self.mac(ts, &nonce, node, scope).to_hex()
+        )
     }
+}
+
+/// A nonce no other token of this process (or, with overwhelming likelihood, of
+/// another) carries.
+fn fresh_nonce(now: SystemTime) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            now.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let n = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{seed:016x}{n:x}")
 }
 
 /// The body of `POST /admin/replicate`: copy the repository from another node.

@@ -93,7 +93,22 @@ async fn authenticate(State(verifier): State<Arc<Verifier>>, req: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match verifier.check(token, SystemTime::now()) {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    let presented = crate::auth::Presented {
+        token,
+        method: req.method().as_str(),
+        path_and_query,
+        host,
+    };
+    match verifier.check(presented, SystemTime::now()) {
         Ok(()) => next.run(req).await,
         Err(err) => {
             tracing::debug!(error = %err, "refused request");

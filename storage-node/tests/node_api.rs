@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use gitgate_storage_node::api::Secret;
+use gitgate_storage_node::api::{Secret, TokenScope};
 use tempfile::TempDir;
 
 const TOKEN: &str = "node-api-test-secret-123";
@@ -69,13 +69,38 @@ fn start_with(mode: &str, extra: &str, seed: impl FnOnce(&Path)) -> NodeProc {
     }
 }
 
+/// Stands for "a fresh, valid token for this very request" in the helpers below.
+const GOOD: &str = "<good>";
+
+/// `token`, or a fresh one for `method` and `path` on the node at `authority` when it
+/// is [`GOOD`] (request tokens are single-use and bound to their request).
+fn token_for(authority: &str, method: &str, path: &str, token: &str) -> String {
+    if token == GOOD {
+        Secret::new(TOKEN).token(
+            authority,
+            TokenScope::Request {
+                method,
+                path_and_query: path,
+            },
+            SystemTime::now(),
+        )
+    } else {
+        token.to_owned()
+    }
+}
+
 fn request(authority: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .map(|t| {
+            format!(
+                "Authorization: Bearer {}\r\n",
+                token_for(authority, method, path, t)
+            )
+        })
         .unwrap_or_default();
     send(
         authority,
-        &format!("{method} {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"),
+        &format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"),
     )
 }
 
@@ -98,7 +123,19 @@ fn send(authority: &str, request: &str) -> (u16, String) {
 }
 
 fn good_token() -> String {
-    Secret::new(TOKEN).token(SystemTime::now())
+    GOOD.to_owned()
+}
+
+/// A request token minted with `secret` at `at` for `method` `path` on `authority`.
+fn minted(secret: &str, authority: &str, method: &str, path: &str, at: SystemTime) -> String {
+    Secret::new(secret).token(
+        authority,
+        TokenScope::Request {
+            method,
+            path_and_query: path,
+        },
+        at,
+    )
 }
 
 #[test]
@@ -106,12 +143,24 @@ fn tokens_are_enforced() {
     let node = start("enforced", |_| {});
     assert_eq!(request(&node.authority, "GET", "/-/health", None).0, 200);
     assert_eq!(request(&node.authority, "GET", "/admin/repos", None).0, 401);
-    let forged = Secret::new("some-other-secret-xyz").token(SystemTime::now());
+    let forged = minted(
+        "some-other-secret-xyz",
+        &node.authority,
+        "GET",
+        "/admin/repos",
+        SystemTime::now(),
+    );
     assert_eq!(
         request(&node.authority, "GET", "/admin/repos", Some(&forged)).0,
         401
     );
-    let stale = Secret::new(TOKEN).token(SystemTime::now() - Duration::from_secs(3600));
+    let stale = minted(
+        TOKEN,
+        &node.authority,
+        "GET",
+        "/admin/repos",
+        SystemTime::now() - Duration::from_secs(3600),
+    );
     assert_eq!(
         request(&node.authority, "GET", "/admin/repos", Some(&stale)).0,
         401
@@ -135,7 +184,13 @@ fn tokens_are_enforced() {
 #[test]
 fn transitioning_mode_lets_bad_tokens_through() {
     let node = start("transitioning", |_| {});
-    let old = Secret::new("the-previous-secret-abc").token(SystemTime::now());
+    let old = minted(
+        "the-previous-secret-abc",
+        &node.authority,
+        "GET",
+        "/admin/repos",
+        SystemTime::now(),
+    );
     assert_eq!(
         request(&node.authority, "GET", "/admin/repos", Some(&old)).0,
         200
@@ -240,10 +295,11 @@ fn existing_repositories_are_discovered_and_checksummed() {
 }
 
 fn post_json(authority: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let token = token_for(authority, "POST", path, token);
     send(
         authority,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -281,8 +337,14 @@ fn replicate_copies_every_ref_and_head_from_another_node() {
     let target = start("enforced", |_| {});
     let t = good_token();
     let url = format!("http://{}/r.git", source.authority);
+    // What the target's git fetch shows the source: a token for reading r there.
+    let read_r = Secret::new(TOKEN).token(
+        &source.authority,
+        TokenScope::Fetch { repo: "r" },
+        SystemTime::now(),
+    );
     let body = |url: &str, head: &str| {
-        format!("{{\"source_url\":\"{url}\",\"authorization\":\"Bearer {t}\",\"head\":\"{head}\"}}")
+        format!("{{\"source_url\":\"{url}\",\"authorization\":\"Bearer {read_r}\",\"head\":\"{head}\"}}")
     };
     // Refused before anything runs: no token, a non-HTTP source, a HEAD that is no ref.
     let (status, _) = request(&target.authority, "POST", "/admin/replicate?repo=r", None);
@@ -413,4 +475,50 @@ fn slow_headers_are_cut_and_connections_limited() {
     let _ = fifth.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     drop(idle);
+}
+
+/// A request token works once, for its request, on its node: replayed on the same or
+/// another endpoint, or on another node sharing the secret, it is refused and counted.
+#[test]
+fn replayed_tokens_are_refused() {
+    let a = start("enforced", |_| {});
+    let b = start("enforced", |_| {});
+    let token = minted(
+        TOKEN,
+        &a.authority,
+        "GET",
+        "/admin/repos",
+        SystemTime::now(),
+    );
+    assert_eq!(
+        request(&a.authority, "GET", "/admin/repos", Some(&token)).0,
+        200
+    );
+    assert_eq!(
+        request(&a.authority, "GET", "/admin/repos", Some(&token)).0,
+        401,
+        "same endpoint"
+    );
+    assert_eq!(
+        request(&a.authority, "GET", "/admin/state?repo=x", Some(&token)).0,
+        401,
+        "other endpoint"
+    );
+    let fresh = minted(
+        TOKEN,
+        &a.authority,
+        "GET",
+        "/admin/repos",
+        SystemTime::now(),
+    );
+    assert_eq!(
+        request(&b.authority, "GET", "/admin/repos", Some(&fresh)).0,
+        401,
+        "other node"
+    );
+    let (_, metrics) = request(&a.authority, "GET", "/-/metrics", None);
+    assert!(
+        metrics.contains("gitgate_authentications_total{enforced=\"true\",status=\"replayed\"} 1"),
+        "{metrics}"
+    );
 }
