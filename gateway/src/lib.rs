@@ -120,7 +120,7 @@ pub async fn serve(
         &registry,
     )?);
     // Active checks run while serving and stop with serve.
-    let _health_checks = health.spawn(nodes.nodes().to_vec());
+    let health_checks = health.spawn(nodes.nodes().to_vec());
     let cluster = open_cluster(&config, nodes, health, &registry).await?;
     // Background work runs while serving and stops with serve: registering repositories
     // found on the nodes, replication jobs, and the reconciler (whose first pass, at
@@ -134,8 +134,8 @@ pub async fn serve(
             }
         }))
     };
-    let _workers = cluster.spawn_workers();
-    let _reconciler = cluster.spawn_reconciler();
+    let workers = cluster.spawn_workers();
+    let reconciler = cluster.spawn_reconciler();
     let state = Arc::new(state::AppState {
         cluster,
         create_on_push: config.storage.create_on_push,
@@ -176,8 +176,16 @@ pub async fn serve(
         refused: connections_refused,
     };
     let served = server::run(listener, router, settings, shutdown).await;
-    drop(reloader);
-    drop(discovery);
+    // Stop the background work and wait for each task to end, in the order it depends
+    // on the others: reloads and discovery, then replication and repair, then health.
+    let tasks = reloader
+        .into_iter()
+        .chain([discovery, workers, reconciler, health_checks]);
+    for task in tasks {
+        task.abort();
+        // A cancelled task's result says so; nothing to report.
+        let _ = task.await;
+    }
     Ok(served?)
 }
 

@@ -503,6 +503,9 @@ fn drift_on_an_up_to_date_replica_is_found_and_repaired() {
     let nodes = Nodes::start();
     let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
     let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "drift");
+    // The copies are on disk; let their jobs finish recording them too (a job that
+    // recorded n2 behind would otherwise repair it before the reconciler looks).
+    gw.wait_jobs_done();
 
     // Someone rewinds main by hand on n2: the metadata still calls it up to date.
     let n2 = nodes.repo_dir(1, "drift");

@@ -13,6 +13,7 @@
 //!   nodes, resolution of markers left by a crashed gateway, and a reconciler that
 //!   queues outdated replicas and compares ref checksums to find drift.
 
+mod delete;
 mod generations;
 mod metrics;
 pub mod placement;
@@ -22,7 +23,6 @@ pub mod replicate;
 pub mod routing;
 pub mod write;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,51 +111,12 @@ pub struct Cluster {
     store: Arc<dyn MetadataStore>,
     settings: ClusterSettings,
     metrics: ClusterMetrics,
-    /// Counts reads, so consecutive ones start at different replicas.
-    rotation: AtomicU64,
-    /// Scrambles the rotation, so requests that come in fixed patterns (a clone is
-    /// two or three reads) still spread.
-    scramble: std::collections::hash_map::RandomState,
-    /// Wakes the replication workers when jobs were queued.
-    jobs_queued: tokio::sync::Notify,
-    /// One replication at a time per (repository, target) in this process.
-    replicating: crate::metadata::LocalLocks<(RepoPath, NodeId)>,
-    /// When a write marker that could not be resolved may be tried again.
-    marker_retry: MarkerRetry,
-}
-
-/// Backoff for resolving write markers whose node answers health checks but not the
-/// repository's state: 1 s, doubling to 30 s, per repository.
-#[derive(Default)]
-struct MarkerRetry(
-    std::sync::Mutex<std::collections::HashMap<RepoPath, (tokio::time::Instant, Duration)>>,
-);
-
-impl MarkerRetry {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn due(&self, repo: &RepoPath) -> bool {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(repo)
-            .is_none_or(|(at, _)| tokio::time::Instant::now() >= *at)
-    }
-
-    fn failed(&self, repo: &RepoPath) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let wait = map
-            .get(repo)
-            .map_or(Self::FIRST, |(_, w)| (*w * 2).min(Self::MAX));
-        tracing::info!(repo = %repo, retry_in = ?wait, "write marker not resolved; retrying later");
-        map.insert(repo.clone(), (tokio::time::Instant::now() + wait, wait));
-    }
-
-    fn cleared(&self, repo: &RepoPath) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(repo);
-    }
+    /// What reads keep: how they spread.
+    reads: read::ReadState,
+    /// What replication keeps: the workers' wake-up and the copies running here.
+    replication: replicate::ReplicationState,
+    /// What repair keeps: when unresolved write markers may be tried again.
+    repair: repair::RepairState,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -182,11 +143,9 @@ impl Cluster {
             store,
             settings,
             metrics,
-            rotation: AtomicU64::new(0),
-            scramble: std::collections::hash_map::RandomState::new(),
-            jobs_queued: tokio::sync::Notify::new(),
-            replicating: crate::metadata::LocalLocks::default(),
-            marker_retry: MarkerRetry::default(),
+            reads: read::ReadState::default(),
+            replication: replicate::ReplicationState::default(),
+            repair: repair::RepairState::default(),
         }
     }
 
@@ -262,7 +221,7 @@ impl Cluster {
         if self
             .index_of(&marker.node)
             .is_some_and(|node| !self.healthy(node))
-            || !self.marker_retry.due(repo)
+            || !self.repair.marker_retry.due(repo)
         {
             return Ok(record);
         }
@@ -273,9 +232,9 @@ impl Cluster {
         let record = self.resolve_marker(repo).await?;
         drop(lock);
         if record.write.is_some() {
-            self.marker_retry.failed(repo);
+            self.repair.marker_retry.failed(repo);
         } else {
-            self.marker_retry.cleared(repo);
+            self.repair.marker_retry.cleared(repo);
         }
         Ok(record)
     }

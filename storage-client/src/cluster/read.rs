@@ -6,7 +6,7 @@
 //!
 //! The choice itself is [`super::routing`]'s; this module does the IO around it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use gitgate_proto::RepoPath;
@@ -17,6 +17,16 @@ use crate::error::ClientError;
 use crate::metadata::RepoRecord;
 use crate::nodes::NodeId;
 use crate::{GitStream, RequestBody};
+
+/// What reads keep: how they spread over replicas.
+#[derive(Default)]
+pub(super) struct ReadState {
+    /// Counts reads, so consecutive ones start at different replicas.
+    rotation: AtomicU64,
+    /// Scrambles the rotation, so requests that come in fixed patterns (a clone is
+    /// two or three reads) still spread.
+    scramble: std::collections::hash_map::RandomState,
+}
 
 /// Where a read may go.
 #[derive(Debug, Clone)]
@@ -48,8 +58,8 @@ impl Cluster {
             .write
             .as_ref()
             .and_then(|marker| self.nodes.find(&marker.node));
-        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let spread = std::hash::BuildHasher::hash_one(&self.scramble, turn);
+        let turn = self.reads.rotation.fetch_add(1, Ordering::Relaxed);
+        let spread = std::hash::BuildHasher::hash_one(&self.reads.scramble, turn);
         Ok(ReadRoute {
             generation,
             candidates: routing::read_order(

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gitgate_proto::RepoPath;
 use tokio_util::task::AbortOnDropHandle;
@@ -21,6 +22,47 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{placement, Cluster, ClusterError};
 use crate::metadata::{JobKind, NewRepo, QueueMode, ReplicaRecord, RepoRecord, NO_COPY};
 use crate::nodes::NodeId;
+
+/// What repair keeps between requests.
+#[derive(Default)]
+pub(super) struct RepairState {
+    /// When a write marker that could not be resolved may be tried again.
+    pub(super) marker_retry: MarkerRetry,
+}
+
+/// Backoff for resolving write markers whose node answers health checks but not the
+/// repository's state: 1 s, doubling to 30 s, per repository.
+#[derive(Default)]
+pub(super) struct MarkerRetry(
+    std::sync::Mutex<std::collections::HashMap<RepoPath, (tokio::time::Instant, Duration)>>,
+);
+
+impl MarkerRetry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub(super) fn due(&self, repo: &RepoPath) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(repo)
+            .is_none_or(|(at, _)| tokio::time::Instant::now() >= *at)
+    }
+
+    pub(super) fn failed(&self, repo: &RepoPath) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = map
+            .get(repo)
+            .map_or(Self::FIRST, |(_, w)| (*w * 2).min(Self::MAX));
+        tracing::info!(repo = %repo, retry_in = ?wait, "write marker not resolved; retrying later");
+        map.insert(repo.clone(), (tokio::time::Instant::now() + wait, wait));
+    }
+
+    pub(super) fn cleared(&self, repo: &RepoPath) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(repo);
+    }
+}
 
 /// Copies of one repository that have the same refs.
 struct Agreeing {

@@ -36,6 +36,15 @@ const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// The first retry delay; doubled per attempt up to `max_retry_delay`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
+/// What replication keeps: the workers' wake-up and the copies running here.
+#[derive(Default)]
+pub(super) struct ReplicationState {
+    /// Wakes the replication workers when jobs were queued.
+    pub(super) jobs_queued: tokio::sync::Notify,
+    /// One replication at a time per (repository, target) in this process.
+    pub(super) replicating: crate::metadata::LocalLocks<(RepoPath, NodeId)>,
+}
+
 impl Cluster {
     /// Bring `target`'s replica of `repo` up to date from the most advanced healthy
     /// replica. Nothing happens when no replica is ahead of it. The caller holds the
@@ -49,6 +58,7 @@ impl Cluster {
         // One replication per replica at a time in this gateway.
         let key = (repo.clone(), target);
         let _one = self
+            .replication
             .replicating
             .lock_for(&key, LEASE)
             .await
@@ -198,7 +208,7 @@ impl Cluster {
                 .enqueue(repo, target, kind, now, QueueMode::Rearm)
                 .await?;
         }
-        self.jobs_queued.notify_one();
+        self.replication.jobs_queued.notify_one();
         Ok(())
     }
 
@@ -251,7 +261,7 @@ impl Cluster {
                 running.spawn(async move {
                     cluster.run_job(job).await;
                     drop(permit);
-                    cluster.jobs_queued.notify_one();
+                    cluster.replication.jobs_queued.notify_one();
                 });
             }
             if !idle && slots.available_permits() > 0 {
@@ -264,7 +274,7 @@ impl Cluster {
                 }
             }
             tokio::select! {
-                () = self.jobs_queued.notified() => {}
+                () = self.replication.jobs_queued.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
                 changed = health.changed() => {
                     if changed.is_ok() {
@@ -382,7 +392,7 @@ impl Cluster {
             Ok(true) => {}
             Ok(false) => {
                 // A change came in while it ran: one more pass, at once.
-                self.jobs_queued.notify_one();
+                self.replication.jobs_queued.notify_one();
             }
             Err(err) => tracing::warn!(error = %err, "could not complete replication job"),
         }

@@ -13,6 +13,7 @@ use gitgate_proto::RepoPath;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::lock::LocalLocks;
+use super::sqlite_rows::{int, job_from, jobs, opt_text, text};
 use super::{
     millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
     ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
@@ -112,47 +113,6 @@ impl EmbeddedStore {
             Ok(())
         })
     }
-}
-
-fn text(value: &str) -> rusqlite::types::Value {
-    rusqlite::types::Value::Text(value.to_owned())
-}
-
-fn opt_text(value: Option<&str>) -> rusqlite::types::Value {
-    value.map_or(rusqlite::types::Value::Null, text)
-}
-
-fn int(value: i64) -> rusqlite::types::Value {
-    rusqlite::types::Value::Integer(value)
-}
-
-/// A job row as SQLite returns it: repo, target, kind, attempts, created, version.
-type JobRow = (String, String, String, i32, i64, i64);
-
-fn job_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-    ))
-}
-
-fn jobs(rows: Vec<JobRow>) -> Result<Vec<Job>, StoreError> {
-    rows.into_iter()
-        .map(|(repo, target, kind, attempts, created_ms, version)| {
-            Ok(Job {
-                repo: parse_repo(&repo)?,
-                target,
-                kind: JobKind::parse(&kind)?,
-                attempts,
-                created_ms,
-                version,
-            })
-        })
-        .collect()
 }
 
 impl MetadataStore for EmbeddedStore {

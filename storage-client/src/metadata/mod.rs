@@ -14,8 +14,10 @@
 mod advisory;
 pub mod embedded;
 mod lock;
+mod pg_pool;
 pub mod postgres;
 pub mod sql;
+mod sqlite_rows;
 
 use std::future::Future;
 use std::pin::Pin;

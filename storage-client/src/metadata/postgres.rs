@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use gitgate_proto::RepoPath;
-use tokio_postgres::NoTls;
 
 use super::advisory;
+use super::pg_pool::pool;
 use super::{
     millis, parse_repo, sql, Job, JobCounts, JobKind, MetadataStore, NewRepo, QueueMode,
     ReplicaRecord, RepoLock, RepoRecord, StoreError, StoreFuture, WriteMarker,
@@ -39,30 +39,6 @@ pub struct PostgresStore {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PostgresStore")
-    }
-}
-
-/// A pool of at most `size` connections to `config`.
-fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(|err| StoreError::Task(format!("building the connection pool: {err}")))
-}
-
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        match err {
-            deadpool_postgres::PoolError::Backend(err) => StoreError::Postgres(err),
-            other => StoreError::Task(format!("connection pool: {other}")),
-        }
     }
 }
 
