@@ -199,11 +199,24 @@ impl Gateway {
         })
     }
 
-    /// Wait until no replication job is queued, running or waiting for a retry.
+    /// Wait until no replication job is queued, running or waiting for a retry. The
+    /// job gauges are refreshed once a second, so the queue must read empty twice, more
+    /// than a refresh apart.
     pub fn wait_jobs_done(&self) {
-        wait_for(Duration::from_secs(10), "replication queue empty", || {
-            metric(&self.scrape(), "gitgate_replication_jobs", &[]) == 0.0
-        });
+        let empty = || {
+            let scrape = self.scrape();
+            metric(&scrape, "gitgate_replication_jobs", &[]) == 0.0
+                && metric(&scrape, "gitgate_replication_lag_seconds", &[]) == 0.0
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            wait_for(Duration::from_secs(20), "replication queue empty", empty);
+            std::thread::sleep(Duration::from_millis(1200));
+            if empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replication queue never settled");
+        }
     }
 
     /// Whether the gateway considers node `name` healthy.
