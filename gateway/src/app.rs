@@ -55,11 +55,10 @@ pub fn app(
         ))
         // Echo the request id so clients and proxies can quote it.
         .layer(PropagateRequestIdLayer::x_request_id())
-        // Count request bodies as they arrive, before inflation, for the gzip ratio limit
-        // (a plain `Body` still here: the layers below change the body type).
-        .layer(middleware::from_fn(crate::fetch_body::count_raw))
         // A body that trickles (under body_min_rate) or outlasts body_deadline fails, so
-        // it cannot hold a push's repository lock.
+        // it cannot hold a push's repository lock; its bytes are counted here, before
+        // inflation, for the gzip ratio limit (a plain `Body` still here: the layers
+        // below change the body type).
         .layer(middleware::from_fn_with_state(
             pace,
             crate::body_pace::enforce,

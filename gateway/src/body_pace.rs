@@ -9,9 +9,13 @@
 //! released, so a trickling client cannot hold a repository's writes.
 //!
 //! The check runs as each chunk arrives; a body that sends nothing at all is the idle
-//! timeout's.
+//! timeout's. The same wrapper counts the body's bytes as they arrive, before any
+//! inflation, into a [`RawBytes`] extension, which the gzip ratio limit of
+//! [`crate::fetch_body`] compares the inflated size with.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +26,22 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
+
+/// Bytes of the request body as they arrived, before inflation.
+#[derive(Clone, Default, Debug)]
+pub struct RawBytes(Arc<AtomicU64>);
+
+impl RawBytes {
+    /// Bytes counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Count `n` more.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// The pace a request body must keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,14 +92,17 @@ impl Pace {
     }
 }
 
-/// The layer function: hold every request body to `pace`.
+/// The layer function: hold every request body to `pace`, counting its bytes into a
+/// [`RawBytes`] extension.
 pub async fn enforce(State(pace): State<Pace>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
+    let raw = RawBytes::default();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(raw.clone());
     let paced = Body::new(Paced {
         inner: body,
         pace,
         started: Instant::now(),
-        bytes: 0,
+        raw,
     });
     next.run(Request::from_parts(parts, paced)).await
 }
@@ -88,7 +111,8 @@ struct Paced {
     inner: Body,
     pace: Pace,
     started: Instant,
-    bytes: u64,
+    /// Bytes so far, shared with the request's extensions.
+    raw: RawBytes,
 }
 
 impl HttpBody for Paced {
@@ -103,9 +127,9 @@ impl HttpBody for Paced {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
+                    this.raw.add(data.len() as u64);
                 }
-                match this.pace.check(this.bytes, this.started.elapsed()) {
+                match this.pace.check(this.raw.get(), this.started.elapsed()) {
                     Ok(()) => Poll::Ready(Some(Ok(frame))),
                     Err(err) => {
                         tracing::info!(error = %err, "cutting off a slow request body");

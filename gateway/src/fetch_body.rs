@@ -13,23 +13,18 @@
 //!   its compressed size (past the first MiB) is refused with 400. Real fetch bodies
 //!   (pkt-lines of hex object ids) compress by 2–3×; a "zip bomb" by 1000×.
 //!
-//! The compressed size is counted by [`count_raw`], a layer outside the decompression
-//! layer that puts a [`RawBytes`] counter in the request extensions.
+//! The compressed size is counted by the request-body layer of [`crate::body_pace`],
+//! outside the decompression layer, into a [`RawBytes`] counter in the request
+//! extensions.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use crate::body_pace::RawBytes;
 use crate::error::AppError;
 
 /// Below this many inflated bytes the gzip ratio is not checked (small bodies compress
@@ -43,58 +38,6 @@ const UNIT: u64 = 1 << 10;
 /// reserve that large bodies cannot take, so a flood of large bodies never refuses an
 /// ordinary clone.
 const SMALL_BODY: u64 = 64 << 10;
-
-/// Bytes of the request body as they arrived, before inflation.
-#[derive(Clone, Default, Debug)]
-pub struct RawBytes(Arc<AtomicU64>);
-
-impl RawBytes {
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// The layer function: count the raw request body into a [`RawBytes`] extension.
-pub async fn count_raw(req: Request, next: Next) -> Response {
-    let raw = RawBytes::default();
-    let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(raw.clone());
-    let counted = Body::new(Counted { inner: body, raw });
-    next.run(Request::from_parts(parts, counted)).await
-}
-
-/// A request body that counts its bytes.
-struct Counted {
-    inner: Body,
-    raw: RawBytes,
-}
-
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.raw.0.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// The budget for inflated fetch bodies held in memory, shared by all requests.
 #[derive(Debug, Clone)]
@@ -263,12 +206,12 @@ mod tests {
         let bodies = FetchBodies::new(1 << 30, 1 << 30, 100);
         let big: &'static [u8] = &[b'0'; 1 << 20];
         let raw = RawBytes::default();
-        raw.0.store(1000, Ordering::Relaxed);
+        raw.add(1000);
         assert!(matches!(
             bodies.read(body(vec![big, big]), Some(&raw)).await,
             Err(AppError::GzipRatio { limit: 100 })
         ));
-        raw.0.store(1 << 20, Ordering::Relaxed);
+        raw.add((1 << 20) - 1000);
         assert!(bodies.read(body(vec![big, big]), Some(&raw)).await.is_ok());
     }
 }

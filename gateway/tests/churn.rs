@@ -216,15 +216,15 @@ fn node_refs(git: &Git, nodes: &Nodes, i: usize, name: &str) -> String {
     )
 }
 
-/// Run the churn for `duration` in `mode`; returns the log.
-fn run(mode: &str, duration: Duration) -> (Cluster, Log) {
-    let git = default_client();
+/// A cluster in `mode` with repository `churn` on every node, and a clone of it for
+/// each of the two pushers.
+fn seeded(git: &Git, mode: &str) -> (Cluster, Vec<PathBuf>) {
     let c = cluster(mode);
     {
         let nodes = c.nodes.lock().expect("nodes");
-        seed_everywhere(&git, &c.gws[0], &nodes, c.tmp.path(), "churn");
+        seed_everywhere(git, &c.gws[0], &nodes, c.tmp.path(), "churn");
     }
-    let works: Vec<PathBuf> = (0..2)
+    let works = (0..2)
         .map(|w| {
             let dir = c.tmp.path().join(format!("pusher{w}"));
             git.ok(
@@ -234,6 +234,13 @@ fn run(mode: &str, duration: Duration) -> (Cluster, Log) {
             dir
         })
         .collect();
+    (c, works)
+}
+
+/// Run the churn for `duration` in `mode`; returns the log.
+fn run(mode: &str, duration: Duration) -> (Cluster, Log) {
+    let git = default_client();
+    let (c, works) = seeded(&git, mode);
     let stop = AtomicBool::new(false);
     let log = Mutex::new(Log::default());
     std::thread::scope(|scope| {
@@ -464,21 +471,7 @@ fn async_mode_under_churn_loses_nothing() {
 #[test]
 fn sync_mode_spread_reads_never_see_a_torn_record() {
     let git = default_client();
-    let c = cluster("sync");
-    {
-        let nodes = c.nodes.lock().expect("nodes");
-        seed_everywhere(&git, &c.gws[0], &nodes, c.tmp.path(), "churn");
-    }
-    let works: Vec<PathBuf> = (0..2)
-        .map(|w| {
-            let dir = c.tmp.path().join(format!("pusher{w}"));
-            git.ok(
-                None,
-                &["clone", "-q", &c.gws[w].url("churn"), path_str(&dir)],
-            );
-            dir
-        })
-        .collect();
+    let (c, works) = seeded(&git, "sync");
     let stop = AtomicBool::new(false);
     let log = Mutex::new(Log::default());
     let refused = Mutex::new(Vec::new());
