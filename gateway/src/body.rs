@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::error::BoxError;
 
@@ -62,5 +63,58 @@ impl Stream for Metered {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A body whose length is known in advance: it reports the length as exact, so hyper
+/// sends `Content-Length` instead of chunked framing.
+pub struct OfLength<B> {
+    inner: B,
+    remaining: u64,
+}
+
+impl<B> OfLength<B> {
+    /// `inner`, which will yield exactly `len` bytes.
+    pub fn new(inner: B, len: u64) -> Self {
+        Self {
+            inner,
+            remaining: len,
+        }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for OfLength<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.remaining = this.remaining.saturating_sub(data.len() as u64);
+                if this.remaining == 0 && !data.is_empty() {
+                    // hyper stops polling once the announced length is out; poll the
+                    // end now, so the layers inside see their stream finish (metering).
+                    if let Poll::Ready(Some(Ok(extra))) = Pin::new(&mut this.inner).poll_frame(cx) {
+                        if extra.data_ref().is_some_and(|d| !d.is_empty()) {
+                            tracing::error!("response body longer than its announced length");
+                        }
+                    }
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0 || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }

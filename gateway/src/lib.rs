@@ -21,7 +21,8 @@
 //! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
-//! - [`state`]: what the handlers share.
+//! - [`state`]: what the handlers share;
+//! - [`zero_copy`]: pack cache bytes sent with `sendfile`.
 #![deny(missing_docs)]
 
 pub mod access_log;
@@ -41,6 +42,7 @@ pub mod progress;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod zero_copy;
 
 use std::future::Future;
 use std::sync::Arc;

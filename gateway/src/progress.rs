@@ -60,6 +60,12 @@ impl ConnProgress {
         self.waiting_on_source.store(false, Ordering::SeqCst);
     }
 
+    /// Bytes of the response reached the socket (reported by the connection itself,
+    /// which sends file ranges without handing them through the body).
+    pub fn wrote(&self) {
+        self.last_progress_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
     /// The body is waiting for its source to produce more.
     pub fn waiting_on_source(&self) {
         self.waiting_on_source.store(true, Ordering::SeqCst);

@@ -2,7 +2,8 @@
 //!
 //! Each connection is HTTP/1.1 served by hyper with a header read timeout (a client
 //! that trickles its headers is cut off), behind an optional rustls handshake (bounded
-//! by the same timeout). Connections over the total or per-client limit are refused
+//! by the same timeout). Plaintext connections send pack cache bytes with `sendfile`
+//! (see [`crate::zero_copy`]). Connections over the total or per-client limit are refused
 //! at accept (`gitgate_storage_client::daemon::connections`). On shutdown the listener closes at once, connections finish
 //! their in-flight requests, and whatever is left after the grace period is closed.
 
@@ -23,6 +24,7 @@ use tower::ServiceExt;
 
 use crate::git::request::PeerAddr;
 use crate::progress::ConnProgress;
+use crate::zero_copy::{SendQueue, ZeroCopyStream};
 use gitgate_storage_client::daemon::connections::{refuse, ConnectionLimits};
 
 /// Why TLS could not be set up.
@@ -103,7 +105,10 @@ pub async fn run(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout);
+        .header_read_timeout(settings.header_timeout)
+        // Queue body frames instead of copying them into one buffer: cheaper for large
+        // chunks, and what zero-copy responses rely on (`zero_copy`, Z3).
+        .writev(true);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -138,10 +143,19 @@ pub async fn run(
         // Every request on this connection reports its response progress here.
         let progress = Arc::new(ConnProgress::default());
         let tagged = progress.clone();
+        // Plaintext connections send pack cache bytes with sendfile (Z5).
+        let send_queue = settings
+            .tls
+            .is_none()
+            .then(|| Arc::new(SendQueue::default()));
+        let queue_tag = send_queue.clone();
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(tagged.clone());
                 req.extensions_mut().insert(PeerAddr(peer));
+                if let Some(queue) = &queue_tag {
+                    req.extensions_mut().insert(queue.clone());
+                }
                 req
             },
         ));
@@ -149,18 +163,25 @@ pub async fn run(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = settings.tls.clone();
+        let conn_progress = progress.clone();
         let handshake_timeout = settings.header_timeout;
         tokio::spawn(async move {
             // Holds this connection's place in the limits until it ends.
             let _admitted = admitted;
             let served = async {
-                match tls {
-                    None => {
+                match (tls, send_queue) {
+                    (None, Some(queue)) => {
+                        let stream = ZeroCopyStream::new(tcp, queue, conn_progress);
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    (None, None) => {
                         watcher
                             .watch(builder.serve_connection(TokioIo::new(tcp), service))
                             .await
                     }
-                    Some(acceptor) => {
+                    (Some(acceptor), _) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
                                 watcher

@@ -20,7 +20,8 @@
 //!   receiver count;
 //! - **producer** (`producer.rs`): a task that drains the upstream stream into the file
 //!   and publishes each offset;
-//! - **reader** (`reader.rs`): a stream over the file that follows the published offset;
+//! - **reader** (`reader.rs`): a stream over the file that follows the published offset,
+//!   as chunks of bytes or as file regions for callers that send them with `sendfile(2)`;
 //! - **admission** (`admission.rs`): `min_occurrences`, counting keys over `max_age`;
 //! - **cache** (`cache.rs`): [`PackCache`], which wires these together, owns the
 //!   settings and the disk budget, and decides when to evict;
@@ -71,7 +72,7 @@ pub use cache::{BypassReason, EvictorHandle, Fetch, PackCache};
 pub use config::CacheConfig;
 pub use key::{CacheKey, KeyBuilder};
 pub use metrics::CacheMetrics;
-pub use reader::{ReadError, Reader};
+pub use reader::{FileRegion, ReadError, Reader, Region};
 pub use upstream::{ByteStream, Upstream, UpstreamError};
 
 #[cfg(test)]

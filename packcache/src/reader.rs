@@ -48,6 +48,54 @@ impl ReadError {
     }
 }
 
+/// What [`Reader::next_region`] hands out.
+#[derive(Debug)]
+pub enum Region {
+    /// A published range of the entry file.
+    File(FileRegion),
+    /// Bytes that never reached the file (they came after a write error).
+    Bytes(Bytes),
+}
+
+/// A published range of an entry file (I2). It holds the open file, so the range stays
+/// readable after the entry is evicted and its name unlinked (I5).
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+}
+
+impl FileRegion {
+    /// The entry file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Where the range starts in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its length in bytes; never zero.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: a region holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// What is ready past a reader's position.
+enum Available {
+    /// File bytes up to this published offset.
+    File { written: u64 },
+    /// A chunk from the reader's spill channel (I7).
+    Spilled(Bytes),
+}
+
 /// One reader of an entry. Use [`Reader::into_stream`] to consume it.
 pub struct Reader {
     entry: Arc<Entry>,
@@ -86,6 +134,52 @@ impl Reader {
 
     /// The next chunk, `None` at the clean end.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ReadError>> {
+        match self.next_available().await? {
+            Err(err) => Some(Err(err)),
+            Ok(Available::Spilled(chunk)) => Some(Ok(self.hand_out(chunk))),
+            Ok(Available::File { written }) => {
+                // I2: from memory or the file, never past the published offset.
+                if let Some(bytes) = self.entry.tail(self.pos, written) {
+                    // Keeping up with the producer: no file read.
+                    return Some(Ok(self.hand_out(bytes)));
+                }
+                let len = (written - self.pos).min(CHUNK);
+                Some(self.read_file(len).await)
+            }
+        }
+    }
+
+    /// The next region of at most `max` bytes (`max` > 0), `None` at the clean end: a
+    /// range of the entry file for a caller that sends it without reading it (with
+    /// `sendfile(2)`), or bytes that are not in the file (past a write error, I7).
+    pub async fn next_region(&mut self, max: u64) -> Option<Result<Region, ReadError>> {
+        match self.next_available().await? {
+            Err(err) => Some(Err(err)),
+            Ok(Available::Spilled(chunk)) => Some(Ok(Region::Bytes(self.hand_out(chunk)))),
+            Ok(Available::File { written }) => {
+                // I2: the range ends at the published offset; I5: it holds the open file.
+                let region = FileRegion {
+                    file: self.entry.file().clone(),
+                    offset: self.pos,
+                    len: (written - self.pos).min(max.max(1)),
+                };
+                self.pos += region.len;
+                self.served.inc_by(region.len);
+                Some(Ok(Region::File(region)))
+            }
+        }
+    }
+
+    /// The entry's whole length when it is already complete in its file, so a response
+    /// can announce it; `None` while it is still being written.
+    pub fn complete_len(&self) -> Option<u64> {
+        let progress = self.progress.borrow();
+        (matches!(progress.phase, Phase::Done) && self.spill.is_none()).then_some(progress.written)
+    }
+
+    /// Wait until there is something past this reader's position: published bytes in
+    /// the file, or a chunk in its spill channel; `None` at the clean end.
+    async fn next_available(&mut self) -> Option<Result<Available, ReadError>> {
         if self.finished {
             return None;
         }
@@ -93,19 +187,13 @@ impl Reader {
             // A copy: the borrow must not be held while the entry lock is taken.
             let Progress { written, phase } = self.progress.borrow_and_update().clone();
             if self.pos < written {
-                // I2: from memory or the file, never past the published offset.
-                if let Some(bytes) = self.entry.tail(self.pos, written) {
-                    // Keeping up with the producer: no file read.
-                    return Some(Ok(self.hand_out(bytes)));
-                }
-                let len = (written - self.pos).min(CHUNK);
-                return Some(self.read_file(len).await);
+                return Some(Ok(Available::File { written }));
             }
             if !matches!(phase, Phase::Writing) {
                 // The file part is over; the rest, if any, is in this reader's channel.
                 if let Some(spill) = &mut self.spill {
                     match spill.recv().await {
-                        Some(chunk) => return Some(Ok(self.hand_out(chunk))),
+                        Some(chunk) => return Some(Ok(Available::Spilled(chunk))),
                         // Closed: the producer has published its end (I7).
                         None => {
                             self.spill = None;
@@ -114,11 +202,11 @@ impl Reader {
                     }
                 }
                 if !matches!(phase, Phase::Spilling) {
-                    return self.end(phase);
+                    return self.end(phase).map(Err);
                 }
             }
             if self.progress.changed().await.is_err() {
-                return self.end(Phase::Failed(FailReason::Panicked));
+                return self.end(Phase::Failed(FailReason::Panicked)).map(Err);
             }
         }
     }
@@ -129,12 +217,13 @@ impl Reader {
         bytes
     }
 
-    fn end(&mut self, phase: Phase) -> Option<Result<Bytes, ReadError>> {
+    /// The end of the stream: `None` when clean, else why it failed.
+    fn end(&mut self, phase: Phase) -> Option<ReadError> {
         self.finished = true;
         match phase {
             Phase::Done => None,
-            Phase::Failed(FailReason::Upstream(err)) => Some(Err(ReadError::Upstream(err))),
-            Phase::Failed(_) | Phase::Writing | Phase::Spilling => Some(Err(ReadError::Producer)),
+            Phase::Failed(FailReason::Upstream(err)) => Some(ReadError::Upstream(err)),
+            Phase::Failed(_) | Phase::Writing | Phase::Spilling => Some(ReadError::Producer),
         }
     }
 
@@ -157,6 +246,16 @@ impl Reader {
                 Err(ReadError::Io(join.to_string()))
             }
         }
+    }
+
+    /// The reader as a stream of regions of at most `max` bytes each.
+    pub fn into_regions(
+        self,
+        max: u64,
+    ) -> impl Stream<Item = Result<Region, ReadError>> + Send + 'static {
+        futures_util::stream::unfold(self, move |mut reader| async move {
+            reader.next_region(max).await.map(|item| (item, reader))
+        })
     }
 
     /// The reader as a stream of chunks.

@@ -11,20 +11,21 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
-use gitgate_packcache::{ByteStream, Fetch, ReadError, UpstreamError};
+use futures_util::{StreamExt, TryStreamExt};
+use gitgate_packcache::{ByteStream, Fetch, ReadError, Reader, UpstreamError};
 use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
 use gitgate_proto::{normalize, RepoPath, Service};
 use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
 
 use super::cache_key::cache_key;
-use super::response::{boxed, git_response, holding};
+use super::response::{boxed, git_response, git_response_of_len, holding};
 use super::GitRequest;
 use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
 use crate::fetch_body::{HeldBody, RawBytes};
 use crate::limits::{FetchLimits, LimitError};
 use crate::state::AppState;
+use crate::zero_copy::{self, SendQueue};
 
 /// The protocol v2 commands upload-pack serves; anything else is refused here with a
 /// clear 400 instead of failing inside git.
@@ -37,6 +38,7 @@ pub async fn upload_pack(
     repo: &RepoPath,
     body: Body,
     raw: Option<RawBytes>,
+    send_queue: Option<Arc<SendQueue>>,
 ) -> Result<Response, AppError> {
     let held = state.fetch_bodies.read(body, raw.as_ref()).await?;
     let body = &held.bytes;
@@ -72,7 +74,7 @@ pub async fn upload_pack(
         match cache.fetch(key, upstream).await {
             Fetch::Hit(reader) => {
                 span.record("cache", "hit");
-                return cached_response(reader.into_stream(), false).await;
+                return cached_response(reader, send_queue, false).await;
             }
             Fetch::Miss(reader) => {
                 span.record("cache", "miss");
@@ -80,7 +82,7 @@ pub async fn upload_pack(
                 if let Some(&first) = route.candidates().first() {
                     span.record("node", state.cluster.node_name(first));
                 }
-                return cached_response(reader.into_stream(), true).await;
+                return cached_response(reader, send_queue, true).await;
             }
             Fetch::Bypass(reason) => {
                 span.record("cache", "bypass");
@@ -193,12 +195,15 @@ fn incomplete(err: ResponseError) -> UpstreamError {
 }
 
 /// Answer from a cache reader: wait for the first bytes so a failure before any output
-/// still gets a proper status.
+/// still gets a proper status. An entry already complete is announced with its length;
+/// on a plaintext connection its bytes go out with `sendfile` ([`crate::zero_copy`]).
 async fn cached_response(
-    stream: impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static,
+    reader: Reader,
+    send_queue: Option<Arc<SendQueue>>,
     generated: bool,
 ) -> Result<Response, AppError> {
-    let mut stream = Box::pin(stream);
+    let len = reader.complete_len();
+    let mut stream = Box::pin(zero_copy::body(reader, send_queue));
     let first = match stream.next().await {
         None => Bytes::new(),
         Some(Ok(first)) => first,
@@ -207,10 +212,11 @@ async fn cached_response(
     let rest = stream.map_err(|e| Box::new(e) as BoxError);
     let body: BodyStream =
         Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
-    Ok(git_response(
+    Ok(git_response_of_len(
         body,
         Service::UploadPack.result_content_type(),
         generated,
+        len,
     ))
 }
 

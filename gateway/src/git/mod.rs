@@ -71,7 +71,11 @@ pub async fn handle(
                         .extensions()
                         .get::<crate::fetch_body::RawBytes>()
                         .cloned();
-                    fetch::upload_pack(&state, &git, repo, req.into_body(), raw).await
+                    let send_queue = req
+                        .extensions()
+                        .get::<Arc<crate::zero_copy::SendQueue>>()
+                        .cloned();
+                    fetch::upload_pack(&state, &git, repo, req.into_body(), raw, send_queue).await
                 }
                 Service::ReceivePack => {
                     let (parts, body) = req.into_parts();

@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::body::{metered, BodyStream};
+use crate::body::{metered, BodyStream, OfLength};
 use crate::error::BoxError;
 use crate::limits::Slot;
 
@@ -26,6 +26,22 @@ pub fn holding(stream: BodyStream, slot: Slot) -> BodyStream {
 /// A git response: `content_type`, not cacheable, streaming `stream`. `generated` says
 /// whether a node produced these bytes for this request (for `bytes_generated`).
 pub fn git_response(stream: BodyStream, content_type: &'static str, generated: bool) -> Response {
+    git_response_of_len(stream, content_type, generated, None)
+}
+
+/// [`git_response`] with the body's length when it is known, sent as
+/// `Content-Length` (hyper aborts the connection if the stream ends short of it).
+pub fn git_response_of_len(
+    stream: BodyStream,
+    content_type: &'static str,
+    generated: bool,
+    len: Option<u64>,
+) -> Response {
+    let body = Body::from_stream(metered(stream, generated));
+    let body = match len {
+        Some(len) => Body::new(OfLength::new(body, len)),
+        None => body,
+    };
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -34,7 +50,7 @@ pub fn git_response(stream: BodyStream, content_type: &'static str, generated: b
                 "no-cache, max-age=0, must-revalidate",
             ),
         ],
-        Body::from_stream(metered(stream, generated)),
+        body,
     )
         .into_response()
 }
