@@ -559,6 +559,16 @@ fn https_clone_with_a_test_ca_and_no_plain_http() {
     let clone = d.join("clone");
     git.ok_env(None, &["clone", "-q", &url, path_str(&clone)], &env);
     git.fsck(&clone.join(".git"));
+    // The same clone again is a pack cache hit, sent through TLS (no sendfile there).
+    let again = d.join("again");
+    git.ok_env(None, &["clone", "-q", &url, path_str(&again)], &env);
+    git.fsck(&again.join(".git"));
+    let log = gw.server.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("request finished")
+            && (l.contains("cache=\"hit\"") || l.contains("cache=hit"))),
+        "no cache hit over TLS:\n{log}"
+    );
     // The handshake itself: the chain verifies against the test CA, for the name.
     let handshake = Command::new("openssl")
         .args(["s_client", "-connect", gw.server.authority()])

@@ -435,16 +435,39 @@ pub fn loopback_ceiling(bytes: u64) -> anyhow::Result<f64> {
     Ok(got as f64 / elapsed.as_secs_f64())
 }
 
-/// N concurrent GETs of `path`; aggregate bytes per second.
-pub fn static_throughput(authority: &str, path: &str, clients: usize) -> anyhow::Result<f64> {
+/// `clients` identical requests at once, each on its own connection, reading the whole
+/// answer: (total body bytes, wall time from the common start).
+pub fn parallel_requests(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    clients: usize,
+) -> anyhow::Result<(u64, Duration)> {
     let barrier = Arc::new(Barrier::new(clients + 1));
+    let owned: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
-            let (barrier, authority, path) =
-                (barrier.clone(), authority.to_owned(), path.to_owned());
+            let (barrier, authority, method, path, headers, body) = (
+                barrier.clone(),
+                authority.to_owned(),
+                method.to_owned(),
+                path.to_owned(),
+                owned.clone(),
+                body.to_vec(),
+            );
             std::thread::spawn(move || {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 barrier.wait();
-                http::request(&authority, "GET", &path, &[], &[]).map(|e| e.body.len() as u64)
+                http::request(&authority, &method, &path, &headers, &body)
+                    .map(|e| e.body.len() as u64)
             })
         })
         .collect();
@@ -455,7 +478,7 @@ pub fn static_throughput(authority: &str, path: &str, clients: usize) -> anyhow:
         total += h
             .join()
             .map_err(|_| anyhow::anyhow!("client panicked"))?
-            .context("static GET")?;
+            .with_context(|| format!("{method} {path}"))?;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok((total, started.elapsed()))
 }

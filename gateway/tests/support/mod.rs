@@ -219,6 +219,8 @@ pub struct GatewayOptions {
     pub listen: String,
     /// The node token the gateway uses for a remote node.
     pub node_token: Option<String>,
+    /// The git program of the in-process node (`[[storage.nodes]] git`).
+    pub node_git: Option<String>,
 }
 
 impl TestGateway {
@@ -242,7 +244,13 @@ impl TestGateway {
             (
                 Backend::InProcess,
                 root,
-                "[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n".to_owned(),
+                format!(
+                    "[[storage.nodes]]\nname = \"local\"\npath = \"repos\"\n{}",
+                    options
+                        .node_git
+                        .as_ref()
+                        .map_or(String::new(), |git| format!("git = \"{git}\"\n"))
+                ),
             )
         };
         let config = dir.path().join("gitgate.toml");

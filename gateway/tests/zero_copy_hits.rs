@@ -1,0 +1,584 @@
+//! Pack cache responses sent with `sendfile`, with real git clients and raw HTTP/1.1:
+//! a hit on an entry still being written, `Content-Length` and keep-alive after a hit,
+//! a producer failing under its readers, a client that stops reading or leaves, and an
+//! entry evicted while it is sent. (The TLS hit is in `operations.rs`, with the HTTPS
+//! setup.)
+//!
+//! The in-process node runs git through a wrapper that installs a pack-objects hook, so
+//! a test can make pack generation slow, or make it die halfway.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use support::git::{default_client, Git};
+use support::{metric, path_str, GatewayOptions, TestGateway};
+use tempfile::TempDir;
+
+/// How the hook runs pack-objects.
+#[derive(Clone, Copy)]
+enum Mode {
+    Normal,
+    /// About 3 MB/s.
+    Slow,
+    /// Slow, then dies after about 1 MiB.
+    Fail,
+}
+
+/// A git program for the node whose pack-objects behaves as `mode` says.
+struct HookedGit {
+    dir: PathBuf,
+}
+
+impl HookedGit {
+    fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let real = Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .expect("sh");
+        let real = String::from_utf8(real.stdout).expect("utf-8");
+        let hook = dir.join("hook");
+        std::fs::write(
+            &hook,
+            format!(
+                r#"#!/usr/bin/env python3
+import subprocess, sys, time
+mode = open("{mode}").read().strip()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
+out = sys.stdout.buffer
+sent = 0
+while True:
+    chunk = p.stdout.read(65536)
+    if not chunk:
+        break
+    if mode == "fail" and sent > (1 << 20):
+        p.kill()
+        sys.exit(1)
+    out.write(chunk)
+    out.flush()
+    sent += len(chunk)
+    if mode != "normal":
+        time.sleep(0.02)
+sys.exit(p.wait())
+"#,
+                mode = dir.join("mode").display()
+            ),
+        )
+        .expect("write hook");
+        let wrapper = dir.join("git");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {} -c uploadpack.packObjectsHook={} \"$@\"\n",
+                real.trim(),
+                hook.display()
+            ),
+        )
+        .expect("write wrapper");
+        for f in [&hook, &wrapper] {
+            let status = Command::new("chmod").arg("+x").arg(f).status();
+            assert!(status.is_ok_and(|s| s.success()), "chmod");
+        }
+        let hooked = Self {
+            dir: dir.to_owned(),
+        };
+        hooked.set(Mode::Normal);
+        hooked
+    }
+
+    fn set(&self, mode: Mode) {
+        let word = match mode {
+            Mode::Normal => "normal",
+            Mode::Slow => "slow",
+            Mode::Fail => "fail",
+        };
+        std::fs::write(self.dir.join("mode"), word).expect("write mode");
+    }
+
+    fn program(&self) -> String {
+        self.dir.join("git").display().to_string()
+    }
+}
+
+struct Setup {
+    gw: TestGateway,
+    hook: HookedGit,
+    git: Git,
+    head: String,
+    tmp: TempDir,
+}
+
+/// A gateway whose node packs through the hook, caching every fetch, serving one
+/// repository `big` of about `mib` MiB of incompressible data.
+fn setup(mib: usize, extra: &str, limits: &str) -> Setup {
+    let tmp = TempDir::new().expect("tempdir");
+    let hook = HookedGit::new(&tmp.path().join("hooked"));
+    let mut options = GatewayOptions {
+        create_on_push: true,
+        extra: format!("[cache]\nmin_occurrences = 0\n{extra}\n"),
+        node_git: Some(hook.program()),
+        ..Default::default()
+    };
+    if !limits.is_empty() {
+        options = options.with_limits(limits);
+    }
+    let gw = TestGateway::start(false, options);
+    let git = default_client();
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "big", &[(mib << 20) / 2; 2], 5);
+    Setup {
+        gw,
+        hook,
+        git,
+        head,
+        tmp,
+    }
+}
+
+fn clone_v0(git: &Git, url: &str, into: &Path) -> Child {
+    git.cmd(None)
+        .args(["-c", "protocol.version=0", "clone", "-q", "--mirror", url])
+        .arg(into)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn git clone")
+}
+
+fn lookups(gw: &TestGateway, result: &str) -> f64 {
+    metric(
+        &gw.scrape(),
+        "gitgate_pack_cache_lookups_total",
+        &[&format!("result=\"{result}\"")],
+    )
+}
+
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fetch request for `head`, as raw HTTP/1.1; `close` asks the server to close the
+/// connection after it.
+fn fetch_request(head: &str, close: bool) -> Vec<u8> {
+    let body = support::fetch_everything(head);
+    let mut req = format!(
+        "POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+/// One response read off a kept-alive connection.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read one HTTP/1.1 response (Content-Length or chunked) from `conn`.
+fn read_answer(conn: &mut BufReader<TcpStream>) -> Answer {
+    let mut line = String::new();
+    conn.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line).expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').expect("header");
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let mut answer = Answer {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(len) = answer.header("content-length") {
+        let len: usize = len.parse().expect("length");
+        answer.body.resize(len, 0);
+        conn.read_exact(&mut answer.body).expect("body");
+    } else if answer
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            line.clear();
+            conn.read_line(&mut line).expect("chunk size");
+            let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+            let start = answer.body.len();
+            answer.body.resize(start + size, 0);
+            conn.read_exact(&mut answer.body[start..]).expect("chunk");
+            line.clear();
+            conn.read_line(&mut line).expect("chunk end");
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    answer
+}
+
+/// The pack inside a side-band-64k upload-pack answer; panics on an error band or a
+/// missing final flush.
+fn demux_pack(answer: &[u8]) -> Vec<u8> {
+    let mut pack = Vec::new();
+    let mut rest = answer;
+    loop {
+        assert!(rest.len() >= 4, "answer ends without its final flush");
+        let len = usize::from_str_radix(std::str::from_utf8(&rest[..4]).expect("hex"), 16)
+            .expect("pkt length");
+        if len == 0 {
+            assert!(rest.len() == 4, "bytes after the final flush");
+            return pack;
+        }
+        let payload = &rest[4..len];
+        if payload.starts_with(b"NAK") || payload.starts_with(b"ACK") {
+        } else {
+            match payload[0] {
+                1 => pack.extend_from_slice(&payload[1..]),
+                2 => {}
+                _ => panic!("error band: {}", String::from_utf8_lossy(&payload[1..])),
+            }
+        }
+        rest = &rest[len..];
+    }
+}
+
+/// Check that `answer` carries a complete, valid pack holding `head`.
+fn assert_valid_pack(git: &Git, tmp: &Path, answer: &[u8], head: &str) {
+    let pack = demux_pack(answer);
+    let repo = tmp.join(format!("verify-{}", answer.len()));
+    let _ = std::fs::remove_dir_all(&repo);
+    git.ok(None, &["init", "-q", "--bare", path_str(&repo)]);
+    let mut child = git
+        .cmd(Some(&repo))
+        .args(["index-pack", "--stdin", "--fix-thin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("index-pack");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&pack)
+        .expect("write pack");
+    assert!(child.wait().expect("wait").success(), "index-pack refused");
+    git.ok(Some(&repo), &["cat-file", "-e", head]);
+}
+
+#[test]
+fn a_clone_joins_an_entry_still_being_written() {
+    let s = setup(8, "", "");
+    s.hook.set(Mode::Slow);
+    let url = s.gw.repo_url("big");
+    let runs = s.gw.upload_pack_runs();
+    let first_dir = s.tmp.path().join("first");
+    let mut first = clone_v0(&s.git, &url, &first_dir);
+    wait_until(Duration::from_secs(20), "the first clone's miss", || {
+        lookups(&s.gw, "miss") >= 1.0
+    });
+    let second_dir = s.tmp.path().join("second");
+    let mut second = clone_v0(&s.git, &url, &second_dir);
+    // The pack takes seconds to make: the second clone joined while it was written.
+    assert!(
+        first.try_wait().expect("try_wait").is_none(),
+        "the first clone ended before the second started; the test proves nothing"
+    );
+    for (child, dir) in [(&mut first, &first_dir), (&mut second, &second_dir)] {
+        assert!(child.wait().expect("wait").success(), "a clone failed");
+        s.git.fsck(dir);
+        assert_eq!(
+            s.git
+                .ok(None, &["--git-dir", path_str(dir), "rev-parse", "main"])
+                .trim(),
+            s.head
+        );
+    }
+    assert_eq!(s.gw.upload_pack_runs(), runs + 1, "one pack generation");
+    assert!(lookups(&s.gw, "hit") >= 1.0);
+}
+
+#[test]
+fn a_hit_carries_its_length_and_keeps_the_connection() {
+    let s = setup(4, "", "");
+    let request = fetch_request(&s.head, false);
+    let tcp = TcpStream::connect(s.gw.server.authority()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut conn = BufReader::new(tcp);
+    // The miss streams as it is produced: chunked.
+    writer.write_all(&request).expect("send");
+    let miss = read_answer(&mut conn);
+    assert_eq!(miss.status, 200);
+    assert!(miss.header("content-length").is_none());
+    // The hit, on the same connection: the entry is complete, so its length is known.
+    writer.write_all(&request).expect("send");
+    let hit = read_answer(&mut conn);
+    assert_eq!(hit.status, 200);
+    assert_eq!(
+        hit.header("content-length"),
+        Some(hit.body.len().to_string().as_str())
+    );
+    assert!(hit.body == miss.body, "the hit differs from the miss");
+    assert_valid_pack(&s.git, s.tmp.path(), &hit.body, &s.head);
+    // Twice more and then something else, still on the same connection.
+    for _ in 0..2 {
+        writer.write_all(&request).expect("send");
+        assert!(read_answer(&mut conn).body == miss.body);
+    }
+    writer
+        .write_all(b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_answer(&mut conn).status, 200);
+    assert!(lookups(&s.gw, "hit") >= 3.0);
+    let served = metric(&s.gw.scrape(), "gitgate_pack_cache_served_bytes_total", &[]);
+    let answers = 4.0 * miss.body.len() as f64;
+    assert_eq!(served, answers, "served bytes are exact");
+    // The access log counts the same bytes.
+    let log = s.gw.server.log_text();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("request finished") && l.contains("git-upload-pack"))
+        .filter(|l| l.contains(&format!("bytes_sent={}", miss.body.len())))
+        .count();
+    assert!(
+        logged >= 4,
+        "access log lines with the exact size: {logged}"
+    );
+    // And a real client over keep-alive (protocol v2: ls-refs then fetch).
+    let dir = s.tmp.path().join("v2");
+    s.git.ok(
+        None,
+        &[
+            "-c",
+            "protocol.version=2",
+            "clone",
+            "-q",
+            "--mirror",
+            &s.gw.repo_url("big"),
+            path_str(&dir),
+        ],
+    );
+    s.git.fsck(&dir);
+}
+
+#[test]
+fn a_producer_failure_fails_every_reader_and_caches_nothing() {
+    let s = setup(8, "", "");
+    s.hook.set(Mode::Fail);
+    let url = s.gw.repo_url("big");
+    let runs = s.gw.upload_pack_runs();
+    let first_dir = s.tmp.path().join("first");
+    let mut first = clone_v0(&s.git, &url, &first_dir);
+    wait_until(Duration::from_secs(20), "the first clone's miss", || {
+        lookups(&s.gw, "miss") >= 1.0
+    });
+    let second_dir = s.tmp.path().join("second");
+    let mut second = clone_v0(&s.git, &url, &second_dir);
+    for child in [&mut first, &mut second] {
+        let out = child.wait_with_output_ref();
+        assert!(!out.0, "a clone of a failed pack succeeded");
+        assert!(!out.1.is_empty(), "git said nothing about the failure");
+    }
+    assert!(
+        lookups(&s.gw, "hit") >= 1.0,
+        "the second clone did not join"
+    );
+    // Nothing of the failed pack is served: the next clone makes a new one.
+    s.hook.set(Mode::Normal);
+    let dir = s.tmp.path().join("after");
+    let mut after = clone_v0(&s.git, &url, &dir);
+    assert!(after.wait().expect("wait").success());
+    s.git.fsck(&dir);
+    assert_eq!(s.gw.upload_pack_runs(), runs + 2);
+}
+
+/// `wait_with_output` for a borrowed child: (success, stderr).
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> (bool, String);
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> (bool, String) {
+        let mut err = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        (self.wait().expect("wait").success(), err)
+    }
+}
+
+/// Warm the entry for `head`; return the length of its answer.
+fn warm(s: &Setup) -> usize {
+    let tcp = TcpStream::connect(s.gw.server.authority()).expect("connect");
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut conn = BufReader::new(tcp);
+    writer
+        .write_all(&fetch_request(&s.head, true))
+        .expect("send");
+    let answer = read_answer(&mut conn);
+    assert_eq!(answer.status, 200);
+    answer.body.len()
+}
+
+/// Send the fetch for `head` and read the headers and `n` body bytes.
+fn start_hit(s: &Setup, n: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(s.gw.server.authority()).expect("connect");
+    tcp.write_all(&fetch_request(&s.head, true)).expect("send");
+    let mut buf = vec![0u8; n];
+    tcp.read_exact(&mut buf).expect("first bytes");
+    tcp
+}
+
+#[test]
+fn a_client_that_stops_reading_a_hit_is_cut_off() {
+    let s = setup(24, "", "send_timeout = \"1s\"");
+    let len = warm(&s);
+    let hits = lookups(&s.gw, "hit");
+    let mut stalled = start_hit(&s, 32 * 1024);
+    assert_eq!(lookups(&s.gw, "hit"), hits + 1.0);
+    // Stop reading: the gateway must give up on this connection.
+    wait_until(Duration::from_secs(15), "the send timeout", || {
+        s.gw.server.log_text().contains("client stopped reading")
+    });
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    assert!(
+        32 * 1024 + rest.len() < len,
+        "the whole answer arrived ({} of {len}); the client never stalled",
+        32 * 1024 + rest.len()
+    );
+    // Others are still served from the same entry.
+    let dir = s.tmp.path().join("after");
+    assert!(clone_v0(&s.git, &s.gw.repo_url("big"), &dir)
+        .wait()
+        .expect("wait")
+        .success());
+    s.git.fsck(&dir);
+}
+
+#[test]
+fn a_client_that_leaves_mid_hit_is_logged_and_others_go_on() {
+    let s = setup(24, "", "");
+    let len = warm(&s);
+    let gone = start_hit(&s, 1 << 20);
+    drop(gone);
+    wait_until(Duration::from_secs(15), "the access log line", || {
+        s.gw.server.log_text().lines().any(|l| {
+            l.contains("request finished")
+                && l.contains("client_gone")
+                && !l.contains(&format!("bytes_sent={len}"))
+        })
+    });
+    assert_eq!(warm(&s), len);
+    let dir = s.tmp.path().join("after");
+    assert!(clone_v0(&s.git, &s.gw.repo_url("big"), &dir)
+        .wait()
+        .expect("wait")
+        .success());
+    s.git.fsck(&dir);
+}
+
+#[test]
+fn an_entry_evicted_while_it_is_sent_still_arrives_whole() {
+    let s = setup(16, "max_age = \"1s\"", "send_timeout = \"30s\"");
+    s.hook.set(Mode::Slow);
+    // Two readers of one entry: the one that started it, and a hit joining it.
+    let mut first = TcpStream::connect(s.gw.server.authority()).expect("connect");
+    first
+        .write_all(&fetch_request(&s.head, true))
+        .expect("send");
+    wait_until(Duration::from_secs(20), "the miss", || {
+        lookups(&s.gw, "miss") >= 1.0
+    });
+    let mut second = TcpStream::connect(s.gw.server.authority()).expect("connect");
+    second
+        .write_all(&fetch_request(&s.head, true))
+        .expect("send");
+    wait_until(Duration::from_secs(20), "the hit", || {
+        lookups(&s.gw, "hit") >= 1.0
+    });
+    let mut readers = Vec::new();
+    for conn in [&mut first, &mut second] {
+        let mut head = vec![0u8; 4096];
+        conn.read_exact(&mut head).expect("first bytes");
+        readers.push(head);
+    }
+    // Both stop reading until the entry is complete and evicted.
+    wait_until(Duration::from_secs(60), "the eviction", || {
+        let scrape = s.gw.scrape();
+        metric(&scrape, "gitgate_pack_cache_evictions_total", &[]) >= 1.0
+            && metric(&scrape, "gitgate_pack_cache_entries", &[]) == 0.0
+    });
+    for (conn, head) in [first, second].into_iter().zip(readers) {
+        let mut conn = BufReader::new(conn);
+        let mut rest = Vec::new();
+        conn.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let _ = conn.read_to_end(&mut rest);
+        // Re-parse the whole response from what was read.
+        let mut all = head;
+        all.extend_from_slice(&rest);
+        let mut reparsed = BufReader::new(&all[..]);
+        let body = parse_chunked_response(&mut reparsed);
+        assert_valid_pack(&s.git, s.tmp.path(), &body, &s.head);
+    }
+}
+
+/// The body of one chunked HTTP/1.1 response in `bytes`.
+fn parse_chunked_response(r: &mut impl BufRead) -> Vec<u8> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        if line.trim_end().is_empty() {
+            break;
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("chunk size");
+        let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).expect("chunk");
+        line.clear();
+        r.read_line(&mut line).expect("chunk end");
+        if size == 0 {
+            return body;
+        }
+    }
+}
