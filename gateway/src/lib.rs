@@ -9,6 +9,7 @@
 //! - [`app`]: the router and the middleware stack;
 //! - [`auth`]: client authentication and authorization;
 //! - [`access_log`]: one log line and request metrics per request;
+//! - [`advert_cache`]: upload-pack advertisements and `ls-refs` answers, in memory;
 //! - [`admin`]: the admin API (repository deletion);
 //! - [`limits`]: the per-repository and per-client limits on node-bound fetches;
 //! - [`metrics`]: the request path's metric families;
@@ -27,6 +28,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod advert_cache;
 pub mod app;
 pub mod auth;
 pub mod body;
@@ -94,6 +96,15 @@ pub async fn serve(
         tracing::info!("pack cache disabled");
         None
     };
+    // Advertisements are cached in memory alongside the pack cache (and off with it).
+    let adverts = if config.cache.enabled {
+        Some(advert_cache::AdvertCache::new(
+            config.cache.cache.max_age,
+            &registry,
+        )?)
+    } else {
+        None
+    };
     // Evicts expired entries even when no requests come in; stops when serve returns.
     let _evictor = cache
         .as_ref()
@@ -148,6 +159,7 @@ pub async fn serve(
         ),
         max_push_bytes: config.limits.max_push_bytes,
         cache,
+        adverts,
         registry,
         metrics,
         limiter,

@@ -21,6 +21,8 @@ pub struct AppState {
     pub max_push_bytes: u64,
     /// The pack cache, when `cache.enabled`.
     pub cache: Option<PackCache>,
+    /// The advertisement cache, when `cache.enabled`.
+    pub adverts: Option<crate::advert_cache::AdvertCache>,
     /// The registry `/-/metrics` exposes.
     pub registry: prometheus::Registry,
     /// The request path's metric families.

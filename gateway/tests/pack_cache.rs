@@ -92,7 +92,8 @@ fn fanout(remote: bool) {
             assert_eq!(git.refs(dir), want);
             git.fsck(dir);
         }
-        // Protocol v2: every clone's ls-refs runs upload-pack (uncached); the fetch once.
+        // Protocol v2: one ls-refs (the advertisement cache answers the others) and one
+        // fetch.
         let before = gw.upload_pack_runs();
         let clones = parallel_clones(
             &git,
@@ -104,8 +105,8 @@ fn fanout(remote: bool) {
         );
         let runs = gw.upload_pack_runs() - before;
         assert_eq!(
-            runs, 17,
-            "v2, min_occurrences={min}: {runs} runs (16 ls-refs and one fetch expected)"
+            runs, 2,
+            "v2, min_occurrences={min}: {runs} runs (one ls-refs and one fetch expected)"
         );
         for dir in &clones {
             git.fsck(dir);
@@ -130,6 +131,107 @@ fn fanout(remote: bool) {
             1.0
         );
     }
+}
+
+fn node_runs(gw: &TestGateway, service: &str) -> u64 {
+    metric(
+        &gw.scrape(),
+        "gitgate_node_git_processes_total",
+        &[&format!("service=\"{service}\"")],
+    ) as u64
+}
+
+fn entry_files(gw: &TestGateway) -> usize {
+    let dir = gw.dir.path().join("pack-cache");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|life| std::fs::read_dir(life.path()).map_or(0, |d| d.count()))
+        .sum()
+}
+
+#[test]
+fn one_generation_and_one_advertisement_per_fanout_at_default_settings() {
+    // No other [cache] keys: min_occurrences is 1.
+    let gw = gateway(false, "dir = \"pack-cache\"");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seeded(&gw, &git, tmp.path(), "ci/app");
+    let url = gw.repo_url("ci/app");
+    for version in ["2", "0"] {
+        // A new commit per round, so each round starts cold (a new generation).
+        git.commit_file(&work, "round.txt", version, "next round");
+        git.ok(Some(&work), &["push", "-q", &url, "HEAD:main"]);
+        let upload = node_runs(&gw, "upload-pack");
+        let advertise = node_runs(&gw, "advertise-refs");
+        let clones = parallel_clones(
+            &git,
+            tmp.path(),
+            &url,
+            32,
+            &[&format!("protocol.version={version}")],
+            &[],
+        );
+        let upload = node_runs(&gw, "upload-pack") - upload;
+        let advertise = node_runs(&gw, "advertise-refs") - advertise;
+        let refs = git.refs(&gw.repo_dir("ci/app"));
+        for dir in &clones {
+            assert_eq!(git.refs(dir), refs);
+            git.fsck(dir);
+        }
+        let want = if version == "2" { 2 } else { 1 };
+        assert_eq!(
+            upload, want,
+            "v{version}: {upload} upload-pack runs for 32 clones (one pack, and for v2 one ls-refs)"
+        );
+        assert_eq!(
+            advertise, 1,
+            "v{version}: {advertise} advertisements for 32 clones"
+        );
+        for dir in clones {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let scrape = gw.scrape();
+    let shared = |result: &str| {
+        metric(
+            &scrape,
+            "gitgate_advertisement_cache_lookups_total",
+            &["kind=\"info_refs\"", &format!("result=\"{result}\"")],
+        )
+    };
+    assert!(shared("hit") + shared("shared") >= 62.0, "{scrape}");
+}
+
+#[test]
+fn a_unique_fetch_writes_nothing_and_its_second_occurrence_makes_the_entry() {
+    let gw = gateway(false, "dir = \"pack-cache\"");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seeded(&gw, &git, tmp.path(), "solo");
+    let url = gw.repo_url("solo");
+    let first = tmp.path().join("first");
+    git.ok(None, &["clone", "-q", "--mirror", &url, path_str(&first)]);
+    git.fsck(&first);
+    assert_eq!(
+        entry_files(&gw),
+        0,
+        "a unique fetch wrote to the cache directory"
+    );
+    let runs = gw.upload_pack_runs();
+    let second = tmp.path().join("second");
+    git.ok(None, &["clone", "-q", "--mirror", &url, path_str(&second)]);
+    git.fsck(&second);
+    assert_eq!(entry_files(&gw), 1, "the second occurrence made no entry");
+    let scrape = gw.scrape();
+    assert_eq!(metric(&scrape, "gitgate_pack_cache_entries", &[]), 1.0);
+    // Its pack came from the first fetch's bytes (ls-refs from the advertisement cache).
+    assert_eq!(
+        gw.upload_pack_runs(),
+        runs,
+        "the second occurrence ran git again"
+    );
 }
 
 #[test]

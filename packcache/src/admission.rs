@@ -1,5 +1,5 @@
-//! `min_occurrences`: how many times a key must have been seen within `max_age` before a
-//! request creates an entry for it. Memory is bounded by a capacity on the counter map;
+//! `min_occurrences`: how many times a key must already have been seen within `max_age`
+//! before a request creates an entry for it (Gitaly's meaning). Memory is bounded by a capacity on the counter map;
 //! counts expire `max_age` after a key was first seen, measured in tokio time (so tests
 //! pause it). It decides admission only; the cache decides what to do with the answer.
 
@@ -38,9 +38,11 @@ impl Admission {
         Self { min, window, seen }
     }
 
-    /// Record one sighting of `key`; whether it may now create an entry.
+    /// Record one sighting of `key`; whether it may now create an entry: when the key
+    /// was already seen at least `min` times within the window (Gitaly's meaning: with
+    /// 1, a key's first sighting is not admitted and its second is; 0 admits all).
     pub(crate) fn admit(&self, key: &CacheKey) -> bool {
-        if self.min <= 1 {
+        if self.min == 0 {
             return true;
         }
         let now = Instant::now();
@@ -53,8 +55,9 @@ impl Admission {
         if now.saturating_duration_since(sightings.since) >= self.window {
             *sightings = fresh();
         }
+        let seen_before = sightings.count;
         sightings.count = sightings.count.saturating_add(1);
-        sightings.count >= self.min
+        seen_before >= self.min
     }
 }
 
@@ -67,19 +70,21 @@ mod tests {
     fn counts_up_to_the_threshold() {
         let key = KeyBuilder::new(1).field(b"k").finish();
         let other = KeyBuilder::new(1).field(b"other").finish();
-        let a = Admission::new(3, Duration::from_secs(60));
+        let a = Admission::new(2, Duration::from_secs(60));
         assert!(!a.admit(&key));
         assert!(!a.admit(&key));
         assert!(!a.admit(&other));
-        assert!(a.admit(&key));
+        assert!(a.admit(&key), "seen twice before");
         assert!(Admission::new(0, Duration::from_secs(1)).admit(&key));
-        assert!(Admission::new(1, Duration::from_secs(1)).admit(&key));
+        let one = Admission::new(1, Duration::from_secs(1));
+        assert!(!one.admit(&key), "the first sighting is not admitted");
+        assert!(one.admit(&key), "the second is");
     }
 
     #[tokio::test(start_paused = true)]
     async fn counts_restart_after_the_window() {
         let key = KeyBuilder::new(1).field(b"k").finish();
-        let a = Admission::new(2, Duration::from_secs(60));
+        let a = Admission::new(1, Duration::from_secs(60));
         assert!(!a.admit(&key));
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(!a.admit(&key), "the first sighting expired");

@@ -1,5 +1,6 @@
-//! [`PackCache`], the front door: a lookup joins a live entry, or (admitted and within
-//! the disk budget) creates one and starts its producer, or answers [`Fetch::Bypass`].
+//! [`PackCache`], the front door: a lookup joins a live entry or flight, or starts a
+//! flight (below `min_occurrences`), or (admitted and within the disk budget) creates an
+//! entry and starts its producer, or answers [`Fetch::Bypass`].
 //! It also owns the settings, the disk budget and when to evict (`max_age` by tokio
 //! time, so tests pause it).
 //!
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use crate::admission::Admission;
 use crate::config::CacheConfig;
-use crate::entry::Entry;
+use crate::entry::{Entry, Follower, Writer};
+use crate::flight::{Flights, MakeEntry};
 use crate::index::{Index, Insert};
 use crate::key::CacheKey;
 use crate::metrics::CacheMetrics;
@@ -55,6 +57,14 @@ impl BypassReason {
     }
 }
 
+/// What [`Inner::create`] did.
+enum Created {
+    /// A new entry, its writer (no producer yet) and its first follower.
+    New(Arc<Entry>, Writer, Follower),
+    /// Someone else's entry for the key, joined.
+    Joined(Arc<Entry>, Follower),
+}
+
 /// Shared internals; the evictor holds a weak reference.
 struct Inner {
     /// Settings; all but `dir` can change while running ([`PackCache::reconfigure`]).
@@ -63,6 +73,7 @@ struct Inner {
     admission: RwLock<Arc<Admission>>,
     metrics: CacheMetrics,
     index: Arc<Index>,
+    flights: Arc<Flights>,
 }
 
 /// The pack cache.
@@ -96,59 +107,104 @@ impl PackCache {
             .with_label_values(&[&config.dir.display().to_string(), &humanize(config.max_age)])
             .set(1);
         let admission = Admission::new(config.min_occurrences, config.max_age);
+        let max_age = config.max_age;
         Self {
             inner: Arc::new(Inner {
                 config: RwLock::new(config),
                 index: Arc::new(Index::new(store.clone(), metrics.clone())),
                 store,
                 admission: RwLock::new(Arc::new(admission)),
+                flights: Arc::new(Flights::new(max_age)),
                 metrics,
             }),
         }
     }
 
-    /// Look `key` up; join a live entry, or (if admitted and within budget) create one
-    /// whose producer runs `upstream()`, or tell the caller to bypass.
+    /// Look `key` up: join a live entry or flight; below `min_occurrences`, start a
+    /// flight (nothing on disk unless someone joins it); else, within the disk budget,
+    /// create an entry whose producer runs `upstream()` (or refills it from the key's
+    /// recent flight); else tell the caller to bypass.
     pub async fn fetch(&self, key: CacheKey, upstream: impl FnOnce() -> Upstream) -> Fetch {
         let inner = &self.inner;
         inner.evict_expired();
         if let Some((entry, follower)) = inner.index.join(&key) {
-            inner.metrics.lookups.with_label_values(&["hit"]).inc();
-            return Fetch::Hit(inner.reader(entry, follower));
+            return inner.hit(entry, follower);
+        }
+        if let Some(answer) = inner.flights.join(&key) {
+            // The flight lands in an entry for us, or says it cannot (it outgrew its
+            // memory, or there is no room): then go on as if it did not exist.
+            if let Ok(Some((entry, follower))) = answer.await {
+                return inner.hit(entry, follower);
+            }
         }
         if !inner.admission().admit(&key) {
-            return inner.bypass(BypassReason::NotAdmitted);
+            return self.fly(key, upstream);
         }
         if let Some(reason) = self.make_room().await {
             return inner.bypass(reason);
         }
-        let store = inner.store.clone();
-        let created = tokio::task::spawn_blocking(move || store.create()).await;
-        let (file, path) = match created {
-            Ok(Ok(created)) => created,
-            // I7: no entry exists yet, so the request can go straight to upstream.
-            Ok(Err(err)) => return inner.store_error(&err),
-            Err(join) => return inner.store_error(&join),
+        let (entry, writer, follower) = match inner.create(key).await {
+            Ok(Created::New(entry, writer, follower)) => (entry, writer, follower),
+            Ok(Created::Joined(existing, follower)) => return inner.hit(existing, follower),
+            Err(fetch) => return fetch,
         };
-        let (entry, writer) = Entry::new(key, file, path.clone(), inner.index.usage().clone());
-        match inner.index.insert(entry.clone()) {
-            // Someone created the entry while we made the file (I1).
-            Insert::Joined(existing, follower) => {
-                inner.index.unlink_later(path);
+        let reader = inner.reader(entry, follower);
+        match inner.flights.take_recent(&key) {
+            // The key's last flight kept every byte: no second generation.
+            Some(recorded) => {
                 inner.metrics.lookups.with_label_values(&["hit"]).inc();
-                Fetch::Hit(inner.reader(existing, follower))
+                inner.producer(false).spawn(writer, recorded.upstream());
+                Fetch::Hit(reader)
             }
-            Insert::Inserted(follower) => {
+            None => {
                 inner.metrics.lookups.with_label_values(&["miss"]).inc();
-                let reader = inner.reader(entry, follower);
-                Producer {
-                    index: inner.index.clone(),
-                    store: inner.store.clone(),
-                    metrics: inner.metrics.clone(),
-                }
-                .spawn(writer, upstream());
+                inner.producer(true).spawn(writer, upstream());
                 Fetch::Miss(reader)
             }
+        }
+    }
+
+    /// Start a flight for a fetch below `min_occurrences`; from the key's recent flight's
+    /// bytes when they are still kept.
+    fn fly(&self, key: CacheKey, upstream: impl FnOnce() -> Upstream) -> Fetch {
+        let inner = &self.inner;
+        let (upstream, generates) = match inner.flights.recent(&key) {
+            Some(recorded) => (recorded.upstream(), false),
+            None => (upstream(), true),
+        };
+        let cache = self.clone();
+        let make_entry: MakeEntry = Box::new(move || {
+            Box::pin(async move {
+                if cache.make_room().await.is_some() {
+                    return None;
+                }
+                match cache.inner.create(key).await {
+                    Ok(Created::New(entry, writer, follower)) => Some((entry, writer, follower)),
+                    // Another entry for the key: its bytes may differ from the flight's,
+                    // so the flight's request cannot switch to it.
+                    Ok(Created::Joined(..)) | Err(_) => None,
+                }
+            })
+        });
+        match inner.flights.start(
+            key,
+            upstream,
+            make_entry,
+            inner.producer(generates),
+            inner.metrics.clone(),
+        ) {
+            Some(flight) => {
+                let reader = Reader::flight(key, flight, inner.metrics.served_bytes.clone());
+                if generates {
+                    inner.metrics.lookups.with_label_values(&["miss"]).inc();
+                    Fetch::Miss(reader)
+                } else {
+                    inner.metrics.lookups.with_label_values(&["hit"]).inc();
+                    Fetch::Hit(reader)
+                }
+            }
+            // A flight for the key started a moment ago and could not be joined.
+            None => inner.bypass(BypassReason::NotAdmitted),
         }
     }
 
@@ -289,8 +345,44 @@ impl Inner {
             .clone()
     }
 
-    fn reader(&self, entry: Arc<Entry>, follower: crate::entry::Follower) -> Reader {
+    fn reader(&self, entry: Arc<Entry>, follower: Follower) -> Reader {
         Reader::new(entry, follower, self.metrics.served_bytes.clone())
+    }
+
+    fn hit(&self, entry: Arc<Entry>, follower: Follower) -> Fetch {
+        self.metrics.lookups.with_label_values(&["hit"]).inc();
+        Fetch::Hit(self.reader(entry, follower))
+    }
+
+    /// A producer; `generates` says whether its upstream makes new bytes.
+    fn producer(&self, generates: bool) -> Producer {
+        Producer {
+            index: self.index.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            generates,
+        }
+    }
+
+    /// Create an entry file and put a new entry for `key` in the index, unless a
+    /// joinable one appeared meanwhile (I1); `Err` is the bypass to answer (I7: a store
+    /// error before the entry exists).
+    async fn create(&self, key: CacheKey) -> Result<Created, Fetch> {
+        let store = self.store.clone();
+        let created = tokio::task::spawn_blocking(move || store.create()).await;
+        let (file, path) = match created {
+            Ok(Ok(created)) => created,
+            Ok(Err(err)) => return Err(self.store_error(&err)),
+            Err(join) => return Err(self.store_error(&join)),
+        };
+        let (entry, writer) = Entry::new(key, file, path.clone(), self.index.usage().clone());
+        Ok(match self.index.insert(entry.clone()) {
+            Insert::Joined(existing, follower) => {
+                self.index.unlink_later(path);
+                Created::Joined(existing, follower)
+            }
+            Insert::Inserted(follower) => Created::New(entry, writer, follower),
+        })
     }
 
     fn bypass(&self, reason: BypassReason) -> Fetch {

@@ -10,8 +10,9 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Entries older than this are evicted.
     pub max_age: Duration,
-    /// A key must have been seen this many times within `max_age` before a request
-    /// creates an entry (0 and 1 both mean: always).
+    /// A key must already have been seen this many times within `max_age` before a
+    /// request creates an entry (0: always; 1, the default: from its second occurrence).
+    /// Below it, identical requests in flight still share one upstream call.
     pub min_occurrences: u32,
     /// Most bytes of entry files kept on disk.
     pub max_bytes: u64,

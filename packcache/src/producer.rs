@@ -19,13 +19,17 @@ use crate::entry::{FailReason, Writer};
 use crate::index::Index;
 use crate::metrics::CacheMetrics;
 use crate::store::EntryStore;
-use crate::Upstream;
+use crate::{ByteStream, Upstream};
 
 /// What a producer needs besides its entry.
+#[derive(Clone)]
 pub(crate) struct Producer {
     pub(crate) index: Arc<Index>,
     pub(crate) store: Arc<dyn EntryStore>,
     pub(crate) metrics: CacheMetrics,
+    /// Whether its bytes are new output of the upstream (`generated_bytes`); false when
+    /// it replays a finished flight's bytes.
+    pub(crate) generates: bool,
 }
 
 impl Producer {
@@ -36,10 +40,33 @@ impl Producer {
     }
 
     async fn run(self, writer: Writer, upstream: Upstream) {
-        let result = match AssertUnwindSafe(self.drive(&writer, upstream))
+        let result = AssertUnwindSafe(self.drive(&writer, upstream))
             .catch_unwind()
-            .await
-        {
+            .await;
+        self.finish(writer, result);
+    }
+
+    /// Go on with `stream` from `offset` for `writer`'s entry, whose first `offset`
+    /// bytes are written and published (a flight that spilled, see `flight.rs`).
+    pub(crate) async fn drain(self, writer: Writer, stream: ByteStream, offset: u64) {
+        let result = AssertUnwindSafe(self.forward(&writer, stream, offset))
+            .catch_unwind()
+            .await;
+        self.finish(writer, result);
+    }
+
+    /// Give up on an entry nobody reads yet: out of the index, and failed.
+    pub(crate) fn abandon(&self, writer: Writer, reason: &'static str) {
+        self.index.remove(writer.entry(), reason);
+        writer.finish(Err(FailReason::Abandoned));
+    }
+
+    fn finish(
+        &self,
+        writer: Writer,
+        result: Result<Result<(), FailReason>, Box<dyn std::any::Any + Send>>,
+    ) {
+        let result = match result {
             Ok(result) => result,
             Err(_) => {
                 tracing::error!(key = %writer.entry().key(), "pack cache producer panicked");
@@ -58,13 +85,21 @@ impl Producer {
     }
 
     async fn drive(&self, writer: &Writer, mut upstream: Upstream) -> Result<(), FailReason> {
-        let mut stream = loop {
+        let stream = loop {
             tokio::select! {
                 started = &mut upstream => break started.map_err(FailReason::Upstream)?,
                 () = writer.readers_gone() => self.stop_if_unread(writer)?,
             }
         };
-        let mut offset = 0u64;
+        self.forward(writer, stream, 0).await
+    }
+
+    async fn forward(
+        &self,
+        writer: &Writer,
+        mut stream: ByteStream,
+        mut offset: u64,
+    ) -> Result<(), FailReason> {
         let mut spilling = false;
         loop {
             let next = tokio::select! {
@@ -82,7 +117,9 @@ impl Producer {
                 Some(Ok(chunk)) => chunk,
             };
             let len = chunk.len() as u64;
-            self.metrics.generated_bytes.inc_by(len);
+            if self.generates {
+                self.metrics.generated_bytes.inc_by(len);
+            }
             if !spilling {
                 // (`chunk` is reference-counted: the clone shares its bytes.)
                 match self.write(writer, chunk.clone(), offset).await {
@@ -116,7 +153,8 @@ impl Producer {
         Ok(())
     }
 
-    async fn write(&self, writer: &Writer, chunk: Bytes, offset: u64) -> io::Result<()> {
+    /// Write `chunk` at `offset` of the entry's file (not yet published).
+    pub(crate) async fn write(&self, writer: &Writer, chunk: Bytes, offset: u64) -> io::Result<()> {
         let store = self.store.clone();
         let file = writer.entry().file().clone();
         tokio::task::spawn_blocking(move || store.write_at(&file, &chunk, offset))

@@ -1,4 +1,6 @@
-//! A reader: streams an entry's bytes from the start, following the growing file.
+//! A reader: streams an entry's bytes from the start, following the growing file; or,
+//! for a fetch below `min_occurrences`, what its flight sends until the flight lands
+//! into an entry, and then that entry from the same position (see `flight.rs`).
 //!
 //! It reads up to the published offset (I2), from the entry's in-memory tail when it
 //! keeps up with the producer and otherwise with reads on the entry's open file (so an
@@ -18,6 +20,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 
 use crate::entry::{Entry, FailReason, Follower, Phase, Progress};
+use crate::flight::{FlightEnd, FlightReceiver};
 use crate::upstream::UpstreamError;
 
 /// Largest chunk a reader reads from the file at once. Below glibc's mmap threshold,
@@ -90,56 +93,96 @@ impl FileRegion {
 
 /// What is ready past a reader's position.
 enum Available {
-    /// File bytes up to this published offset.
-    File { written: u64 },
-    /// A chunk from the reader's spill channel (I7).
-    Spilled(Bytes),
+    /// File bytes of `entry` up to this published offset; `live` while the producer
+    /// is still writing.
+    File {
+        entry: Arc<Entry>,
+        written: u64,
+        live: bool,
+    },
+    /// A chunk in memory: from a flight, or from the reader's spill channel (I7).
+    Memory(Bytes),
 }
 
-/// One reader of an entry. Use [`Reader::into_stream`] to consume it.
+/// One reader of an entry (or of a flight, until it lands in an entry). Use
+/// [`Reader::into_stream`] or [`Reader::into_regions`] to consume it.
 pub struct Reader {
+    key: crate::CacheKey,
+    source: Source,
+    served: IntCounter,
+    pos: u64,
+    finished: bool,
+}
+
+/// Where a reader's bytes come from.
+enum Source {
+    /// An entry's file (and its in-memory tail).
+    Entry(Following),
+    /// A flight's channel; it may hand over to an entry (see `flight.rs`).
+    Flight(FlightReceiver),
+}
+
+/// A reader's hold on an entry.
+struct Following {
     entry: Arc<Entry>,
     /// The entry's published state; holding it keeps the producer going (I6).
     progress: watch::Receiver<Progress>,
     /// Bytes past a write error (I7); `None` once closed, or when attached to a finished
     /// entry.
     spill: Option<mpsc::Receiver<Bytes>>,
-    served: IntCounter,
-    pos: u64,
-    finished: bool,
     /// This reader's own open file description of the entry file (opened through
     /// /proc/self/fd, which works after unlink), so it reads sequentially into
     /// uninitialized buffers without sharing a file offset. `None` until first needed.
     own: Option<std::fs::File>,
 }
 
-impl Reader {
-    /// Follow `entry` from its start; `served` counts the bytes handed out.
-    pub(crate) fn new(entry: Arc<Entry>, follower: Follower, served: IntCounter) -> Self {
+impl Following {
+    fn new(entry: Arc<Entry>, follower: Follower) -> Self {
         Self {
             entry,
             progress: follower.progress,
             spill: follower.spill,
+            own: None,
+        }
+    }
+}
+
+impl Reader {
+    /// Follow `entry` from its start; `served` counts the bytes handed out.
+    pub(crate) fn new(entry: Arc<Entry>, follower: Follower, served: IntCounter) -> Self {
+        Self {
+            key: entry.key(),
+            source: Source::Entry(Following::new(entry, follower)),
             served,
             pos: 0,
             finished: false,
-            own: None,
+        }
+    }
+
+    /// Read what a flight for `key` sends.
+    pub(crate) fn flight(key: crate::CacheKey, flight: FlightReceiver, served: IntCounter) -> Self {
+        Self {
+            key,
+            source: Source::Flight(flight),
+            served,
+            pos: 0,
+            finished: false,
         }
     }
 
     /// The entry's key, for logs.
     pub fn key(&self) -> crate::CacheKey {
-        self.entry.key()
+        self.key
     }
 
     /// The next chunk, `None` at the clean end.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ReadError>> {
         match self.next_available().await? {
             Err(err) => Some(Err(err)),
-            Ok(Available::Spilled(chunk)) => Some(Ok(self.hand_out(chunk))),
-            Ok(Available::File { written }) => {
+            Ok(Available::Memory(chunk)) => Some(Ok(self.hand_out(chunk))),
+            Ok(Available::File { entry, written, .. }) => {
                 // I2: from memory or the file, never past the published offset.
-                if let Some(bytes) = self.entry.tail(self.pos, written) {
+                if let Some(bytes) = entry.tail(self.pos, written) {
                     // Keeping up with the producer: no file read.
                     return Some(Ok(self.hand_out(bytes)));
                 }
@@ -151,15 +194,28 @@ impl Reader {
 
     /// The next region of at most `max` bytes (`max` > 0), `None` at the clean end: a
     /// range of the entry file for a caller that sends it without reading it (with
-    /// `sendfile(2)`), or bytes that are not in the file (past a write error, I7).
+    /// `sendfile(2)`), or bytes in memory (a flight's, the newest bytes of an entry
+    /// still being written, or bytes past a write error, I7).
     pub async fn next_region(&mut self, max: u64) -> Option<Result<Region, ReadError>> {
         match self.next_available().await? {
             Err(err) => Some(Err(err)),
-            Ok(Available::Spilled(chunk)) => Some(Ok(Region::Bytes(self.hand_out(chunk)))),
-            Ok(Available::File { written }) => {
+            Ok(Available::Memory(chunk)) => Some(Ok(Region::Bytes(self.hand_out(chunk)))),
+            Ok(Available::File {
+                entry,
+                written,
+                live,
+            }) => {
+                if live {
+                    // At the head of a live production the newest bytes are still in
+                    // memory: hand them out (as cheap as a file range for a chunk this
+                    // small, and no file access at all).
+                    if let Some(bytes) = entry.tail(self.pos, written) {
+                        return Some(Ok(Region::Bytes(self.hand_out(bytes))));
+                    }
+                }
                 // I2: the range ends at the published offset; I5: it holds the open file.
                 let region = FileRegion {
-                    file: self.entry.file().clone(),
+                    file: entry.file().clone(),
                     offset: self.pos,
                     len: (written - self.pos).min(max.max(1)),
                 };
@@ -173,30 +229,70 @@ impl Reader {
     /// The entry's whole length when it is already complete in its file, so a response
     /// can announce it; `None` while it is still being written.
     pub fn complete_len(&self) -> Option<u64> {
-        let progress = self.progress.borrow();
-        (matches!(progress.phase, Phase::Done) && self.spill.is_none()).then_some(progress.written)
+        let Source::Entry(following) = &self.source else {
+            return None;
+        };
+        let progress = following.progress.borrow();
+        (matches!(progress.phase, Phase::Done) && following.spill.is_none())
+            .then_some(progress.written)
     }
 
     /// Wait until there is something past this reader's position: published bytes in
-    /// the file, or a chunk in its spill channel; `None` at the clean end.
+    /// the file, or a chunk in memory (a flight's channel, or a spill channel); `None` at
+    /// the clean end.
     async fn next_available(&mut self) -> Option<Result<Available, ReadError>> {
         if self.finished {
             return None;
         }
         loop {
+            let following = match &mut self.source {
+                Source::Entry(following) => following,
+                Source::Flight(flight) => {
+                    if let Some(chunk) = flight.data.recv().await {
+                        return Some(Ok(Available::Memory(chunk)));
+                    }
+                    // The channel is closed after everything queued: how did it end?
+                    match (&mut flight.end).await {
+                        Ok(FlightEnd::Follow(entry, follower)) => {
+                            // The entry holds the same bytes from the start: go on from
+                            // this position.
+                            self.source = Source::Entry(Following::new(entry, follower));
+                            continue;
+                        }
+                        Ok(FlightEnd::Done) => {
+                            self.finished = true;
+                            return None;
+                        }
+                        Ok(FlightEnd::Failed(err)) => {
+                            self.finished = true;
+                            return Some(Err(ReadError::Upstream(err)));
+                        }
+                        Err(_) => {
+                            self.finished = true;
+                            return Some(Err(ReadError::Producer));
+                        }
+                    }
+                }
+            };
             // A copy: the borrow must not be held while the entry lock is taken.
-            let Progress { written, phase } = self.progress.borrow_and_update().clone();
+            let Progress { written, phase } = following.progress.borrow_and_update().clone();
             if self.pos < written {
-                return Some(Ok(Available::File { written }));
+                let entry = following.entry.clone();
+                let live = matches!(phase, Phase::Writing);
+                return Some(Ok(Available::File {
+                    entry,
+                    written,
+                    live,
+                }));
             }
             if !matches!(phase, Phase::Writing) {
                 // The file part is over; the rest, if any, is in this reader's channel.
-                if let Some(spill) = &mut self.spill {
+                if let Some(spill) = &mut following.spill {
                     match spill.recv().await {
-                        Some(chunk) => return Some(Ok(Available::Spilled(chunk))),
+                        Some(chunk) => return Some(Ok(Available::Memory(chunk))),
                         // Closed: the producer has published its end (I7).
                         None => {
-                            self.spill = None;
+                            following.spill = None;
                             continue;
                         }
                     }
@@ -205,7 +301,7 @@ impl Reader {
                     return self.end(phase).map(Err);
                 }
             }
-            if self.progress.changed().await.is_err() {
+            if following.progress.changed().await.is_err() {
                 return self.end(Phase::Failed(FailReason::Panicked)).map(Err);
             }
         }
@@ -228,13 +324,17 @@ impl Reader {
     }
 
     async fn read_file(&mut self, len: u64) -> Result<Bytes, ReadError> {
-        let shared = self.entry.file().clone();
-        let own = self.own.take();
+        let Source::Entry(following) = &mut self.source else {
+            self.finished = true;
+            return Err(ReadError::Producer);
+        };
+        let shared = following.entry.file().clone();
+        let own = following.own.take();
         let pos = self.pos;
         let result = tokio::task::spawn_blocking(move || read_at(&shared, own, pos, len)).await;
         match result {
             Ok(Ok((own, bytes))) => {
-                self.own = own;
+                following.own = own;
                 Ok(self.hand_out(bytes))
             }
             Ok(Err(err)) => {

@@ -1,5 +1,5 @@
-//! The pack cache key of an upload-pack request: everything that can change git's
-//! response, and nothing else. The request's own part is proto's normalized form
+//! The pack cache key of an upload-pack request (and the advertisement cache's key):
+//! everything that can change git's response, and nothing else. The request's own part is proto's normalized form
 //! (`gitgate_proto::normalize`, with its field table); this adds where and when.
 
 use gitgate_packcache::{CacheKey, KeyBuilder};
@@ -22,6 +22,28 @@ pub fn cache_key(
         .field(&generation.to_be_bytes())
         .field(service.name().as_bytes())
         .field(version.label().as_bytes())
+        .field(canonical)
+        .finish()
+}
+
+/// Version of the advertisement key format.
+const ADVERT_KEY_FORMAT: u32 = 1;
+
+/// The advertisement cache key of a `kind` answer for `repo` at `generation`, asked
+/// with `protocol` (the client's sanitized `Git-Protocol`, `None` for v0) and the
+/// normalized request `canonical` (empty for `info/refs`).
+pub fn advert_key(
+    kind: crate::advert_cache::Kind,
+    repo: &RepoPath,
+    generation: i64,
+    protocol: Option<&gitgate_proto::GitProtocol>,
+    canonical: &[u8],
+) -> CacheKey {
+    KeyBuilder::new(ADVERT_KEY_FORMAT)
+        .field(kind.label().as_bytes())
+        .field(repo.as_str().as_bytes())
+        .field(&generation.to_be_bytes())
+        .field(protocol.map_or("", |p| p.as_str()).as_bytes())
         .field(canonical)
         .finish()
 }

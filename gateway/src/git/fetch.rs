@@ -4,7 +4,8 @@
 //! bounds of [`crate::fetch_body`], and parsed before any node sees them. One that ends negotiation goes through the pack cache, keyed by
 //! [`super::cache_key`]; its producer checks that git's answer is a complete final
 //! response before the entry can end cleanly. The rest stream straight through from
-//! the route's replicas, holding a per-repository slot.
+//! the route's replicas, holding a per-repository slot; protocol v2 `ls-refs` goes
+//! through the advertisement cache ([`crate::advert_cache`]).
 
 use std::sync::Arc;
 
@@ -17,9 +18,11 @@ use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
 use gitgate_proto::{normalize, RepoPath, Service};
 use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
 
-use super::cache_key::cache_key;
+use super::advertise::advert_response;
+use super::cache_key::{advert_key, cache_key};
 use super::response::{boxed, git_response, git_response_of_len, holding};
 use super::GitRequest;
+use crate::advert_cache::Kind;
 use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
 use crate::fetch_body::{HeldBody, RawBytes};
@@ -92,13 +95,30 @@ pub async fn upload_pack(
     } else {
         span.record("cache", "none");
     }
-    let slot = state.limiter.acquire(repo, &git.client()).await?;
-    let stream = state
-        .cluster
-        .upload_pack(&route, git.call(repo, Service::UploadPack), body)
-        .await?;
+    let direct = async {
+        let slot = state.limiter.acquire(repo, &git.client()).await?;
+        let stream = state
+            .cluster
+            .upload_pack(&route, git.call(repo, Service::UploadPack), body)
+            .await?;
+        Ok::<_, AppError>(holding(boxed(stream), slot))
+    };
+    if let (Some(adverts), Some("ls-refs")) = (&state.adverts, normalized.command.as_deref()) {
+        let key = advert_key(
+            Kind::LsRefs,
+            repo,
+            route.generation,
+            git.protocol.as_ref(),
+            &normalized.canonical,
+        );
+        let answer = adverts.answer(Kind::LsRefs, key, direct).await?;
+        return Ok(advert_response(
+            answer,
+            Service::UploadPack.result_content_type(),
+        ));
+    }
     Ok(git_response(
-        holding(boxed(stream), slot),
+        direct.await?,
         Service::UploadPack.result_content_type(),
         true,
     ))

@@ -3,9 +3,11 @@
 //! time is paused where it matters, and file removal is announced by the test store.
 //!
 //! - `sharing`: joiners, admission, the disk budget, restarts;
-//! - `faults`: one test per failure mode.
+//! - `faults`: one test per failure mode;
+//! - `flights`: fetches below `min_occurrences`.
 
 mod faults;
+mod flights;
 mod sharing;
 
 use std::future::Future;
@@ -35,7 +37,8 @@ fn config(dir: &TempDir) -> CacheConfig {
     CacheConfig {
         dir: dir.path().join("cache"),
         max_age: Duration::from_secs(300),
-        min_occurrences: 1,
+        // Every fetch makes an entry; `flights` tests the default of 1.
+        min_occurrences: 0,
         max_bytes: 10 << 30,
         min_free_bytes: 0,
     }

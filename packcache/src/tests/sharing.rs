@@ -1,6 +1,7 @@
 //! Sharing one entry, admission, the disk budget, `max_age` and restarts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -64,32 +65,42 @@ async fn many_readers_joining_a_200mb_stream_get_identical_bytes() {
 }
 
 #[tokio::test]
-async fn min_occurrences_gates_entry_creation() {
-    for (min, expected) in [
-        (0, ["miss", "hit", "hit"]),
-        (1, ["miss", "hit", "hit"]),
-        (3, ["bypass", "bypass", "miss"]),
-    ] {
+async fn min_occurrences_gates_entry_creation_never_generation() {
+    // Whatever the threshold, three identical fetches cost one upstream call; only the
+    // number of entries on disk differs.
+    for (min, entries_after) in [(0, [1, 1, 1]), (1, [0, 1, 1]), (3, [0, 0, 0])] {
         let dir = TempDir::new().expect("tempdir");
         let mut cfg = config(&dir);
         cfg.min_occurrences = min;
         let h = Harness::new(cfg).await;
-        let mut kinds = Vec::new();
-        let mut keep = Vec::new();
-        for _ in 0..3 {
-            match h.cache.fetch(key("k"), || fixed(4, 10)).await {
-                Fetch::Hit(r) => {
-                    kinds.push("hit");
-                    keep.push(r);
-                }
-                Fetch::Miss(r) => {
-                    kinds.push("miss");
-                    keep.push(r);
-                }
-                Fetch::Bypass(_) => kinds.push("bypass"),
-            }
+        let calls = Arc::new(AtomicU64::new(0));
+        for (i, want) in entries_after.into_iter().enumerate() {
+            let counted = calls.clone();
+            let fetch = h
+                .cache
+                .fetch(key("k"), move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    fixed(4, 10)
+                })
+                .await;
+            let (kind, result) = drain(fetch).await;
+            assert_eq!(
+                result,
+                Ok((expected_hash(4, 10), 40)),
+                "min {min}, fetch {i}"
+            );
+            assert_eq!(
+                kind,
+                if i == 0 { "miss" } else { "hit" },
+                "min {min}, fetch {i}"
+            );
+            assert_eq!(
+                h.cache.entries(),
+                want,
+                "min {min}, entries after fetch {i}"
+            );
         }
-        assert_eq!(kinds, expected, "min_occurrences = {min}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "min {min}: upstream calls");
     }
 }
 
@@ -100,14 +111,15 @@ async fn sightings_older_than_max_age_do_not_count() {
     cfg.min_occurrences = 2;
     cfg.max_age = Duration::from_secs(60);
     let h = Harness::new(cfg).await;
-    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
-    assert_eq!(kind, "bypass");
+    let _ = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
     tokio::time::advance(Duration::from_secs(60)).await;
-    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
-    assert_eq!(kind, "bypass", "the first sighting has expired");
+    let _ = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(h.cache.entries(), 0, "the first sighting has expired");
     tokio::time::advance(Duration::from_secs(59)).await;
-    let (kind, result) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
-    assert_eq!(kind, "miss");
+    let _ = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(h.cache.entries(), 0, "seen once before in the window");
+    let (_, result) = drain(h.cache.fetch(key("k"), || fixed(1, 10)).await).await;
+    assert_eq!(h.cache.entries(), 1, "seen twice before in the window");
     assert_eq!(result, Ok((expected_hash(1, 10), 10)));
 }
 

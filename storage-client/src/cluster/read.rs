@@ -72,12 +72,12 @@ impl Cluster {
     }
 
     /// The upload-pack ref advertisement (`info/refs`) of `call.repo`, from the first
-    /// replica of a fresh route that answers.
+    /// of `route`'s replicas that answers.
     pub async fn upload_pack_advertisement(
         &self,
+        route: &ReadRoute,
         call: GitCall<'_>,
     ) -> Result<GitStream, ClusterError> {
-        let route = self.read_route(call.repo).await?;
         let mut last = None;
         for &node in route.candidates() {
             match self.observe(node, self.node(node).info_refs(call).await) {
