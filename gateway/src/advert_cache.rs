@@ -105,13 +105,20 @@ impl AdvertCache {
     }
 
     /// The answer for `key`: kept, shared with a call in flight, or from `fetch` (the
-    /// node call; it runs only when needed).
+    /// node call; it runs only when needed). With `cacheable` false (a write to the
+    /// repository is in flight, so the refs may be ahead of the key's generation), the
+    /// answer is fetched and neither looked up nor kept.
     pub async fn answer(
         &self,
         kind: Kind,
         key: CacheKey,
+        cacheable: bool,
         fetch: impl Future<Output = Result<BodyStream, AppError>>,
     ) -> Result<Answer, AppError> {
+        if !cacheable {
+            self.count(kind, "uncached");
+            return fetch.await.map(Answer::Stream);
+        }
         if let Some(bytes) = self.done.get(&key) {
             self.count(kind, "hit");
             return Ok(Answer::Whole(bytes));

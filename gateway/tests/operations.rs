@@ -767,10 +767,12 @@ fn metrics_pass_promtool_and_json_logs_carry_the_fields() {
 fn rotating_the_internal_secret_fails_no_request() {
     const OLD: &str = "old-internal-secret-11111111";
     const NEW: &str = "new-internal-secret-22222222";
+    // No caches: every clone of the loop below must reach the node.
     let gw = TestGateway::start(
         true,
         GatewayOptions {
             node_token: Some(OLD.into()),
+            extra: "[cache]\nenabled = false\n".into(),
             ..Default::default()
         },
     );

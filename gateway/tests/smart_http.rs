@@ -38,11 +38,13 @@ both_backends!(
 
 fn clone_v0_and_v2(remote: bool) {
     let gw = TestGateway::start(remote, GatewayOptions::default());
-    for git in clients() {
+    // A repository per client: each is seeded on the node's disk, behind the gateway's
+    // back, where a rewrite would only be noticed by the reconciler.
+    for (i, git) in clients().into_iter().enumerate() {
         let tmp = TempDir::new().expect("tempdir");
         let work = make_source(&git, tmp.path(), 12);
-        let bare = gw.repo_dir("group/proj");
-        let _ = std::fs::remove_dir_all(&bare);
+        let name = format!("group/proj{i}");
+        let bare = gw.repo_dir(&name);
         seed_bare(&git, &work, &bare);
         for version in ["0", "2"] {
             let mirror = tmp.path().join(format!("mirror-v{version}"));
@@ -55,7 +57,7 @@ fn clone_v0_and_v2(remote: bool) {
                     "clone",
                     "-q",
                     "--mirror",
-                    &gw.repo_url("group/proj"),
+                    &gw.repo_url(&name),
                     path_str(&mirror),
                 ],
                 &[("GIT_TRACE_PACKET", path_str(&trace))],
@@ -83,7 +85,7 @@ fn clone_v0_and_v2(remote: bool) {
             &[
                 "clone",
                 "-q",
-                &format!("{}/group/proj", gw.server.url),
+                &format!("{}/{name}", gw.server.url),
                 path_str(&plain),
             ],
         );
@@ -94,20 +96,20 @@ fn clone_v0_and_v2(remote: bool) {
 
 fn fetch_shallow_and_partial(remote: bool) {
     let gw = TestGateway::start(remote, GatewayOptions::default());
-    for git in clients() {
+    for (i, git) in clients().into_iter().enumerate() {
         let tmp = TempDir::new().expect("tempdir");
         let work = make_source(&git, tmp.path(), 10);
-        let bare = gw.repo_dir("proj");
-        let _ = std::fs::remove_dir_all(&bare);
+        let name = format!("proj{i}");
+        let bare = gw.repo_dir(&name);
         seed_bare(&git, &work, &bare);
-        let url = gw.repo_url("proj");
+        let url = gw.repo_url(&name);
 
         // Incremental fetch after new commits.
         let clone = tmp.path().join("clone");
         git.ok(None, &["clone", "-q", &url, path_str(&clone)]);
         git.commit_file(&work, "new.txt", "new\n", "new commit");
         let new_head = git.commit_file(&work, "new.txt", "newer\n", "newer commit");
-        git.ok(Some(&work), &["push", "-q", path_str(&bare), "main"]);
+        git.ok(Some(&work), &["push", "-q", &url, "main"]);
         git.ok(Some(&clone), &["fetch", "-q", "origin"]);
         assert_eq!(
             git.ok(Some(&clone), &["rev-parse", "origin/main"]).trim(),
@@ -621,7 +623,15 @@ fn _uses(_: &Git) {}
 
 #[test]
 fn unreachable_node_is_503_and_the_gateway_keeps_serving() {
-    let mut gw = TestGateway::start(true, GatewayOptions::default());
+    // Without caches: with them, refs cached before the kill are still served (they are
+    // current); this is about calls that reach the node.
+    let mut gw = TestGateway::start(
+        true,
+        GatewayOptions {
+            extra: "[cache]\nenabled = false\n".into(),
+            ..Default::default()
+        },
+    );
     let git = default_client();
     git.ok(None, &["init", "-q", "--bare", path_str(&gw.repo_dir("r"))]);
     git.ok(None, &["ls-remote", &gw.repo_url("r")]);

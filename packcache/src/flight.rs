@@ -337,14 +337,18 @@ impl FlightTask {
         };
         match outcome {
             Outcome::End(end) => {
-                self.flight.close();
-                self.flights.remove(&self.key, &self.flight);
+                // Kept before the flight leaves the live set, so no identical request
+                // finds neither.
                 if matches!(end, FlightEnd::Done) && self.kept.whole {
                     let recorded = self.kept.take();
                     if recorded.len <= RECENT_BYTES {
                         self.flights.recent.insert(self.key, Arc::new(recorded));
                     }
                 }
+                for joiner in self.flight.close() {
+                    let _ = joiner.send(None);
+                }
+                self.flights.remove(&self.key, &self.flight);
                 let _ = self.end.send(end);
             }
             Outcome::Abandoned => {}
@@ -400,8 +404,10 @@ impl FlightTask {
     /// from the start and the request follows it. Without an entry (no room), the
     /// joiners go their own way and the request is served on as before.
     async fn land(mut self, rest: ByteStream, make_entry: MakeEntry, producer: Producer) {
-        let joiners = self.flight.close();
+        // Still joinable while the entry is made: whoever comes meanwhile waits for it
+        // too, instead of making an entry (and a generation) of its own.
         let made = make_entry().await;
+        let mut joiners = self.flight.close();
         let Some((entry, writer, first)) = made else {
             for joiner in joiners {
                 let _ = joiner.send(None);
@@ -427,6 +433,8 @@ impl FlightTask {
             writer.wrote(offset, chunk);
             offset += len;
         }
+        // The entry is in the index now, so nobody can miss both it and the flight.
+        joiners.extend(self.flight.close());
         for joiner in joiners {
             let _ = joiner.send(Some((entry.clone(), entry.attach())));
         }

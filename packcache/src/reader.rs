@@ -27,6 +27,14 @@ use crate::upstream::UpstreamError;
 /// so buffers come from (and go back to) the heap instead of fresh zeroed pages.
 const CHUNK: u64 = 120 * 1024;
 
+/// A region handed out at the head of a live production covers at least this much when
+/// it comes within [`COALESCE_WAIT`].
+const COALESCE: u64 = 256 * 1024;
+
+/// The longest a region at the head waits to grow to [`COALESCE`]; short, so git's
+/// progress and keep-alive packets still reach the client at once, for all purposes.
+const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Why a reader's stream ended early.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
@@ -205,13 +213,11 @@ impl Reader {
                 written,
                 live,
             }) => {
-                if live {
-                    // At the head of a live production the newest bytes are still in
-                    // memory: hand them out (as cheap as a file range for a chunk this
-                    // small, and no file access at all).
-                    if let Some(bytes) = entry.tail(self.pos, written) {
-                        return Some(Ok(Region::Bytes(self.hand_out(bytes))));
-                    }
+                let mut written = written;
+                if live && self.pos > 0 && written - self.pos < COALESCE {
+                    // At the head of a live production: let a larger range build up
+                    // (briefly), so each send moves more than one upstream chunk.
+                    written = self.coalesce(written).await;
                 }
                 // I2: the range ends at the published offset; I5: it holds the open file.
                 let region = FileRegion {
@@ -224,6 +230,23 @@ impl Reader {
                 Some(Ok(Region::File(region)))
             }
         }
+    }
+
+    /// Wait until [`COALESCE`] bytes past this reader's position are published, the
+    /// production ends, or [`COALESCE_WAIT`] passes; the published offset then.
+    async fn coalesce(&mut self, written: u64) -> u64 {
+        let Source::Entry(following) = &mut self.source else {
+            return written;
+        };
+        let target = self.pos + COALESCE;
+        let wait = following
+            .progress
+            .wait_for(|p| p.written >= target || !matches!(p.phase, Phase::Writing));
+        let reached = match tokio::time::timeout(COALESCE_WAIT, wait).await {
+            Ok(Ok(progress)) => Some(progress.written),
+            _ => None,
+        };
+        reached.unwrap_or_else(|| following.progress.borrow().written)
     }
 
     /// The entry's whole length when it is already complete in its file, so a response

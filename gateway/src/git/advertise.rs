@@ -54,7 +54,9 @@ pub async fn info_refs(
                     .await?;
                 Ok(boxed(stream))
             };
-            let answer = adverts.answer(Kind::InfoRefs, key, fetch).await?;
+            let answer = adverts
+                .answer(Kind::InfoRefs, key, !route.write_in_flight, fetch)
+                .await?;
             return Ok(advert_response(
                 answer,
                 service.advertisement_content_type(),

@@ -111,7 +111,9 @@ pub async fn upload_pack(
             git.protocol.as_ref(),
             &normalized.canonical,
         );
-        let answer = adverts.answer(Kind::LsRefs, key, direct).await?;
+        let answer = adverts
+            .answer(Kind::LsRefs, key, !route.write_in_flight, direct)
+            .await?;
         return Ok(advert_response(
             answer,
             Service::UploadPack.result_content_type(),

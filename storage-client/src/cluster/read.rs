@@ -35,6 +35,10 @@ pub struct ReadRoute {
     /// repository's, or an older one while a newer unacknowledged write is not yet
     /// held by a majority.
     pub generation: i64,
+    /// Whether a write to the repository is in flight: a replica may already show refs
+    /// that `generation` does not cover yet (callers do not cache ref advertisements
+    /// read meanwhile).
+    pub write_in_flight: bool,
     /// Nodes to try, in order: healthy and up to date.
     candidates: Vec<NodeId>,
 }
@@ -62,6 +66,7 @@ impl Cluster {
         let spread = std::hash::BuildHasher::hash_one(&self.reads.scramble, turn);
         Ok(ReadRoute {
             generation,
+            write_in_flight: record.write.is_some(),
             candidates: routing::read_order(
                 serving,
                 writing,
