@@ -214,6 +214,31 @@ impl ZeroCopyStream {
     }
 }
 
+impl ZeroCopyStream {
+    /// Write `bufs` with `MSG_MORE`: more data follows at once.
+    fn poll_send_more(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        // nix names no constant for it.
+        let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let fd = self.tcp.as_raw_fd();
+            let result = self.tcp.try_io(Interest::WRITABLE, || {
+                sendmsg::<SockaddrStorage>(fd, bufs, &[], more, None).map_err(io::Error::from)
+            });
+            match result {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
 fn mismatch(what: &str) -> io::Error {
     tracing::error!(what, "zero-copy send out of step; closing the connection");
     io::Error::new(
@@ -261,7 +286,13 @@ impl AsyncWrite for ZeroCopyStream {
             .take_while(|b| placeholder_offset(b).is_none())
             .count();
         let this = &mut *self;
-        let written = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..plain]))?;
+        let written = if plain < bufs.len() {
+            // A file range follows (chunk framing, usually): let the kernel hold these
+            // few bytes for the range's first segment instead of sending them alone.
+            ready!(this.poll_send_more(cx, &bufs[..plain]))?
+        } else {
+            ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..plain]))?
+        };
         if written > 0 {
             this.progress.wrote();
         }

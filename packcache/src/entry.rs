@@ -261,8 +261,10 @@ impl Writer {
         &self.entry
     }
 
-    /// Publish `chunk`, just written to the file at `offset`.
-    pub(crate) fn wrote(&self, offset: u64, chunk: Bytes) {
+    /// Publish `chunk`, just written to the file at `offset`; `wake` says whether to
+    /// wake the readers waiting for it now (else they see it when they next look, or
+    /// at the next [`Writer::wake`]).
+    pub(crate) fn wrote(&self, offset: u64, chunk: Bytes, wake: bool) {
         let len = chunk.len() as u64;
         let mut shared = self.entry.lock();
         shared.tail.push(offset, chunk);
@@ -270,9 +272,16 @@ impl Writer {
             self.entry.usage.add(len);
         }
         // I2: the offset is published only once the bytes are in the file.
-        self.entry
-            .progress
-            .send_modify(|progress| progress.written = offset + len);
+        self.entry.progress.send_if_modified(|progress| {
+            progress.written = offset + len;
+            wake
+        });
+    }
+
+    /// Wake the readers waiting for what was published quietly.
+    pub(crate) fn wake(&self) {
+        let _shared = self.entry.lock();
+        self.entry.progress.send_modify(|_| {});
     }
 
     /// The file failed: from here on, bytes go through the readers' channels (I7).

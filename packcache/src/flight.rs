@@ -430,7 +430,7 @@ impl FlightTask {
                 return self.finish_alone(rest).await;
             }
             let len = chunk.len() as u64;
-            writer.wrote(offset, chunk);
+            writer.wrote(offset, chunk, true);
             offset += len;
         }
         // The entry is in the index now, so nobody can miss both it and the flight.

@@ -21,6 +21,12 @@ use crate::metrics::CacheMetrics;
 use crate::store::EntryStore;
 use crate::{ByteStream, Upstream};
 
+/// Readers are woken at least once per this many published bytes.
+const WAKE_BYTES: u64 = 256 * 1024;
+
+/// And at most this long after a byte was published.
+const WAKE_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What a producer needs besides its entry.
 #[derive(Clone)]
 pub(crate) struct Producer {
@@ -101,11 +107,19 @@ impl Producer {
         mut offset: u64,
     ) -> Result<(), FailReason> {
         let mut spilling = false;
+        // Bytes published without waking the readers, and when they must be woken.
+        let mut quiet = 0u64;
+        let mut wake_by = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
                 biased;
                 () = writer.readers_gone() => {
                     self.stop_if_unread(writer)?;
+                    continue;
+                }
+                () = tokio::time::sleep_until(wake_by), if quiet > 0 => {
+                    writer.wake();
+                    quiet = 0;
                     continue;
                 }
                 next = stream.next() => next,
@@ -124,7 +138,19 @@ impl Producer {
                 // (`chunk` is reference-counted: the clone shares its bytes.)
                 match self.write(writer, chunk.clone(), offset).await {
                     Ok(()) => {
-                        writer.wrote(offset, chunk);
+                        // Readers are woken for the first bytes, then once per
+                        // WAKE_BYTES, and at most WAKE_DELAY after anything published:
+                        // one wake-up per upstream chunk per reader would cost more than
+                        // the bytes.
+                        if quiet == 0 {
+                            wake_by = tokio::time::Instant::now() + WAKE_DELAY;
+                        }
+                        quiet += len;
+                        let wake = offset == 0 || quiet >= WAKE_BYTES;
+                        writer.wrote(offset, chunk, wake);
+                        if wake {
+                            quiet = 0;
+                        }
                         offset += len;
                         continue;
                     }
