@@ -301,6 +301,8 @@ fn hit_comparison(
         ("Git-Protocol", "version=2"),
     ];
     let path = format!("/{}.git/git-upload-pack", corpus.name);
+    // Twice: at the default `min_occurrences` (1) the second occurrence makes the entry.
+    crate::http::request(&gitgate.authority, "POST", &path, &headers, &body)?;
     let warm = crate::http::request(&gitgate.authority, "POST", &path, &headers, &body)?;
     std::fs::write(setup.static_dir.join("clone-response.bin"), &warm.body)?;
     let nginx = servers::start(servers::Kind::Nginx, setup)?;
