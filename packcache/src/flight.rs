@@ -325,8 +325,12 @@ enum Outcome {
     End(FlightEnd),
     /// The request left and nobody joined.
     Abandoned,
-    /// Someone joined: land in an entry with the rest of the stream.
-    Land(ByteStream),
+    /// Someone joined: land in an entry with the rest of the stream. `pending` is a
+    /// chunk already kept (so in the entry) but not yet sent to the request.
+    Land {
+        rest: ByteStream,
+        pending: Option<Bytes>,
+    },
 }
 
 impl FlightTask {
@@ -352,7 +356,7 @@ impl FlightTask {
                 let _ = self.end.send(end);
             }
             Outcome::Abandoned => {}
-            Outcome::Land(rest) => self.land(rest, make_entry, producer).await,
+            Outcome::Land { rest, pending } => self.land(rest, pending, make_entry, producer).await,
         }
     }
 
@@ -360,7 +364,10 @@ impl FlightTask {
     async fn stream(&mut self, mut stream: ByteStream) -> Outcome {
         loop {
             if self.kept.whole && self.flight.has_waiting() {
-                return Outcome::Land(stream);
+                return Outcome::Land {
+                    rest: stream,
+                    pending: None,
+                };
             }
             let next = tokio::select! {
                 biased;
@@ -388,7 +395,10 @@ impl FlightTask {
                 biased;
                 () = self.flight.notify.notified(), if self.kept.whole => {
                     if self.flight.has_waiting() {
-                        return Outcome::Land(stream);
+                        return Outcome::Land {
+                            rest: stream,
+                            pending: Some(chunk),
+                        };
                     }
                     self.data.send(chunk).await
                 }
@@ -403,7 +413,13 @@ impl FlightTask {
     /// Make an entry of what was kept and go on as its producer; the joiners read it
     /// from the start and the request follows it. Without an entry (no room), the
     /// joiners go their own way and the request is served on as before.
-    async fn land(mut self, rest: ByteStream, make_entry: MakeEntry, producer: Producer) {
+    async fn land(
+        mut self,
+        rest: ByteStream,
+        pending: Option<Bytes>,
+        make_entry: MakeEntry,
+        producer: Producer,
+    ) {
         // Still joinable while the entry is made: whoever comes meanwhile waits for it
         // too, instead of making an entry (and a generation) of its own.
         let made = make_entry().await;
@@ -414,7 +430,7 @@ impl FlightTask {
             }
             self.kept.release();
             self.flights.remove(&self.key, &self.flight);
-            return self.finish_alone(rest).await;
+            return self.finish_alone(pending, rest).await;
         };
         let kept = self.kept.take();
         let mut offset = 0u64;
@@ -427,7 +443,7 @@ impl FlightTask {
                 producer.abandon(writer, "write_error");
                 self.flights.remove(&self.key, &self.flight);
                 // The request still needs the rest; it has not seen the entry.
-                return self.finish_alone(rest).await;
+                return self.finish_alone(pending, rest).await;
             }
             let len = chunk.len() as u64;
             writer.wrote(offset, chunk, true);
@@ -446,8 +462,14 @@ impl FlightTask {
         producer.drain(writer, rest, offset).await;
     }
 
-    /// Forward the rest of the stream to the request alone, as an uncached fetch.
-    async fn finish_alone(self, mut rest: ByteStream) {
+    /// Forward `pending` and the rest of the stream to the request alone, as an uncached
+    /// fetch.
+    async fn finish_alone(self, pending: Option<Bytes>, mut rest: ByteStream) {
+        if let Some(chunk) = pending {
+            if self.data.send(chunk).await.is_err() {
+                return;
+            }
+        }
         let end = loop {
             match rest.next().await {
                 None => break FlightEnd::Done,

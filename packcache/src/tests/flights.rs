@@ -177,3 +177,44 @@ async fn a_failed_flight_fails_its_request_and_keeps_nothing() {
     assert_eq!(result, Ok((expected_hash(2, 100), 200)));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_that_cannot_land_serves_its_request_whole() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.min_occurrences = 1;
+    cfg.min_free_bytes = 1 << 30;
+    let h = Harness::new(cfg).await;
+    // No room on disk: the flight cannot land when someone joins.
+    h.store.set_free_bytes(0);
+    let (feed, upstream, _released) = feed();
+    let first = h.cache.fetch(key("k"), || upstream).await;
+    assert!(matches!(first, Fetch::Miss(_)));
+    // More than the request's channel holds, so a chunk waits to be sent when the
+    // joiner comes.
+    let feeding = tokio::spawn(async move {
+        feed.chunks(0..40, 1000).await;
+        feed
+    });
+    // Eight chunks fill the request's channel; the ninth waits.
+    within("the flight to block on its request", async {
+        while h.metric("gitgate_pack_cache_generated_bytes_total", None) < 9_000 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let second = within("the joiner", h.cache.fetch(key("k"), || fixed(40, 1000))).await;
+    assert!(
+        matches!(second, Fetch::Bypass(_)),
+        "no room: the joiner goes alone"
+    );
+    let first = tokio::spawn(drain(first));
+    let feed = within("feeding", feeding).await.expect("task");
+    drop(feed);
+    assert_eq!(
+        within("the first reader", first).await.expect("task").1,
+        Ok((expected_hash(40, 1000), 40_000)),
+        "the request lost bytes when its flight could not land"
+    );
+    assert_eq!(files_in(h.cache.life_dir()), 0);
+}
