@@ -21,6 +21,10 @@ use crate::error::ClientError;
 
 /// How long to wait for a TCP connection to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an idle connection to a node is kept for reuse: well under the node's
+/// `header_timeout` (10 s by default; keep it above this if you lower it).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long admin calls (state, create, delete, health) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a health check may take.
@@ -70,7 +74,13 @@ impl RemoteNode {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            // Drop idle connections before the node does (its `header_timeout`, 10 s by
+            // default, also closes kept-alive connections that send nothing): a request
+            // sent on a connection the node is closing fails with nothing to retry.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
         Ok(Self {
             name,
             base,

@@ -11,7 +11,7 @@
 //! git = "git"                 # program, looked up in PATH once at start
 //!
 //! [limits]
-//! header_timeout = "10s"      # for a request's headers, and between kept-alive requests
+//! header_timeout = "10s"      # for a request's headers, and between kept-alive requests (keep it above the 4 s gateways keep idle connections)
 //! max_connections = 1024      # open connections at once (0: no limit)
 //! max_connections_per_client = 256
 //! shutdown_grace = "30s"      # in-flight requests may finish after SIGTERM
