@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::admission::Admission;
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Follower, Writer};
-use crate::flight::{Flights, MakeEntry};
+use crate::flight::{Flights, MakeEntry, Started};
 use crate::index::{Index, Insert};
 use crate::key::CacheKey;
 use crate::metrics::CacheMetrics;
@@ -143,7 +143,7 @@ impl PackCache {
         if let Some(reason) = self.make_room().await {
             return inner.bypass(reason);
         }
-        let (entry, writer, follower) = match inner.create(key).await {
+        let (entry, writer, follower) = match inner.create(key, false).await {
             Ok(Created::New(entry, writer, follower)) => (entry, writer, follower),
             Ok(Created::Joined(existing, follower)) => return inner.hit(existing, follower),
             Err(fetch) => return fetch,
@@ -178,7 +178,7 @@ impl PackCache {
                 if cache.make_room().await.is_some() {
                     return None;
                 }
-                match cache.inner.create(key).await {
+                match cache.inner.create(key, true).await {
                     Ok(Created::New(entry, writer, follower)) => Some((entry, writer, follower)),
                     // Another entry for the key: its bytes may differ from the flight's,
                     // so the flight's request cannot switch to it.
@@ -192,8 +192,10 @@ impl PackCache {
             make_entry,
             inner.producer(generates),
             inner.metrics.clone(),
+            &inner.index,
         ) {
-            Some(flight) => {
+            Started::Entry(entry, follower) => inner.hit(entry, follower),
+            Started::Flight(flight) => {
                 let reader = Reader::flight(key, flight, inner.metrics.served_bytes.clone());
                 if generates {
                     inner.metrics.lookups.with_label_values(&["miss"]).inc();
@@ -204,7 +206,7 @@ impl PackCache {
                 }
             }
             // A flight for the key started a moment ago and could not be joined.
-            None => inner.bypass(BypassReason::NotAdmitted),
+            Started::Busy => inner.bypass(BypassReason::NotAdmitted),
         }
     }
 
@@ -367,7 +369,10 @@ impl Inner {
     /// Create an entry file and put a new entry for `key` in the index, unless a
     /// joinable one appeared meanwhile (I1); `Err` is the bypass to answer (I7: a store
     /// error before the entry exists).
-    async fn create(&self, key: CacheKey) -> Result<Created, Fetch> {
+    ///
+    /// A request (`for_flight` false) joins a live flight for the key instead, if one
+    /// started meanwhile; a landing flight (`for_flight` true) makes its own entry.
+    async fn create(&self, key: CacheKey, for_flight: bool) -> Result<Created, Fetch> {
         let store = self.store.clone();
         let created = tokio::task::spawn_blocking(move || store.create()).await;
         let (file, path) = match created {
@@ -376,7 +381,25 @@ impl Inner {
             Err(join) => return Err(self.store_error(&join)),
         };
         let (entry, writer) = Entry::new(key, file, path.clone(), self.index.usage().clone());
-        Ok(match self.index.insert(entry.clone()) {
+        let inserted = if for_flight {
+            self.index.insert(entry.clone())
+        } else {
+            match self
+                .flights
+                .insert_unless_flying(&self.index, entry.clone())
+            {
+                Ok(inserted) => inserted,
+                Err(answer) => {
+                    self.index.unlink_later(path);
+                    return match answer.await {
+                        Ok(Some((entry, follower))) => Ok(Created::Joined(entry, follower)),
+                        // The flight could not take us (rare): no cache for this one.
+                        _ => Err(self.bypass(BypassReason::NotAdmitted)),
+                    };
+                }
+            }
+        };
+        Ok(match inserted {
             Insert::Joined(existing, follower) => {
                 self.index.unlink_later(path);
                 Created::Joined(existing, follower)

@@ -31,6 +31,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::entry::{Entry, Follower, Writer};
+use crate::index::{Index, Insert};
 use crate::key::CacheKey;
 use crate::metrics::CacheMetrics;
 use crate::producer::Producer;
@@ -77,6 +78,16 @@ pub(crate) type Joined = Option<(Arc<Entry>, Follower)>;
 
 /// A joiner's wait for [`Joined`].
 pub(crate) type JoinAnswer = oneshot::Receiver<Joined>;
+
+/// What [`Flights::start`] did.
+pub(crate) enum Started {
+    /// A flight; read it.
+    Flight(FlightReceiver),
+    /// An entry for the key appeared meanwhile: read it instead.
+    Entry(Arc<Entry>, Follower),
+    /// Another flight for the key started a moment ago and could not be joined.
+    Busy,
+}
 
 /// Live and recent flights.
 pub(crate) struct Flights {
@@ -180,7 +191,8 @@ impl Flights {
         make_entry: MakeEntry,
         producer: Producer,
         metrics: CacheMetrics,
-    ) -> Option<FlightReceiver> {
+        index: &Index,
+    ) -> Started {
         let flight = Arc::new(Flight {
             joins: Mutex::new(Joins {
                 joinable: true,
@@ -189,9 +201,14 @@ impl Flights {
             notify: Notify::new(),
         });
         {
+            // Under the flights lock, which entry creation also takes (see
+            // `insert_unless_flying`): a key never has a flight and a new entry at once.
             let mut live = self.lock();
+            if let Some((entry, follower)) = index.join(&key) {
+                return Started::Entry(entry, follower);
+            }
             if live.contains_key(&key) {
-                return None;
+                return Started::Busy;
             }
             live.insert(key, flight.clone());
         }
@@ -209,7 +226,29 @@ impl Flights {
         };
         // I6: its own task, not part of the request that started it.
         tokio::spawn(task.run(upstream, make_entry, producer));
-        Some(FlightReceiver { data, end })
+        Started::Flight(FlightReceiver { data, end })
+    }
+
+    /// Put `entry` in `index` unless a joinable flight for its key is live: then join
+    /// that flight instead (`Err`). Under the flights lock, so that a flight and a new
+    /// entry for one key never both call upstream.
+    pub(crate) fn insert_unless_flying(
+        &self,
+        index: &Index,
+        entry: Arc<Entry>,
+    ) -> Result<Insert, JoinAnswer> {
+        let live = self.lock();
+        if let Some(flight) = live.get(&entry.key()) {
+            let mut joins = flight.lock();
+            if joins.joinable {
+                let (tx, rx) = oneshot::channel();
+                joins.waiting.push(tx);
+                drop(joins);
+                flight.notify.notify_one();
+                return Err(rx);
+            }
+        }
+        Ok(index.insert(entry))
     }
 
     fn remove(&self, key: &CacheKey, flight: &Arc<Flight>) {
