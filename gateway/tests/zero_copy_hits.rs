@@ -148,6 +148,20 @@ fn clone_v0(git: &Git, url: &str, into: &Path) -> Child {
         .expect("spawn git clone")
 }
 
+/// Start a clone, and once its fetch has started production (a miss), a second one
+/// that joins it.
+fn two_clones_of_one_production(s: &Setup) -> ((Child, PathBuf), (Child, PathBuf)) {
+    let url = s.gw.repo_url("big");
+    let first_dir = s.tmp.path().join("first");
+    let first = clone_v0(&s.git, &url, &first_dir);
+    wait_until(Duration::from_secs(20), "the first clone's miss", || {
+        lookups(&s.gw, "miss") >= 1.0
+    });
+    let second_dir = s.tmp.path().join("second");
+    let second = clone_v0(&s.git, &url, &second_dir);
+    ((first, first_dir), (second, second_dir))
+}
+
 fn lookups(gw: &TestGateway, result: &str) -> f64 {
     metric(
         &gw.scrape(),
@@ -195,7 +209,7 @@ impl Answer {
 }
 
 /// Read one HTTP/1.1 response (Content-Length or chunked) from `conn`.
-fn read_answer(conn: &mut BufReader<TcpStream>) -> Answer {
+fn read_answer(conn: &mut impl BufRead) -> Answer {
     let mut line = String::new();
     conn.read_line(&mut line).expect("status line");
     let status = line
@@ -297,15 +311,8 @@ fn assert_valid_pack(git: &Git, tmp: &Path, answer: &[u8], head: &str) {
 fn a_clone_joins_an_entry_still_being_written() {
     let s = setup(8, "", "");
     s.hook.set(Mode::Slow);
-    let url = s.gw.repo_url("big");
     let runs = s.gw.upload_pack_runs();
-    let first_dir = s.tmp.path().join("first");
-    let mut first = clone_v0(&s.git, &url, &first_dir);
-    wait_until(Duration::from_secs(20), "the first clone's miss", || {
-        lookups(&s.gw, "miss") >= 1.0
-    });
-    let second_dir = s.tmp.path().join("second");
-    let mut second = clone_v0(&s.git, &url, &second_dir);
+    let ((mut first, first_dir), (mut second, second_dir)) = two_clones_of_one_production(&s);
     // The pack takes seconds to make: the second clone joined while it was written.
     assert!(
         first.try_wait().expect("try_wait").is_none(),
@@ -396,13 +403,7 @@ fn a_producer_failure_fails_every_reader_and_caches_nothing() {
     s.hook.set(Mode::Fail);
     let url = s.gw.repo_url("big");
     let runs = s.gw.upload_pack_runs();
-    let first_dir = s.tmp.path().join("first");
-    let mut first = clone_v0(&s.git, &url, &first_dir);
-    wait_until(Duration::from_secs(20), "the first clone's miss", || {
-        lookups(&s.gw, "miss") >= 1.0
-    });
-    let second_dir = s.tmp.path().join("second");
-    let mut second = clone_v0(&s.git, &url, &second_dir);
+    let ((mut first, _), (mut second, _)) = two_clones_of_one_production(&s);
     for child in [&mut first, &mut second] {
         let out = child.wait_with_output_ref();
         assert!(!out.0, "a clone of a failed pack succeeded");
@@ -552,33 +553,7 @@ fn an_entry_evicted_while_it_is_sent_still_arrives_whole() {
         let mut all = head;
         all.extend_from_slice(&rest);
         let mut reparsed = BufReader::new(&all[..]);
-        let body = parse_chunked_response(&mut reparsed);
+        let body = read_answer(&mut reparsed).body;
         assert_valid_pack(&s.git, s.tmp.path(), &body, &s.head);
-    }
-}
-
-/// The body of one chunked HTTP/1.1 response in `bytes`.
-fn parse_chunked_response(r: &mut impl BufRead) -> Vec<u8> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).expect("header");
-        if line.trim_end().is_empty() {
-            break;
-        }
-    }
-    let mut body = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).expect("chunk size");
-        let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..]).expect("chunk");
-        line.clear();
-        r.read_line(&mut line).expect("chunk end");
-        if size == 0 {
-            return body;
-        }
     }
 }

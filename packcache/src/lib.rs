@@ -23,8 +23,8 @@
 //! - **reader** (`reader.rs`): a stream over the file that follows the published offset,
 //!   as chunks of bytes or as file regions for callers that send them with `sendfile(2)`;
 //! - **admission** (`admission.rs`): `min_occurrences`, counting keys over `max_age`;
-//! - **flight** (`flight.rs`): a fetch below `min_occurrences`, streamed to its request
-//!   through memory; it lands in an entry when an identical request joins it, and a
+//! - **flight** (`flight/`, its memory in `flight/kept.rs`): a fetch below
+//!   `min_occurrences`, streamed to its request through memory; it lands in an entry when an identical request joins it, and a
 //!   finished one's bytes are kept (bounded) for the key's next occurrence;
 //! - **cache** (`cache.rs`): [`PackCache`], which wires these together, owns the
 //!   settings and the disk budget, and decides when to evict;

@@ -53,7 +53,7 @@ impl Producer {
     }
 
     /// Go on with `stream` from `offset` for `writer`'s entry, whose first `offset`
-    /// bytes are written and published (a flight that spilled, see `flight.rs`).
+    /// bytes are written and published (a flight that landed, see `flight/`).
     pub(crate) async fn drain(self, writer: Writer, stream: ByteStream, offset: u64) {
         let result = AssertUnwindSafe(self.forward(&writer, stream, offset))
             .catch_unwind()

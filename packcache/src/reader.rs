@@ -1,6 +1,6 @@
 //! A reader: streams an entry's bytes from the start, following the growing file; or,
 //! for a fetch below `min_occurrences`, what its flight sends until the flight lands
-//! into an entry, and then that entry from the same position (see `flight.rs`).
+//! into an entry, and then that entry from the same position (see `flight/`).
 //!
 //! It reads up to the published offset (I2), from the entry's in-memory tail when it
 //! keeps up with the producer and otherwise with reads on the entry's open file (so an
@@ -126,7 +126,7 @@ pub struct Reader {
 enum Source {
     /// An entry's file (and its in-memory tail).
     Entry(Following),
-    /// A flight's channel; it may hand over to an entry (see `flight.rs`).
+    /// A flight's channel; it may hand over to an entry (see `flight/`).
     Flight(FlightReceiver),
 }
 

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,12 +30,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+mod kept;
+
 use crate::entry::{Entry, Follower, Writer};
 use crate::index::{Index, Insert};
 use crate::key::CacheKey;
 use crate::metrics::CacheMetrics;
 use crate::producer::Producer;
 use crate::upstream::{ByteStream, Upstream, UpstreamError};
+use kept::Kept;
 
 /// Most bytes one flight keeps in memory; past this it can no longer be joined.
 pub(crate) const FLIGHT_BYTES: u64 = 32 << 20;
@@ -275,74 +278,6 @@ impl Flights {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// What a flight keeps, counted against the shared budget.
-struct Kept {
-    chunks: Vec<Bytes>,
-    len: u64,
-    /// False once something was not kept: the bytes no longer cover the stream.
-    whole: bool,
-    budget: Arc<AtomicU64>,
-}
-
-impl Kept {
-    fn new(budget: Arc<AtomicU64>) -> Self {
-        Self {
-            chunks: Vec::new(),
-            len: 0,
-            whole: true,
-            budget,
-        }
-    }
-
-    /// Keep `chunk` if this flight and the budget allow; false once it cannot.
-    fn keep(&mut self, chunk: &Bytes) -> bool {
-        if !self.whole {
-            return false;
-        }
-        let n = chunk.len() as u64;
-        let fits = self.len + n <= FLIGHT_BYTES
-            && self
-                .budget
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                    (used + n <= FLIGHTS_BUDGET).then_some(used + n)
-                })
-                .is_ok();
-        if !fits {
-            self.release();
-            return false;
-        }
-        self.chunks.push(chunk.clone());
-        self.len += n;
-        true
-    }
-
-    /// Give the memory back; nothing is kept from here on.
-    fn release(&mut self) {
-        self.budget.fetch_sub(self.len, Ordering::AcqRel);
-        self.chunks = Vec::new();
-        self.len = 0;
-        self.whole = false;
-    }
-
-    /// The kept bytes, moved out (the budget is given back).
-    fn take(&mut self) -> Recorded {
-        let recorded = Recorded {
-            chunks: std::mem::take(&mut self.chunks),
-            len: self.len,
-        };
-        self.budget.fetch_sub(self.len, Ordering::AcqRel);
-        self.len = 0;
-        self.whole = false;
-        recorded
-    }
-}
-
-impl Drop for Kept {
-    fn drop(&mut self) {
-        self.budget.fetch_sub(self.len, Ordering::AcqRel);
     }
 }
 
