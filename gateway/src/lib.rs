@@ -97,7 +97,14 @@ pub async fn serve(
         None
     };
     // Advertisements are cached in memory alongside the pack cache (and off with it).
-    let adverts = if config.cache.enabled {
+    // Not in `sync` replication: there a replica serving the current generation may
+    // also hold an unacknowledged push's refs, so an advertisement is not a function of
+    // the generation, and a cached one could name objects other replicas lack.
+    let sync_replicas = matches!(
+        config.storage.replication,
+        config::storage::Replication::Sync
+    ) && config.storage.nodes.len() > 1;
+    let adverts = if config.cache.enabled && !sync_replicas {
         Some(advert_cache::AdvertCache::new(
             config.cache.cache.max_age,
             &registry,
