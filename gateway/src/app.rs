@@ -74,6 +74,13 @@ pub fn app(
         .route("/-/ready", get(ops::ready))
         .route("/-/metrics", get(ops::metrics))
         .route("/-/admin/repos", axum::routing::delete(admin::delete_repo))
+        // Fetches forwarded by the fleet's other gateways: a fleet token, not client
+        // auth (see `peers`).
+        .route(
+            "/-/peer/{*rest}",
+            axum::routing::post(crate::peers::endpoint::serve)
+                .get(crate::peers::endpoint::serve),
+        )
         // Everything else is a smart-HTTP path (or a 404).
         .fallback(git_routes)
         .with_state(state)
@@ -97,6 +104,7 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         cache = tracing::field::Empty,
         key = tracing::field::Empty,
         node = tracing::field::Empty,
+        peer = tracing::field::Empty,
         bytes_generated = tracing::field::Empty,
     )
 }

@@ -86,6 +86,9 @@ pub enum AppError {
     /// The storage node failed before answering.
     #[error("storage node failed")]
     NodeFailed(#[source] BoxError),
+    /// A request to the peer endpoint without a valid fleet token.
+    #[error("peer token refused: {0}")]
+    PeerRefused(#[from] gitgate_storage_client::tokens::AuthError),
 }
 
 /// A boxed error kept as the source of a storage failure.
@@ -138,7 +141,7 @@ impl AppError {
             | Self::GzipRatio { .. }
             | Self::UnsupportedCommand(_) => StatusCode::BAD_REQUEST,
             Self::DumbHttp | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::PeerRefused(_) => StatusCode::UNAUTHORIZED,
             Self::QueueFull | Self::ClientQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::QueueTimeout | Self::ClientQueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -19,6 +19,7 @@
 //! - [`fetch_body`]: fetch request bodies in memory, within a shared budget;
 //! - [`error`]: the mapping of failures to responses;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
+//! - [`peers`]: a fleet of gateways, one owner per pack-cache key;
 //! - [`progress`]: noticing clients that stopped reading;
 //! - [`reload`]: what SIGHUP changes while serving;
 //! - [`server`]: connections, TLS, header timeouts and draining;
@@ -40,6 +41,7 @@ pub mod git;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod peers;
 pub mod progress;
 pub mod reload;
 pub mod server;
@@ -51,6 +53,7 @@ use std::sync::Arc;
 
 use config::Config;
 use gitgate_storage_client::cluster::{Cluster, ClusterMetrics, ClusterSettings, ReplicationMode};
+use gitgate_storage_client::metadata::postgres::PostgresStore;
 use gitgate_storage_client::NodeSet;
 use tokio::net::TcpListener;
 use tokio_util::task::AbortOnDropHandle;
@@ -141,7 +144,16 @@ pub async fn serve(
     )?);
     // Active checks run while serving and stop with serve.
     let health_checks = health.spawn(nodes.nodes().to_vec());
-    let cluster = open_cluster(&config, nodes, health, &registry).await?;
+    let (cluster, shared_store) = open_cluster(&config, nodes, health, &registry).await?;
+    // A fleet: register with the shared store and keep the live set fresh while
+    // serving (config validation guarantees the store is PostgreSQL).
+    let peers = match (&config.cluster, shared_store) {
+        (Some(settings), Some(store)) => {
+            Some(peers::Peers::join(settings.clone(), store, &registry).await?)
+        }
+        _ => None,
+    };
+    let heartbeat = peers.as_ref().map(|p| p.spawn_heartbeat());
     // Background work runs while serving and stops with serve: registering repositories
     // found on the nodes, replication jobs, and the reconciler (whose first pass, at
     // once, resolves write markers a previous life left).
@@ -171,6 +183,7 @@ pub async fn serve(
         metrics,
         limiter,
         auth: std::sync::RwLock::new(Arc::new(config.auth.clone())),
+        peers: peers.clone(),
     });
     let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
@@ -197,6 +210,11 @@ pub async fn serve(
         refused: connections_refused,
     };
     let served = server::run(listener, router, settings, shutdown).await;
+    // Out of the fleet before the store connections go.
+    drop(heartbeat);
+    if let Some(peers) = &peers {
+        peers.leave().await;
+    }
     // Stop the background work and wait for each task to end, in the order it depends
     // on the others: reloads and discovery, then replication and repair, then health.
     let tasks = reloader
@@ -210,24 +228,27 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// Open the metadata store and join it with the nodes.
+/// Open the metadata store and join it with the nodes; the shared store is also
+/// returned on its own (the fleet registry lives there).
 async fn open_cluster(
     config: &Config,
     nodes: NodeSet,
     health: Arc<gitgate_storage_client::health::HealthMonitor>,
     registry: &prometheus::Registry,
-) -> Result<Arc<Cluster>, ServeError> {
-    use gitgate_storage_client::metadata::{embedded::EmbeddedStore, postgres::PostgresStore};
-    let store: Arc<dyn gitgate_storage_client::metadata::MetadataStore> = match &config.metadata {
-        config::MetadataConfig::Embedded(path) => {
-            tracing::info!(path = %path.display(), "embedded metadata store");
-            Arc::new(EmbeddedStore::open(path).await?)
-        }
-        config::MetadataConfig::Postgres(url) => {
-            tracing::info!("postgres metadata store");
-            Arc::new(PostgresStore::open(url).await?)
-        }
-    };
+) -> Result<(Arc<Cluster>, Option<PostgresStore>), ServeError> {
+    use gitgate_storage_client::metadata::embedded::EmbeddedStore;
+    let (store, shared): (Arc<dyn gitgate_storage_client::metadata::MetadataStore>, _) =
+        match &config.metadata {
+            config::MetadataConfig::Embedded(path) => {
+                tracing::info!(path = %path.display(), "embedded metadata store");
+                (Arc::new(EmbeddedStore::open(path).await?), None)
+            }
+            config::MetadataConfig::Postgres(url) => {
+                tracing::info!("postgres metadata store");
+                let store = PostgresStore::open(url).await?;
+                (Arc::new(store.clone()), Some(store))
+            }
+        };
     let storage = &config.storage;
     let factor = usize::try_from(storage.replication_factor)
         .unwrap_or(usize::MAX)
@@ -247,9 +268,10 @@ async fn open_cluster(
     };
     tracing::info!(nodes = nodes.nodes().len(), replication_factor = factor, mode = ?settings.mode, owner = %settings.owner, "storage cluster");
     let metrics = ClusterMetrics::register(registry)?;
-    Ok(Arc::new(Cluster::new(
-        nodes, health, store, settings, metrics,
-    )))
+    Ok((
+        Arc::new(Cluster::new(nodes, health, store, settings, metrics)),
+        shared,
+    ))
 }
 
 /// This gateway's name in leases and write markers: host, process id and start time.

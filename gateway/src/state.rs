@@ -29,6 +29,8 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     /// Per-repository and per-client limits on node-bound fetches.
     pub limiter: Arc<FetchLimits>,
+    /// The fleet, when this gateway is one of several (`[cluster]`).
+    pub peers: Option<Arc<crate::peers::Peers>>,
     /// Who may do what; replaced as a whole on reload (SIGHUP).
     pub auth: RwLock<Arc<AuthConfig>>,
 }

@@ -11,6 +11,11 @@ use std::fmt;
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The key as 64 hex digits, for logs.
     pub fn to_hex(&self) -> String {
         blake3::Hash::from(self.0).to_hex().to_string()

@@ -31,6 +31,8 @@ pub use error::ClientError;
 pub use gitgate_storage_node::api::{GitStream, GitStreamError, RepoState, RequestBody};
 /// Logging, signals, reloads and config errors, shared by both binaries.
 pub use gitgate_storage_node::daemon;
+/// Shared-secret tokens (minting and checking), used between gateways too.
+pub use gitgate_storage_node::auth as tokens;
 pub use nodes::{ConnectError, NodeId, NodeLocation, NodeSet, NodeSpec};
 pub use remote::RemoteNode;
 

@@ -27,6 +27,11 @@ pub use crate::refstate::RepoState;
 /// Context string for deriving the MAC key from the configured secret.
 const KEY_CONTEXT: &str = "gitgate 2026 internal node auth v1";
 
+/// Context string for the key of tokens between the gateways of a fleet: a fleet
+/// secret reused as a node secret still never makes one kind of token pass as the
+/// other.
+const PEER_KEY_CONTEXT: &str = "gitgate 2026 gateway peer auth v1";
+
 /// Default tolerated clock difference between gateway and node.
 pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
 
@@ -85,6 +90,11 @@ impl Secret {
     /// Derive the key from the configured secret text.
     pub fn new(secret: &str) -> Self {
         Self(blake3::derive_key(KEY_CONTEXT, secret.as_bytes()))
+    }
+
+    /// Derive the key of tokens between the gateways of a fleet from its secret.
+    pub fn for_peers(secret: &str) -> Self {
+        Self(blake3::derive_key(PEER_KEY_CONTEXT, secret.as_bytes()))
     }
 
     /// The MAC of a token: over its time, nonce, the node (the `host:port` the client

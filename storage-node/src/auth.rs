@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-pub use crate::api::{Secret, DEFAULT_SKEW};
+pub use crate::api::{Secret, TokenScope, DEFAULT_SKEW};
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -127,12 +127,23 @@ impl Verifier {
             &["enforced", "status"],
         )?;
         registry.register(Box::new(outcomes.clone()))?;
-        Ok(Self {
+        Ok(Self::counting_into(secret, mode, skew, outcomes))
+    }
+
+    /// A verifier for `secret` that counts outcomes in `outcomes` (labels `enforced`
+    /// and `status`), for tokens other than the node's own.
+    pub fn counting_into(
+        secret: Secret,
+        mode: Mode,
+        skew: Duration,
+        outcomes: IntCounterVec,
+    ) -> Self {
+        Self {
             current: RwLock::new((secret, mode)),
             skew,
             outcomes,
             seen: std::sync::Mutex::new(Seen::default()),
-        })
+        }
     }
 
     /// Replace the secret and mode.
@@ -200,7 +211,6 @@ pub fn verify(
     now: SystemTime,
     skew: Duration,
 ) -> Result<Option<(String, u64, u64)>, AuthError> {
-    use crate::api::TokenScope;
     let token = presented.token.ok_or(AuthError::Missing)?;
     let mut parts = token.split('.');
     let (Some("v2"), Some(ts), Some(nonce), Some(kind), Some(mac), None) = (
@@ -297,7 +307,6 @@ fn check_mac(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TokenScope;
 
     fn presented<'a>(
         token: &'a str,

@@ -1,7 +1,7 @@
 //! The gateway's configuration: TOML, loaded and validated once at start.
 //!
 //! One file per section ([`listen`], [`storage`], [`metadata`], [`cache`], [`limits`],
-//! [`auth`], [`log`]); this module puts them together. Every key, its default and its
+//! [`auth`], [`log`], [`cluster`]); this module puts them together. Every key, its default and its
 //! meaning is documented in `config.example.toml`. Unknown keys are errors; errors name
 //! the key (`storage.nodes[0]: ...`). Closed sets of values are serde enums, sizes parse
 //! with `bytesize` and durations with `humantime`. Relative paths are resolved against
@@ -10,6 +10,7 @@
 
 mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod limits;
 pub mod listen;
 pub mod log;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 pub use cache::CacheSettings;
+pub use cluster::{ClusterConfig, CLUSTER_SECRET_ENV};
 pub use gitgate_storage_client::daemon::ConfigError;
 pub use limits::LimitsConfig;
 pub use listen::ListenConfig;
@@ -47,6 +49,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[cluster]`, when this gateway is one of a fleet.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +68,7 @@ struct RawConfig {
     auth: auth::RawAuth,
     #[serde(default)]
     log: LogConfig,
+    cluster: Option<cluster::RawCluster>,
 }
 
 /// A byte size: an integer, or a string such as `10GiB`, `512MiB` or `2GB`.
@@ -73,7 +78,8 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 impl Config {
     /// Load and validate `path`; secrets may come from the environment
-    /// (`GITGATE_PROXY_SECRET`, `GITGATE_NODE_TOKEN_<NAME>`, `GITGATE_POSTGRES_URL`).
+    /// (`GITGATE_PROXY_SECRET`, `GITGATE_NODE_TOKEN_<NAME>`, `GITGATE_POSTGRES_URL`,
+    /// `GITGATE_CLUSTER_SECRET`).
     pub async fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = gitgate_storage_client::daemon::read_config(path.to_owned()).await?;
         let base = path
@@ -117,6 +123,9 @@ impl Config {
             .map_err(|e| problems.push(e))
             .ok();
         let cache = raw.cache.resolve(base, &mut problems);
+        let cluster = raw
+            .cluster
+            .and_then(|c| c.resolve(metadata.as_ref(), env, &mut problems));
         raw.limits.check(&mut problems);
         match (
             storage,
@@ -133,6 +142,7 @@ impl Config {
                 cache,
                 auth,
                 log: raw.log,
+                cluster,
             }),
             (.., Some(problem)) => Err(problem),
             // A section that failed has pushed its problem.

@@ -47,6 +47,13 @@ pub async fn info_refs(
                 git.protocol.as_ref(),
                 b"",
             );
+            // In a fleet, the key's owner asks the node.
+            let forward = crate::peers::Forward::Advertisement;
+            if let Some(answer) =
+                crate::peers::via_owner(state.peers.as_ref(), git, repo, &key, forward).await
+            {
+                return Ok(answer);
+            }
             let fetch = async {
                 let stream = state
                     .cluster

@@ -27,6 +27,7 @@ use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
 use crate::fetch_body::{HeldBody, RawBytes};
 use crate::limits::{FetchLimits, LimitError};
+use crate::peers::{via_owner, Forward};
 use crate::state::AppState;
 use crate::zero_copy::{self, SendQueue};
 
@@ -64,6 +65,11 @@ pub async fn upload_pack(
             &normalized.canonical,
         );
         span.record("key", &key.to_hex()[..16]);
+        // In a fleet, the key's owner produces it.
+        let forward = Forward::UploadPack(body.clone());
+        if let Some(answer) = via_owner(state.peers.as_ref(), git, repo, &key, forward).await {
+            return Ok(answer);
+        }
         let upstream = Producer {
             cluster: state.cluster.clone(),
             route: route.clone(),
@@ -111,6 +117,10 @@ pub async fn upload_pack(
             git.protocol.as_ref(),
             &normalized.canonical,
         );
+        let forward = Forward::UploadPack(body.clone());
+        if let Some(answer) = via_owner(state.peers.as_ref(), git, repo, &key, forward).await {
+            return Ok(answer);
+        }
         let answer = adverts
             .answer(Kind::LsRefs, key, !route.write_in_flight, direct)
             .await?;

@@ -29,6 +29,10 @@ pub struct GitRequest {
     pub principal: Option<String>,
     /// The peer's address, when served by the gateway's server loop.
     pub peer: Option<std::net::IpAddr>,
+    /// For a fetch another gateway of the fleet forwarded here: the client it
+    /// authorized (set by [`crate::peers::endpoint`] once the fleet token checks out).
+    /// Such a fetch is served here and never forwarded again.
+    pub forwarded: Option<String>,
 }
 
 /// The peer address of a connection, put in each request's extensions by the server.
@@ -57,7 +61,28 @@ pub enum Route {
 impl GitRequest {
     /// Parse a request's path, query and headers.
     pub fn of(uri: &Uri, headers: &HeaderMap) -> Self {
-        let route = if uri.path().starts_with("/-/") {
+        let route = if let Some(rest) = uri.path().strip_prefix(crate::peers::PEER_PREFIX) {
+            // The peer endpoint serves reads only: upload-pack and its advertisement.
+            match smart_http::parse_path(&format!("/{rest}")) {
+                Ok((repo, endpoint @ Endpoint::Rpc(Service::UploadPack))) => Route::Git {
+                    repo,
+                    endpoint,
+                    service: Some(Service::UploadPack),
+                },
+                Ok((repo, Endpoint::InfoRefs))
+                    if smart_http::service_from_query(uri.query())
+                        == Some(Service::UploadPack) =>
+                {
+                    Route::Git {
+                        repo,
+                        endpoint: Endpoint::InfoRefs,
+                        service: Some(Service::UploadPack),
+                    }
+                }
+                Ok(_) => Route::Invalid(RouteError::NotGit),
+                Err(err) => Route::Invalid(err),
+            }
+        } else if uri.path().starts_with("/-/") {
             Route::Ops
         } else {
             match smart_http::parse_path(uri.path()) {
@@ -87,12 +112,17 @@ impl GitRequest {
             route,
             principal: None,
             peer: None,
+            forwarded: None,
         }
     }
 
     /// Who counts as one client for the per-client limits: the authenticated name, else
-    /// the peer address (anonymous clients are told apart by address).
+    /// the peer address (anonymous clients are told apart by address); for a forwarded
+    /// fetch, the client the forwarding gateway named.
     pub fn client(&self) -> String {
+        if let Some(client) = &self.forwarded {
+            return client.clone();
+        }
         match (&self.principal, self.peer) {
             (Some(who), _) if who != "anonymous" => format!("user:{who}"),
             (_, Some(ip)) => format!("ip:{ip}"),

@@ -25,16 +25,31 @@ pub struct Nodes {
 
 impl Nodes {
     pub fn start() -> Self {
+        Self::start_with_git(None)
+    }
+
+    /// Three nodes running `git` (a program path) for their git processes, once
+    /// restarted; `None`: the default.
+    pub fn start_with_git(git: Option<&str>) -> Self {
         let nodes = NAMES
             .iter()
             .map(|_| {
-                let node = TestNode::start();
+                let mut node = TestNode::start();
                 // Pin the address, so a restart comes back where the gateway looks.
-                std::fs::write(
-                    &node.config,
-                    node_config(node.server.authority(), NODE_TOKEN, "enforced"),
-                )
-                .expect("pin node address");
+                let mut config = node_config(node.server.authority(), NODE_TOKEN, "enforced");
+                if let Some(git) = git {
+                    config.push_str(&format!("git = \"{git}\"\n"));
+                }
+                std::fs::write(&node.config, config).expect("pin node address");
+                if git.is_some() {
+                    node.server.kill();
+                    node.server = Server::start(
+                        &super::sibling_binary("gitgate-node"),
+                        &node.config,
+                        node.config.with_file_name("node-hooked.log"),
+                        &[],
+                    );
+                }
                 node
             })
             .collect();
@@ -119,6 +134,26 @@ impl Gateway {
         metadata: &str,
         auth_extra: &str,
     ) -> Self {
+        Self::start_full(
+            nodes_toml,
+            storage_extra,
+            metadata,
+            auth_extra,
+            "[cache]\nenabled = false\n",
+            "127.0.0.1:0",
+        )
+    }
+
+    /// [`Self::start_with`] with `sections` (a `[cache]` section and any others) and
+    /// the listen address `addr`.
+    pub fn start_full(
+        nodes_toml: &str,
+        storage_extra: &str,
+        metadata: &str,
+        auth_extra: &str,
+        sections: &str,
+        addr: &str,
+    ) -> Self {
         let dir = TempDir::new().expect("tempdir");
         let config = dir.path().join("gitgate.toml");
         // Keys in `storage_extra` override the FAST ones.
@@ -135,7 +170,7 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{fast}{storage_extra}\n{nodes_toml}\n{metadata}\n[cache]\nenabled = false\n[auth]\nanonymous = \"write\"\n{auth_extra}\n"
+                "[listen]\naddr = \"{addr}\"\nshutdown_grace = \"5s\"\n[storage]\ncreate_on_push = true\n{fast}{storage_extra}\n{nodes_toml}\n{metadata}\n{sections}\n[auth]\nanonymous = \"write\"\n{auth_extra}\n"
             ),
         )
         .expect("write config");
@@ -236,6 +271,15 @@ impl Gateway {
             || self.healthy(name) == up,
         );
     }
+}
+
+/// A loopback port nothing listens on right now (for a config that must name its
+/// own address before the process starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
 }
 
 /// Poll `check` every 50 ms until it holds, failing after `limit`.

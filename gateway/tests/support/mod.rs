@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod git;
+pub mod hooked_git;
 pub mod http;
 pub mod procs;
 

@@ -6,7 +6,8 @@
 //! gateway; every change is on disk before the call returns) and
 //! [`postgres::PostgresStore`] (shared by several gateways). The per-repository write
 //! lock is part of the interface: in-process for the embedded store, a PostgreSQL
-//! advisory lock for the shared one.
+//! advisory lock for the shared one. A shared store also keeps the fleet's live
+//! gateways ([`postgres::PostgresStore::heartbeat`], in `peers`).
 //!
 //! Generations only move forward: a replica's generation is raised, never lowered, and
 //! a repository's generation is bumped once per recorded write.
@@ -14,6 +15,7 @@
 mod advisory;
 pub mod embedded;
 mod lock;
+mod peers;
 mod pg_pool;
 pub mod postgres;
 pub mod sql;

@@ -78,6 +78,11 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// A pooled connection for queries (the fleet registry's, in `peers`).
+    pub(super) async fn query_connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.queries.get().await?)
+    }
+
     async fn exec(
         &self,
         statement: &str,

@@ -37,6 +37,12 @@ pub const SCHEMA: &[&str] = &[
         version BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (repo, target)
     )",
+    // The gateways of a fleet (PostgreSQL only; see `peers`): each row lives until
+    // `expires_at`, by the database's clock, unless its gateway renews it.
+    "CREATE TABLE IF NOT EXISTS gateways (
+        url TEXT PRIMARY KEY,
+        expires_at TIMESTAMPTZ NOT NULL
+    )",
 ];
 
 /// Columns added after the first schema, for stores created before them: (table,

@@ -1,0 +1,86 @@
+//! The owner's side: `POST /-/peer/<repo>/git-upload-pack` (a fetch or a v2 `ls-refs`)
+//! and `GET /-/peer/<repo>/info/refs?service=git-upload-pack`, which another gateway of
+//! the fleet authorized and forwarded. Outside client auth; the fleet token stands for
+//! the forwarding gateway's authorization (P1 in [`super`]). The fetch is then served
+//! as this gateway's own, with the forwarded client counted by its limits, and never
+//! forwarded again.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::response::Response;
+use axum::Extension;
+
+use super::CLIENT_HEADER;
+use crate::error::AppError;
+use gitgate_proto::smart_http::Endpoint;
+use gitgate_proto::Service;
+
+use crate::git::{advertise, fetch, GitRequest, Route};
+use crate::state::AppState;
+
+/// Serve a forwarded fetch.
+pub async fn serve(
+    State(state): State<Arc<AppState>>,
+    Extension(mut git): Extension<GitRequest>,
+    req: Request,
+) -> Result<Response, AppError> {
+    // Not part of a fleet: no peer endpoint.
+    let Some(peers) = state.peers.as_ref() else {
+        return Err(AppError::NotGit);
+    };
+    let Route::Git { repo, endpoint, .. } = git.route.clone() else {
+        return Err(AppError::NotGit);
+    };
+    let method = req.method().clone();
+    match (&method, endpoint) {
+        (&Method::POST, Endpoint::Rpc(_)) | (&Method::GET, Endpoint::InfoRefs) => {}
+        _ => return Err(AppError::MethodNotAllowed),
+    }
+    // Checked before anything else; the header borrows end here (the body is not Sync).
+    let client = {
+        let header_text = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        };
+        let token = header_text(header::AUTHORIZATION.as_str()).strip_prefix("Bearer ");
+        let client = header_text(CLIENT_HEADER).to_owned();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or(req.uri().path(), |p| p.as_str());
+        let protocol = header_text("git-protocol");
+        peers.verify(token, method.as_str(), target, &client, protocol)?;
+        client
+    };
+    let span = tracing::Span::current();
+    span.record("repo", repo.as_str());
+    span.record("service", Service::UploadPack.name());
+    span.record("protocol", git.version().label());
+    span.record("user", client.as_str());
+    span.record("peer", "forwarded to this owner");
+    git.forwarded = Some(client);
+    let raw = req
+        .extensions()
+        .get::<crate::fetch_body::RawBytes>()
+        .cloned();
+    let send_queue = req
+        .extensions()
+        .get::<Arc<crate::zero_copy::SendQueue>>()
+        .cloned();
+    let answer = match endpoint {
+        Endpoint::InfoRefs => {
+            advertise::info_refs(&state, &git, &repo, Service::UploadPack).await
+        }
+        Endpoint::Rpc(_) => {
+            fetch::upload_pack(&state, &git, &repo, req.into_body(), raw, send_queue).await
+        }
+    };
+    peers
+        .metrics
+        .count("owner", if answer.is_ok() { "ok" } else { "error" });
+    answer
+}

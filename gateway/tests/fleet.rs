@@ -1,0 +1,313 @@
+//! Several gateways sharing PostgreSQL and three `gitgate-node` processes: one pack
+//! generation (and one advertisement) per change for the whole fleet, whichever
+//! gateway each client reaches; no stale answer after a push through another gateway;
+//! an owner killed mid-fan-out; and the peer endpoint's refusals.
+//!
+//! Repositories have one replica (`replication_factor = 1`), so node-side git process
+//! counts are the clients' alone (replication would run upload-pack too).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use gitgate_storage_client::throwaway_postgres::ThrowawayPostgres;
+use support::cluster::{free_port, wait_for, Gateway, Nodes};
+use support::git::{default_client, make_source, Git};
+use support::hooked_git::{HookedGit, Mode};
+use support::{http, metric};
+use tempfile::TempDir;
+
+const SECRET: &str = "fleet-secret-0123456789";
+
+struct Fleet {
+    gateways: Vec<Gateway>,
+    nodes: Nodes,
+    _pg: ThrowawayPostgres,
+}
+
+impl Fleet {
+    /// `n` gateways with the pack cache at default settings, over three nodes.
+    fn start(n: usize, node_git: Option<&str>) -> Self {
+        let pg = ThrowawayPostgres::start();
+        let metadata = format!("[metadata]\npostgres_url = \"{}\"\n", pg.url("postgres"));
+        let nodes = Nodes::start_with_git(node_git);
+        let gateways: Vec<Gateway> = (0..n)
+            .map(|_| {
+                let port = free_port();
+                let sections = format!(
+                    "[cache]\ndir = \"pack-cache\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\nheartbeat = \"200ms\"\nexpiry = \"2s\"\n"
+                );
+                Gateway::start_full(
+                    &nodes.storage_toml(),
+                    "replication_factor = 1\n",
+                    &metadata,
+                    "",
+                    &sections,
+                    &format!("127.0.0.1:{port}"),
+                )
+            })
+            .collect();
+        let fleet = Self {
+            gateways,
+            nodes,
+            _pg: pg,
+        };
+        fleet.wait_live(&(0..n).collect::<Vec<_>>(), n);
+        fleet
+    }
+
+    /// Wait until each of `which` sees `n` live gateways.
+    fn wait_live(&self, which: &[usize], n: usize) {
+        for &i in which {
+            wait_for(Duration::from_secs(10), "fleet membership", || {
+                metric(
+                    &self.gateways[i].scrape(),
+                    "gitgate_peers",
+                    &["state=\"live\""],
+                ) == n as f64
+            });
+        }
+    }
+
+    /// Node-side git processes of `service`, all nodes together.
+    fn runs(&self, service: &str) -> u64 {
+        (0..3).map(|i| self.nodes.runs(i, service)).sum()
+    }
+
+    fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.gateways
+            .iter()
+            .map(|g| metric(&g.scrape(), name, labels))
+            .sum()
+    }
+}
+
+/// A work tree pushed through `gw` as `name`.
+fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> PathBuf {
+    let work = make_source(git, &dir.join(format!("src-{}", name.replace('/', "-"))), 5);
+    git.ok(Some(&work), &["push", "-q", &gw.url(name), "HEAD:main"]);
+    work
+}
+
+/// Start `git clone --mirror` of `name` through each of `urls` in turn, `n` in all.
+fn spawn_clones(git: &Git, dir: &Path, urls: &[String], n: usize, tag: &str) -> Vec<(PathBuf, Child)> {
+    (0..n)
+        .map(|i| {
+            let into = dir.join(format!("clone-{tag}-{i}"));
+            let child = git
+                .cmd(None)
+                .args(["clone", "-q", "--mirror", &urls[i % urls.len()]])
+                .arg(&into)
+                .spawn()
+                .expect("spawn git clone");
+            (into, child)
+        })
+        .collect()
+}
+
+/// Wait for every clone; each must succeed with `refs` and pass fsck.
+fn all_succeed(git: &Git, clones: Vec<(PathBuf, Child)>, refs: &str) {
+    for (dir, mut child) in clones {
+        assert!(child.wait().expect("wait").success(), "clone {} failed", dir.display());
+        assert_eq!(git.refs(&dir), refs, "{} has other refs", dir.display());
+        git.fsck(&dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn a_fan_out_over_three_gateways_costs_one_generation_and_one_advertisement() {
+    let fleet = Fleet::start(3, None);
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seed(&git, &fleet.gateways[0], tmp.path(), "ci/app");
+    let urls: Vec<String> = fleet.gateways.iter().map(|g| g.url("ci/app")).collect();
+    for version in ["2", "0"] {
+        // A new commit per round, so each round starts cold.
+        let head = git.commit_file(&work, "round.txt", version, "next round");
+        git.ok(Some(&work), &["push", "-q", &urls[0], "HEAD:main"]);
+        let (upload, advertise) = (fleet.runs("upload-pack"), fleet.runs("advertise-refs"));
+        let config = format!("protocol.version={version}");
+        let clones: Vec<_> = (0..30)
+            .map(|i| {
+                let into = tmp.path().join(format!("v{version}-{i}"));
+                let child = git
+                    .cmd(None)
+                    .args(["-c", &config, "clone", "-q", "--mirror", &urls[i % 3]])
+                    .arg(&into)
+                    .spawn()
+                    .expect("spawn git clone");
+                (into, child)
+            })
+            .collect();
+        all_succeed(&git, clones, &format!("{head} refs/heads/main\n"));
+        let upload = fleet.runs("upload-pack") - upload;
+        let advertise = fleet.runs("advertise-refs") - advertise;
+        // One pack; with v2, one ls-refs too (an upload-pack process of its own).
+        let want = if version == "2" { 2 } else { 1 };
+        assert_eq!(
+            upload, want,
+            "v{version}: {upload} upload-pack runs on the nodes for 30 clones over 3 gateways"
+        );
+        assert_eq!(
+            advertise, 1,
+            "v{version}: {advertise} advertisements for 30 clones over 3 gateways"
+        );
+    }
+    let forwarded = fleet.metric_sum(
+        "gitgate_peer_requests_total",
+        &["role=\"forwarder\"", "result=\"ok\""],
+    );
+    let served = fleet.metric_sum(
+        "gitgate_peer_requests_total",
+        &["role=\"owner\"", "result=\"ok\""],
+    );
+    assert!(forwarded >= 40.0, "only {forwarded} forwarded requests");
+    assert_eq!(forwarded, served, "every forwarded request served by its owner");
+    let fallbacks = fleet.metric_sum(
+        "gitgate_peer_requests_total",
+        &["role=\"forwarder\"", "result=\"fallback_unreachable\""],
+    );
+    assert_eq!(fallbacks, 0.0);
+    // The access log names the owner that served a forwarded request.
+    let logs: String = fleet.gateways.iter().map(|g| g.server.log_text()).collect();
+    assert!(
+        logs.contains("cache=\"peer\"") || logs.contains("cache=peer"),
+        "no access log line says a peer served the request"
+    );
+}
+
+#[test]
+fn a_push_through_one_gateway_is_seen_by_every_fan_out_through_the_others() {
+    let fleet = Fleet::start(3, None);
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seed(&git, &fleet.gateways[0], tmp.path(), "team/svc");
+    let push_url = fleet.gateways[0].url("team/svc");
+    let urls: Vec<String> = fleet.gateways[1..].iter().map(|g| g.url("team/svc")).collect();
+    for cycle in 0..50 {
+        let head = git.commit_file(&work, "cycle.txt", &cycle.to_string(), "cycle");
+        git.ok(Some(&work), &["push", "-q", &push_url, "HEAD:main"]);
+        let upload = fleet.runs("upload-pack");
+        let clones = spawn_clones(&git, tmp.path(), &urls, 4, &cycle.to_string());
+        all_succeed(&git, clones, &format!("{head} refs/heads/main\n"));
+        // ls-refs and one pack, for four clones through two gateways.
+        let runs = fleet.runs("upload-pack") - upload;
+        assert_eq!(runs, 2, "cycle {cycle}: {runs} upload-pack runs");
+    }
+}
+
+#[test]
+fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() {
+    let tmp = TempDir::new().expect("tempdir");
+    let hook = HookedGit::new(&tmp.path().join("hooked"));
+    let fleet = Fleet::start(3, Some(&hook.program()));
+    let mut fleet = fleet;
+    let git = default_client();
+    let work = seed(&git, &fleet.gateways[0], tmp.path(), "big/repo");
+    // A pack of a few MiB, produced slowly, so the fan-out is mid-stream when the
+    // owner dies.
+    std::fs::write(work.join("blob.bin"), support::noise(6 << 20, 7)).expect("write blob");
+    git.ok(Some(&work), &["add", "blob.bin"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "big"]);
+    let head = git.ok(Some(&work), &["rev-parse", "HEAD"]).trim().to_owned();
+    git.ok(Some(&work), &["push", "-q", &fleet.gateways[0].url("big/repo"), "HEAD:main"]);
+    let refs = format!("{head} refs/heads/main\n");
+    hook.set(Mode::Slow);
+    let urls: Vec<String> = fleet.gateways.iter().map(|g| g.url("big/repo")).collect();
+    let lookups = |fleet: &Fleet| -> Vec<f64> {
+        fleet
+            .gateways
+            .iter()
+            .map(|g| {
+                let s = g.scrape();
+                metric(&s, "gitgate_pack_cache_lookups_total", &[])
+            })
+            .collect()
+    };
+    let before = lookups(&fleet);
+    let clones = spawn_clones(&git, tmp.path(), &urls, 9, "during");
+    // The owner is the one gateway whose pack cache is consulted.
+    let mut owner = None;
+    wait_for(Duration::from_secs(20), "the owner's cache lookups", || {
+        let now = lookups(&fleet);
+        owner = (0..3).find(|&i| now[i] > before[i]);
+        owner.is_some()
+    });
+    let owner = owner.expect("an owner");
+    std::thread::sleep(Duration::from_millis(300));
+    fleet.gateways[owner].server.kill();
+    // Every clone ends: those that read through the dead owner fail (git reports the
+    // broken stream), the rest succeed; none is accepted truncated.
+    let mut failed = 0;
+    for (dir, mut child) in clones {
+        if child.wait().expect("wait").success() {
+            assert_eq!(git.refs(&dir), refs, "{} has other refs", dir.display());
+            git.fsck(&dir);
+        } else {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "no clone was reading through the killed owner");
+    hook.set(Mode::Normal);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+    // Every clone started after the kill succeeds, at once (the dead owner is skipped
+    // after one failed connection)...
+    let urls: Vec<String> = survivors.iter().map(|&i| urls[i].clone()).collect();
+    all_succeed(&git, spawn_clones(&git, tmp.path(), &urls, 6, "after"), &refs);
+    // ...and the survivors drop it from the live set within the expiry.
+    fleet.wait_live(&survivors, 2);
+}
+
+#[test]
+fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
+    let fleet = Fleet::start(2, None);
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seed(&git, &fleet.gateways[0], tmp.path(), "open/a");
+    seed(&git, &fleet.gateways[0], tmp.path(), "open/b");
+    let gw = &fleet.gateways[1];
+    let authority = gw.server.authority().to_owned();
+    let advert = |repo: &str| format!("/-/peer/{repo}/info/refs?service=git-upload-pack");
+    let token = |path: &str, secret: &str| {
+        gitgate_storage_client::tokens::Secret::for_peers(secret).token(
+            &authority,
+            gitgate_storage_client::tokens::TokenScope::Request {
+                method: "GET",
+                path_and_query: &format!("{path} client=ip:10.0.0.1 protocol="),
+            },
+            std::time::SystemTime::now(),
+        )
+    };
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        http::raw(
+            &authority,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nX-Gitgate-Client: ip:10.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("request")
+        .status
+    };
+    // No token, a token of another secret, a token for another repository.
+    assert_eq!(get(&advert("open/a"), None), 401);
+    assert_eq!(get(&advert("open/a"), Some(&token(&advert("open/a"), "not-the-fleet-secret"))), 401);
+    let for_b = token(&advert("open/b"), SECRET);
+    assert_eq!(get(&advert("open/a"), Some(&for_b)), 401);
+    // The right token works once; replayed, it is refused.
+    assert_eq!(get(&advert("open/b"), Some(&for_b)), 200);
+    assert_eq!(get(&advert("open/b"), Some(&for_b)), 401);
+    // Pushes are never served there, token or not.
+    let push = "/-/peer/open/a/info/refs?service=git-receive-pack";
+    assert_ne!(get(push, Some(&token(push, SECRET))), 200);
+    let refused = metric(
+        &gw.scrape(),
+        "gitgate_peer_requests_total",
+        &["role=\"owner\"", "result=\"refused\""],
+    );
+    assert!(refused >= 4.0, "{refused} refusals counted");
+}

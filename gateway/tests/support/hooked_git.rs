@@ -1,0 +1,92 @@
+//! A git program for nodes whose pack-objects runs through a hook, so a test can make
+//! pack generation slow, or make it die halfway.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How the hook runs pack-objects.
+#[derive(Clone, Copy)]
+pub enum Mode {
+    Normal,
+    /// About 3 MB/s.
+    Slow,
+    /// Slow, then dies after about 1 MiB.
+    Fail,
+}
+
+/// A git program for the node whose pack-objects behaves as `mode` says.
+pub struct HookedGit {
+    dir: PathBuf,
+}
+
+impl HookedGit {
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let real = Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .expect("sh");
+        let real = String::from_utf8(real.stdout).expect("utf-8");
+        let hook = dir.join("hook");
+        std::fs::write(
+            &hook,
+            format!(
+                r#"#!/usr/bin/env python3
+import subprocess, sys, time
+mode = open("{mode}").read().strip()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
+out = sys.stdout.buffer
+sent = 0
+while True:
+    chunk = p.stdout.read(65536)
+    if not chunk:
+        break
+    if mode == "fail" and sent > (1 << 20):
+        p.kill()
+        sys.exit(1)
+    out.write(chunk)
+    out.flush()
+    sent += len(chunk)
+    if mode != "normal":
+        time.sleep(0.02)
+sys.exit(p.wait())
+"#,
+                mode = dir.join("mode").display()
+            ),
+        )
+        .expect("write hook");
+        let wrapper = dir.join("git");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {} -c uploadpack.packObjectsHook={} \"$@\"\n",
+                real.trim(),
+                hook.display()
+            ),
+        )
+        .expect("write wrapper");
+        for f in [&hook, &wrapper] {
+            let status = Command::new("chmod").arg("+x").arg(f).status();
+            assert!(status.is_ok_and(|s| s.success()), "chmod");
+        }
+        let hooked = Self {
+            dir: dir.to_owned(),
+        };
+        hooked.set(Mode::Normal);
+        hooked
+    }
+
+    pub fn set(&self, mode: Mode) {
+        let word = match mode {
+            Mode::Normal => "normal",
+            Mode::Slow => "slow",
+            Mode::Fail => "fail",
+        };
+        std::fs::write(self.dir.join("mode"), word).expect("write mode");
+    }
+
+    pub fn program(&self) -> String {
+        self.dir.join("git").display().to_string()
+    }
+}
+
