@@ -78,8 +78,7 @@ pub fn app(
         // auth (see `peers`).
         .route(
             "/-/peer/{*rest}",
-            axum::routing::post(crate::peers::endpoint::serve)
-                .get(crate::peers::endpoint::serve),
+            axum::routing::post(crate::peers::endpoint::serve).get(crate::peers::endpoint::serve),
         )
         // Everything else is a smart-HTTP path (or a 404).
         .fallback(git_routes)

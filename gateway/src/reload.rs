@@ -64,6 +64,9 @@ pub fn apply(running: &Config, new: &Config, state: &AppState) {
     if running.log != new.log {
         restart.push("log");
     }
+    if running.cluster != new.cluster {
+        restart.push("cluster");
+    }
     if restart.is_empty() {
         tracing::info!("configuration reloaded: auth, cache limits and node tokens applied");
     } else {

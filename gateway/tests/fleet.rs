@@ -37,7 +37,7 @@ impl Fleet {
             .map(|_| {
                 let port = free_port();
                 let sections = format!(
-                    "[cache]\ndir = \"pack-cache\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\nheartbeat = \"200ms\"\nexpiry = \"2s\"\n"
+                    "[cache]\ndir = \"pack-cache\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\nheartbeat = \"250ms\"\nexpiry = \"3s\"\n"
                 );
                 Gateway::start_full(
                     &nodes.storage_toml(),
@@ -92,7 +92,13 @@ fn seed(git: &Git, gw: &Gateway, dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Start `git clone --mirror` of `name` through each of `urls` in turn, `n` in all.
-fn spawn_clones(git: &Git, dir: &Path, urls: &[String], n: usize, tag: &str) -> Vec<(PathBuf, Child)> {
+fn spawn_clones(
+    git: &Git,
+    dir: &Path,
+    urls: &[String],
+    n: usize,
+    tag: &str,
+) -> Vec<(PathBuf, Child)> {
     (0..n)
         .map(|i| {
             let into = dir.join(format!("clone-{tag}-{i}"));
@@ -110,7 +116,11 @@ fn spawn_clones(git: &Git, dir: &Path, urls: &[String], n: usize, tag: &str) -> 
 /// Wait for every clone; each must succeed with `refs` and pass fsck.
 fn all_succeed(git: &Git, clones: Vec<(PathBuf, Child)>, refs: &str) {
     for (dir, mut child) in clones {
-        assert!(child.wait().expect("wait").success(), "clone {} failed", dir.display());
+        assert!(
+            child.wait().expect("wait").success(),
+            "clone {} failed",
+            dir.display()
+        );
         assert_eq!(git.refs(&dir), refs, "{} has other refs", dir.display());
         git.fsck(&dir);
         let _ = std::fs::remove_dir_all(dir);
@@ -165,7 +175,10 @@ fn a_fan_out_over_three_gateways_costs_one_generation_and_one_advertisement() {
         &["role=\"owner\"", "result=\"ok\""],
     );
     assert!(forwarded >= 40.0, "only {forwarded} forwarded requests");
-    assert_eq!(forwarded, served, "every forwarded request served by its owner");
+    assert_eq!(
+        forwarded, served,
+        "every forwarded request served by its owner"
+    );
     let fallbacks = fleet.metric_sum(
         "gitgate_peer_requests_total",
         &["role=\"forwarder\"", "result=\"fallback_unreachable\""],
@@ -186,7 +199,10 @@ fn a_push_through_one_gateway_is_seen_by_every_fan_out_through_the_others() {
     let tmp = TempDir::new().expect("tempdir");
     let work = seed(&git, &fleet.gateways[0], tmp.path(), "team/svc");
     let push_url = fleet.gateways[0].url("team/svc");
-    let urls: Vec<String> = fleet.gateways[1..].iter().map(|g| g.url("team/svc")).collect();
+    let urls: Vec<String> = fleet.gateways[1..]
+        .iter()
+        .map(|g| g.url("team/svc"))
+        .collect();
     for cycle in 0..50 {
         let head = git.commit_file(&work, "cycle.txt", &cycle.to_string(), "cycle");
         git.ok(Some(&work), &["push", "-q", &push_url, "HEAD:main"]);
@@ -203,8 +219,7 @@ fn a_push_through_one_gateway_is_seen_by_every_fan_out_through_the_others() {
 fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() {
     let tmp = TempDir::new().expect("tempdir");
     let hook = HookedGit::new(&tmp.path().join("hooked"));
-    let fleet = Fleet::start(3, Some(&hook.program()));
-    let mut fleet = fleet;
+    let mut fleet = Fleet::start(3, Some(&hook.program()));
     let git = default_client();
     let work = seed(&git, &fleet.gateways[0], tmp.path(), "big/repo");
     // A pack of a few MiB, produced slowly, so the fan-out is mid-stream when the
@@ -212,8 +227,19 @@ fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() 
     std::fs::write(work.join("blob.bin"), support::noise(6 << 20, 7)).expect("write blob");
     git.ok(Some(&work), &["add", "blob.bin"]);
     git.ok(Some(&work), &["commit", "-q", "-m", "big"]);
-    let head = git.ok(Some(&work), &["rev-parse", "HEAD"]).trim().to_owned();
-    git.ok(Some(&work), &["push", "-q", &fleet.gateways[0].url("big/repo"), "HEAD:main"]);
+    let head = git
+        .ok(Some(&work), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    git.ok(
+        Some(&work),
+        &[
+            "push",
+            "-q",
+            &fleet.gateways[0].url("big/repo"),
+            "HEAD:main",
+        ],
+    );
     let refs = format!("{head} refs/heads/main\n");
     hook.set(Mode::Slow);
     let urls: Vec<String> = fleet.gateways.iter().map(|g| g.url("big/repo")).collect();
@@ -251,12 +277,28 @@ fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() 
         }
     }
     assert!(failed >= 1, "no clone was reading through the killed owner");
+    // Some of them were forwarded by a survivor, whose stream broke mid-pack (P3).
+    let broken: f64 = (0..3)
+        .filter(|&i| i != owner)
+        .map(|i| {
+            metric(
+                &fleet.gateways[i].scrape(),
+                "gitgate_peer_requests_total",
+                &["role=\"forwarder\"", "result=\"broken\""],
+            )
+        })
+        .sum();
+    assert!(broken >= 1.0, "no forwarded stream broke with its owner");
     hook.set(Mode::Normal);
     let survivors: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
     // Every clone started after the kill succeeds, at once (the dead owner is skipped
     // after one failed connection)...
     let urls: Vec<String> = survivors.iter().map(|&i| urls[i].clone()).collect();
-    all_succeed(&git, spawn_clones(&git, tmp.path(), &urls, 6, "after"), &refs);
+    all_succeed(
+        &git,
+        spawn_clones(&git, tmp.path(), &urls, 6, "after"),
+        &refs,
+    );
     // ...and the survivors drop it from the live set within the expiry.
     fleet.wait_live(&survivors, 2);
 }
@@ -295,7 +337,13 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
     };
     // No token, a token of another secret, a token for another repository.
     assert_eq!(get(&advert("open/a"), None), 401);
-    assert_eq!(get(&advert("open/a"), Some(&token(&advert("open/a"), "not-the-fleet-secret"))), 401);
+    assert_eq!(
+        get(
+            &advert("open/a"),
+            Some(&token(&advert("open/a"), "not-the-fleet-secret"))
+        ),
+        401
+    );
     let for_b = token(&advert("open/b"), SECRET);
     assert_eq!(get(&advert("open/a"), Some(&for_b)), 401);
     // The right token works once; replayed, it is refused.

@@ -29,10 +29,10 @@ pub use call::GitCall;
 pub use client::NodeClient;
 pub use error::ClientError;
 pub use gitgate_storage_node::api::{GitStream, GitStreamError, RepoState, RequestBody};
-/// Logging, signals, reloads and config errors, shared by both binaries.
-pub use gitgate_storage_node::daemon;
 /// Shared-secret tokens (minting and checking), used between gateways too.
 pub use gitgate_storage_node::auth as tokens;
+/// Logging, signals, reloads and config errors, shared by both binaries.
+pub use gitgate_storage_node::daemon;
 pub use nodes::{ConnectError, NodeId, NodeLocation, NodeSet, NodeSpec};
 pub use remote::RemoteNode;
 

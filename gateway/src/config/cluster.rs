@@ -157,17 +157,35 @@ mod tests {
         let c = resolve(ok, &pg).expect("valid");
         assert_eq!(c.advertise_url, "http://10.0.0.5:8080");
         assert_eq!(c.authority, "10.0.0.5:8080");
-        assert_eq!((c.heartbeat, c.expiry), (default_heartbeat(), default_expiry()));
+        assert_eq!(
+            (c.heartbeat, c.expiry),
+            (default_heartbeat(), default_expiry())
+        );
         let embedded = MetadataConfig::Embedded("/x.db".into());
         let err = resolve(ok, &embedded).expect_err("embedded store");
         assert!(err.contains("postgres_url"), "{err}");
         for (text, key) in [
             ("secret = \"0123456789abcdef\"\n", "cluster.advertise_url"),
-            ("advertise_url = \"http://a:1\"\nsecret = \"short\"\n", "cluster.secret"),
-            ("advertise_url = \"https://a:1\"\nsecret = \"0123456789abcdef\"\n", "cluster.advertise_url"),
-            ("advertise_url = \"http://a\"\nsecret = \"0123456789abcdef\"\n", "cluster.advertise_url"),
-            ("advertise_url = \"http://a:1/x\"\nsecret = \"0123456789abcdef\"\n", "cluster.advertise_url"),
-            ("advertise_url = \"http://a:1\"\nsecret = \"0123456789abcdef\"\nexpiry = \"1s\"\n", "cluster.expiry"),
+            (
+                "advertise_url = \"http://a:1\"\nsecret = \"short\"\n",
+                "cluster.secret",
+            ),
+            (
+                "advertise_url = \"https://a:1\"\nsecret = \"0123456789abcdef\"\n",
+                "cluster.advertise_url",
+            ),
+            (
+                "advertise_url = \"http://a\"\nsecret = \"0123456789abcdef\"\n",
+                "cluster.advertise_url",
+            ),
+            (
+                "advertise_url = \"http://a:1/x\"\nsecret = \"0123456789abcdef\"\n",
+                "cluster.advertise_url",
+            ),
+            (
+                "advertise_url = \"http://a:1\"\nsecret = \"0123456789abcdef\"\nexpiry = \"1s\"\n",
+                "cluster.expiry",
+            ),
         ] {
             let err = resolve(text, &pg).expect_err(key);
             assert!(err.starts_with(key), "{key}: {err}");

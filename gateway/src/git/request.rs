@@ -70,8 +70,7 @@ impl GitRequest {
                     service: Some(Service::UploadPack),
                 },
                 Ok((repo, Endpoint::InfoRefs))
-                    if smart_http::service_from_query(uri.query())
-                        == Some(Service::UploadPack) =>
+                    if smart_http::service_from_query(uri.query()) == Some(Service::UploadPack) =>
                 {
                     Route::Git {
                         repo,

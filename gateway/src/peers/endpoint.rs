@@ -72,9 +72,7 @@ pub async fn serve(
         .get::<Arc<crate::zero_copy::SendQueue>>()
         .cloned();
     let answer = match endpoint {
-        Endpoint::InfoRefs => {
-            advertise::info_refs(&state, &git, &repo, Service::UploadPack).await
-        }
+        Endpoint::InfoRefs => advertise::info_refs(&state, &git, &repo, Service::UploadPack).await,
         Endpoint::Rpc(_) => {
             fetch::upload_pack(&state, &git, &repo, req.into_body(), raw, send_queue).await
         }

@@ -172,10 +172,11 @@ impl Peers {
         let req = req
             .body(body)
             .map_err(|e| Fallback::Unreachable(format!("building the request: {e}")))?;
-        let resp = tokio::time::timeout(self.settings.first_byte_timeout, self.client.0.request(req))
-            .await
-            .map_err(|_| Fallback::Timeout)?
-            .map_err(|e| Fallback::Unreachable(error_chain(&e)))?;
+        let resp =
+            tokio::time::timeout(self.settings.first_byte_timeout, self.client.0.request(req))
+                .await
+                .map_err(|_| Fallback::Timeout)?
+                .map_err(|e| Fallback::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             // The owner's limits speak for the fleet: this client has too much in flight.
@@ -198,7 +199,10 @@ impl Peers {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let broken = self.metrics.requests.with_label_values(&["forwarder", "broken"]);
+        let broken = self
+            .metrics
+            .requests
+            .with_label_values(&["forwarder", "broken"]);
         let owner = owner.to_owned();
         let stream = BodyDataStream::new(resp.into_body()).map_err(move |err| {
             // P3: the error ends the client's response without a clean end.

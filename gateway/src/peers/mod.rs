@@ -140,10 +140,7 @@ impl Peers {
     }
 
     fn live(&self) -> Arc<Vec<String>> {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn set_live(&self, mut live: Vec<String>) {
@@ -283,7 +280,11 @@ mod tests {
             );
             let without_c = rendezvous(&key(i), three[..2].iter().copied());
             if owner != "http://c:1" {
-                assert_eq!(without_c, Some(owner), "a key moved off a gateway that stayed");
+                assert_eq!(
+                    without_c,
+                    Some(owner),
+                    "a key moved off a gateway that stayed"
+                );
             }
         }
         for url in three {

@@ -89,4 +89,3 @@ sys.exit(p.wait())
         self.dir.join("git").display().to_string()
     }
 }
-
