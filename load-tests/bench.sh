@@ -6,14 +6,19 @@
 #   load-tests/bench.sh --smoke         # tiny corpus, 4 clients, 1 repetition (CI)
 #   load-tests/bench.sh --repo /srv/git/big.git --clients 16
 #
-# Builds release binaries, installs nginx and fcgiwrap from Debian if they are missing,
-# then runs `gitgate-load bench` with the arguments given.
+# Builds release binaries, installs nginx, fcgiwrap and PostgreSQL's server (for the
+# fleet scenario's throwaway store) from Debian if they are missing, then runs
+# `gitgate-load bench` with the arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v fcgiwrap >/dev/null || [ -x /usr/sbin/fcgiwrap ] || missing+=(fcgiwrap)
+if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+   && [ -z "${GITGATE_PG_BIN:-}" ]; then
+  missing+=(postgresql)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
@@ -21,7 +26,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-cargo build --release -p gitgate -p gitgate-load
+# Two invocations: the load driver's test-only features must not reach the binaries
+# it measures.
+cargo build --release -p gitgate -p gitgate-storage-node
+cargo build --release -p gitgate-load
 args=("$@")
 if [[ " ${args[*]-} " != *" --smoke "* && " ${args[*]-} " != *" --results "* ]]; then
   args+=(--results load-tests/RESULTS.md)

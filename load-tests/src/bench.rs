@@ -248,7 +248,13 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
         }
     }
     let hits = hit_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
-    let report = report(opts, &list, &runs, &method, ceiling, hits, pack);
+    let fleet = crate::fleet::fleet_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
+    let fleet_failures: usize = [&fleet.single, &fleet.fleet]
+        .iter()
+        .flat_map(|runs| runs.iter())
+        .map(|r| r.outcome.errors + r.outcome.verify_failures)
+        .sum();
+    let report = report(opts, &list, &runs, &method, ceiling, hits, &fleet, pack);
     println!("\n{report}");
     if let Some(path) = &opts.results {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
@@ -260,8 +266,9 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
         .map(|r| r.outcome.errors + r.outcome.verify_failures)
         .sum();
     ensure!(
-        failures == 0,
-        "{failures} requests failed or did not verify"
+        failures + fleet_failures == 0,
+        "{} requests failed or did not verify",
+        failures + fleet_failures
     );
     Ok(())
 }
@@ -382,6 +389,7 @@ fn report(
     method: &str,
     ceiling: f64,
     hits: HitFigures,
+    fleet: &crate::fleet::FleetFigures,
     pack: u64,
 ) -> String {
     let mib = |b: f64| b / (1 << 20) as f64;
@@ -496,6 +504,27 @@ fn report(
     };
     let _ = writeln!(
         out,
+        "\n## Fleet: {} git clones spread round-robin over gateways sharing PostgreSQL and three `gitgate-node`s\n",
+        opts.clients
+    );
+    let _ = writeln!(out, "Each run starts from scratch (new PostgreSQL, nodes holding a copy of the corpus each, new gateways), so each fan-out pays for its pack generation and advertisements. Medians of {} runs per setup, interleaved. Node CPU includes the nodes' git processes; server CPU is nodes + gateways.\n", fleet.single.len());
+    let _ = writeln!(out, "| setup | node git processes | node CPU s | gateways CPU s | server CPU s | server CPU vs nginx + http-backend | wall s |\n|---|---|---|---|---|---|---|");
+    for (label, runs) in [
+        ("one gateway", &fleet.single),
+        ("fleet of 3 gateways", &fleet.fleet),
+    ] {
+        let (procs, node, gw, wall) = crate::fleet::FleetFigures::medians(runs);
+        let vs_nginx = medians.get(&(1, 2)).map_or("-".to_owned(), |n| {
+            format!("{:.3}×", (node + gw) / n.1.max(1e-9))
+        });
+        let _ = writeln!(
+            out,
+            "| {label} | {procs:.0} | {node:.2} | {gw:.2} | {:.2} | {vs_nginx} | {wall:.2} |",
+            node + gw
+        );
+    }
+    let _ = writeln!(
+        out,
         "\n## Targets (gitgate with the cache vs nginx + git http-backend)\n"
     );
     let _ = writeln!(out, "| target | goal | measured |\n|---|---|---|");
@@ -564,6 +593,35 @@ fn report(
         } else {
             "**missed**"
         }
+    );
+    let (single, three) = (
+        crate::fleet::FleetFigures::medians(&fleet.single),
+        crate::fleet::FleetFigures::medians(&fleet.fleet),
+    );
+    let nginx_git_fanout = medians.get(&(1, 2)).map(|m| m.1);
+    let _ = writeln!(
+        out,
+        "| fleet: node CPU, 3 gateways vs 1, git fan-out N={} | ≤ 1.20× | {} ({:.2} vs {:.2} s) |",
+        opts.clients,
+        verdict(Some(three.1 / single.1.max(1e-9)), 1.20, true),
+        three.1,
+        single.1
+    );
+    let _ = writeln!(
+        out,
+        "| git-client full fan-out N={}, server CPU, one gateway (the table above) | < 0.08× | {} |",
+        opts.clients,
+        verdict(cpu_ratio(1), 0.08, true)
+    );
+    let _ = writeln!(
+        out,
+        "| git-client full fan-out N={}, server CPU, fleet of 3 (gateways + nodes) | < 0.08× | {} |",
+        opts.clients,
+        verdict(
+            nginx_git_fanout.map(|n| (three.1 + three.2) / n.max(1e-9)),
+            0.08,
+            true
+        )
     );
     let _ = writeln!(
         out,

@@ -7,6 +7,7 @@
 
 mod bench;
 mod corpus;
+mod fleet;
 mod http;
 mod measure;
 mod replay;

@@ -258,6 +258,19 @@ pub fn run(
     scratch: &Path,
     git: &str,
 ) -> anyhow::Result<Outcome> {
+    run_spread(scenario, &[authority.to_owned()], corpus, scratch, git)
+}
+
+/// Run `scenario` with its clients spread round-robin over the servers at
+/// `authorities` (pushers use the first).
+pub fn run_spread(
+    scenario: &Scenario,
+    authorities: &[String],
+    corpus: &Corpus,
+    scratch: &Path,
+    git: &str,
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(!authorities.is_empty(), "no server to run against");
     std::fs::create_dir_all(scratch)?;
     let n = scenario.clients;
     let pushers = if scenario.kind == Kind::Mixed {
@@ -271,7 +284,7 @@ pub fn run(
         let (barrier, corpus, authority, git) = (
             barrier.clone(),
             corpus.clone(),
-            authority.to_owned(),
+            authorities[i % authorities.len()].clone(),
             git.to_owned(),
         );
         let (kind, mode, verify) = (scenario.kind, scenario.mode, scenario.verify);
@@ -292,7 +305,7 @@ pub fn run(
         let (barrier, corpus, authority, git) = (
             barrier.clone(),
             corpus.clone(),
-            authority.to_owned(),
+            authorities[0].clone(),
             git.to_owned(),
         );
         let work = scratch.join(format!("pusher-{p}"));

@@ -88,14 +88,31 @@ fn gitgate(kind: Kind, setup: &Setup, cache: bool) -> anyhow::Result<Server> {
             dir.join("cache").display()
         ),
     )?;
-    let log = std::fs::File::create(dir.join("gitgate.log"))?;
-    let mut child = Command::new(&setup.gitgate)
+    let (child, authority) = spawn_listening(&setup.gitgate, &config, &dir.join("gitgate.log"))?;
+    let pid = child.id();
+    Ok(Server {
+        authority,
+        pids: vec![pid],
+        main_pid: pid,
+        children: vec![child],
+    })
+}
+
+/// Start `program --config config` (gitgate or gitgate-node), logging to `log`, and
+/// wait for the `listening on http://ADDR` line it prints once it accepts.
+pub fn spawn_listening(
+    program: &Path,
+    config: &Path,
+    log: &Path,
+) -> anyhow::Result<(Child, String)> {
+    let log_file = std::fs::File::create(log)?;
+    let mut child = Command::new(program)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::piped())
-        .stderr(log)
+        .stderr(log_file)
         .spawn()
-        .with_context(|| format!("starting {}", setup.gitgate.display()))?;
+        .with_context(|| format!("starting {}", program.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut line = String::new();
     let mut reader = BufReader::new(stdout);
@@ -111,21 +128,32 @@ fn gitgate(kind: Kind, setup: &Setup, cache: bool) -> anyhow::Result<Server> {
         .strip_prefix("listening on http://")
         .map(str::to_owned)
     else {
+        let _ = child.kill();
+        let _ = child.wait();
         bail!(
-            "gitgate did not start: {line:?}; see {}",
-            dir.join("gitgate.log").display()
+            "{} did not start: {line:?}; see {}",
+            program.display(),
+            log.display()
         );
     };
-    let pid = child.id();
-    Ok(Server {
-        authority,
-        pids: vec![pid],
-        main_pid: pid,
-        children: vec![child],
-    })
+    Ok((child, authority))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+impl Server {
+    /// A server made of already started processes, the first of which is reported on.
+    pub fn of(authority: String, children: Vec<Child>) -> Self {
+        let pids: Vec<u32> = children.iter().map(Child::id).collect();
+        Self {
+            authority,
+            main_pid: pids.first().copied().unwrap_or(0),
+            pids,
+            children,
+        }
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
