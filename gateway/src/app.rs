@@ -23,6 +23,7 @@ pub fn app(
     state: Arc<AppState>,
     body_idle_timeout: std::time::Duration,
     pace: crate::body_pace::Pace,
+    proxies: Arc<crate::client_addr::TrustedProxies>,
 ) -> Router {
     // Git requests are authorized before the handler runs: before any cache lookup or
     // node call, on every request. Operational endpoints stay outside auth.
@@ -39,7 +40,7 @@ pub fn app(
         ]))
         // Parse the path, Git-Protocol and request id once, into a GitRequest that the
         // span, the access log, auth and the handlers read.
-        .layer(middleware::from_fn(git::request::parse))
+        .layer(middleware::from_fn_with_state(proxies, git::request::parse))
         // One span per request; handlers record repo/service/protocol into it.
         .layer(
             TraceLayer::new_for_http()

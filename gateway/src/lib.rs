@@ -11,11 +11,13 @@
 //! - [`access_log`]: one log line and request metrics per request;
 //! - [`advert_cache`]: upload-pack advertisements and `ls-refs` answers, in memory;
 //! - [`admin`]: the admin API (repository deletion);
+//! - [`adaptive`]: the per-client limit moving with the storage tier's saturation;
 //! - [`limits`]: the per-repository and per-client limits on node-bound fetches;
 //! - [`metrics`]: the request path's metric families;
 //! - [`git`]: the smart-HTTP handlers and the one parsed view of a request;
 //! - [`body`]: streamed, metered response bodies;
 //! - [`body_pace`]: a minimum rate and a deadline for request bodies;
+//! - [`client_addr`]: the client's address, through trusted proxies;
 //! - [`fetch_body`]: fetch request bodies in memory, within a shared budget;
 //! - [`error`]: the mapping of failures to responses;
 //! - [`ops`]: `/-/health`, `/-/ready` and `/-/metrics`;
@@ -28,12 +30,14 @@
 #![deny(missing_docs)]
 
 pub mod access_log;
+pub mod adaptive;
 pub mod admin;
 pub mod advert_cache;
 pub mod app;
 pub mod auth;
 pub mod body;
 pub mod body_pace;
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod fetch_body;
@@ -144,6 +148,22 @@ pub async fn serve(
     )?);
     // Active checks run while serving and stop with serve.
     let health_checks = health.spawn(nodes.nodes().to_vec());
+    // The per-client limit as a metric; in adaptive mode it moves while serving.
+    let gauges = adaptive::LimitGauges::register(&registry, &limiter)?;
+    let adaptive = config.limits.adaptive.then(|| {
+        let l = &config.limits;
+        adaptive::spawn(
+            limiter.clone(),
+            health.clone(),
+            adaptive::AdaptiveSettings {
+                interval: l.adaptive_interval,
+                min: l.adaptive_min,
+                git_per_core: l.adaptive_git_per_core,
+                max_ttfb: l.adaptive_max_ttfb,
+            },
+            gauges,
+        )
+    });
     let (cluster, shared_store) = open_cluster(&config, nodes, health, &registry).await?;
     // A fleet: register with the shared store and keep the live set fresh while
     // serving (config validation guarantees the store is PostgreSQL).
@@ -193,6 +213,9 @@ pub async fn serve(
         state.clone(),
         config.limits.body_idle_timeout,
         config.limits.pace(),
+        Arc::new(client_addr::TrustedProxies::new(
+            config.limits.trusted_proxies.clone(),
+        )),
     );
     // Reloads on SIGHUP while serving; stops with serve.
     let reloader = config.path.clone().map(|path| {
@@ -217,9 +240,11 @@ pub async fn serve(
     }
     // Stop the background work and wait for each task to end, in the order it depends
     // on the others: reloads and discovery, then replication and repair, then health.
-    let tasks = reloader
-        .into_iter()
-        .chain([discovery, workers, reconciler, health_checks]);
+    let tasks =
+        reloader
+            .into_iter()
+            .chain(adaptive)
+            .chain([discovery, workers, reconciler, health_checks]);
     for task in tasks {
         task.abort();
         // A cancelled task's result says so; nothing to report.

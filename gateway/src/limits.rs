@@ -81,11 +81,58 @@ struct Slots {
     semaphore: Arc<Semaphore>,
     /// Fetches waiting for a slot (bounded by `max_queue`).
     queued: AtomicUsize,
+    /// Slots held now.
+    held: AtomicUsize,
+    /// The limit this key's permits were issued for.
+    limit: AtomicUsize,
+    /// Permits to take out of circulation as they come back: the limit went down
+    /// while they were held.
+    debt: AtomicUsize,
+}
+
+impl Slots {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            queued: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            debt: AtomicUsize::new(0),
+        })
+    }
+
+    /// Issue or withdraw permits so that `limit` run at once from now on: free
+    /// permits are withdrawn at once, held ones as they come back.
+    fn resize(&self, limit: usize) {
+        let old = self.limit.swap(limit, Ordering::SeqCst);
+        if limit > old {
+            let mut add = limit - old;
+            let owed = self.debt.load(Ordering::SeqCst).min(add);
+            self.debt.fetch_sub(owed, Ordering::SeqCst);
+            add -= owed;
+            self.semaphore.add_permits(add);
+        } else if limit < old {
+            let cut = old - limit;
+            let withdrawn = self.semaphore.forget_permits(cut);
+            self.debt.fetch_add(cut - withdrawn, Ordering::SeqCst);
+        }
+    }
+
+    /// Nothing holds or waits for a slot, and only `refs` references (the map's and
+    /// the caller's) exist, so no fetch is between finding the key and taking a slot.
+    fn idle(self: &Arc<Self>, refs: usize) -> bool {
+        self.held.load(Ordering::SeqCst) == 0
+            && self.queued.load(Ordering::SeqCst) == 0
+            && Arc::strong_count(self) == refs
+    }
 }
 
 /// Slots per key of type `K`; keys with nothing running or queued are forgotten.
 pub struct Limiter<K> {
     settings: LimitSettings,
+    /// Slots per key now: `settings.limit`, or less while the adaptive mode holds it
+    /// down.
+    limit: AtomicUsize,
     scope: Scope,
     keys: Mutex<HashMap<K, Arc<Slots>>>,
     metrics: GatewayMetrics,
@@ -93,7 +140,7 @@ pub struct Limiter<K> {
 
 /// A held slot of one limiter; released when dropped.
 struct Held<K: Eq + Hash + Clone> {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     limiter: Arc<Limiter<K>>,
     key: K,
     slots: Arc<Slots>,
@@ -103,6 +150,7 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
     fn new(settings: LimitSettings, scope: Scope, metrics: GatewayMetrics) -> Arc<Self> {
         Arc::new(Self {
             settings,
+            limit: AtomicUsize::new(settings.limit),
             scope,
             keys: Mutex::new(HashMap::new()),
             metrics,
@@ -115,6 +163,20 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Slots per key from now on (at least one); fetches holding more keep them until
+    /// they end. No effect when the limit is off.
+    fn set_limit(&self, limit: usize) {
+        if self.settings.limit == 0 {
+            return;
+        }
+        let limit = limit.max(1);
+        let keys = self.lock();
+        self.limit.store(limit, Ordering::SeqCst);
+        for slots in keys.values() {
+            slots.resize(limit);
+        }
+    }
+
     /// Wait for a slot for `key`; `None` when the limit is off.
     async fn acquire(self: &Arc<Self>, key: &K) -> Result<Option<Held<K>>, LimitError> {
         let LimitSettings {
@@ -125,21 +187,21 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
         if limit == 0 {
             return Ok(None);
         }
-        let slots = self
-            .lock()
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Slots {
-                    semaphore: Arc::new(Semaphore::new(limit)),
-                    queued: AtomicUsize::new(0),
-                })
-            })
-            .clone();
-        let held = |permit| Held {
-            _permit: permit,
-            limiter: self.clone(),
-            key: key.clone(),
-            slots: slots.clone(),
+        let slots = {
+            let mut keys = self.lock();
+            let current = self.limit.load(Ordering::SeqCst);
+            keys.entry(key.clone())
+                .or_insert_with(|| Slots::new(current))
+                .clone()
+        };
+        let held = |permit| {
+            slots.held.fetch_add(1, Ordering::SeqCst);
+            Held {
+                permit: Some(permit),
+                limiter: self.clone(),
+                key: key.clone(),
+                slots: slots.clone(),
+            }
         };
         if let Ok(permit) = slots.semaphore.clone().try_acquire_owned() {
             return Ok(Some(held(permit)));
@@ -152,7 +214,7 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
                 .with_label_values(&[err.label()])
                 .inc();
             // Forget the key if it was only made for this refused fetch.
-            self.forget_if_idle(key, &slots, 1);
+            self.forget_if_idle(key, &slots);
             return Err(err);
         }
         self.metrics.queued.inc();
@@ -168,19 +230,17 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
                     .rejected
                     .with_label_values(&[err.label()])
                     .inc();
+                self.forget_if_idle(key, &slots);
                 Err(err)
             }
         }
     }
 
-    /// Forget `key` when only the map and `holders` other references hold its slots,
-    /// nobody waits and every permit is back.
-    fn forget_if_idle(&self, key: &K, slots: &Arc<Slots>, holders: usize) {
+    /// Forget `key` (whose slots the caller holds a reference to) when nothing holds
+    /// or waits for its slots.
+    fn forget_if_idle(&self, key: &K, slots: &Arc<Slots>) {
         let mut keys = self.lock();
-        let idle = Arc::strong_count(slots) == 1 + holders
-            && slots.queued.load(Ordering::SeqCst) == 0
-            && slots.semaphore.available_permits() == self.settings.limit;
-        if idle {
+        if slots.idle(2) {
             keys.remove(key);
         }
     }
@@ -188,12 +248,23 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
 
 impl<K: Eq + Hash + Clone> Drop for Held<K> {
     fn drop(&mut self) {
-        // The permit in this value goes back after this function; count it as back.
+        let slots = &self.slots;
+        // Under the map's lock, so a resize or a new fetch sees a consistent count.
         let mut keys = self.limiter.lock();
-        let idle = Arc::strong_count(&self.slots) == 2
-            && self.slots.queued.load(Ordering::SeqCst) == 0
-            && self.slots.semaphore.available_permits() + 1 == self.limiter.settings.limit;
-        if idle {
+        if let Some(permit) = self.permit.take() {
+            let owed = slots
+                .debt
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+                .is_ok();
+            if owed {
+                // The limit went down while this slot was held: withdraw it.
+                permit.forget();
+            } else {
+                drop(permit);
+            }
+        }
+        slots.held.fetch_sub(1, Ordering::SeqCst);
+        if slots.idle(2) {
             keys.remove(&self.key);
         }
     }
@@ -204,6 +275,9 @@ pub struct FetchLimits {
     repos: Arc<Limiter<RepoPath>>,
     clients: Arc<Limiter<String>>,
     metrics: GatewayMetrics,
+    /// The slowest first byte of a node-bound fetch since the adaptive mode last
+    /// looked.
+    slowest_ttfb: Mutex<Option<Duration>>,
 }
 
 /// The slots one node-bound fetch holds; released when dropped (with the response
@@ -221,7 +295,37 @@ impl FetchLimits {
             repos: Limiter::new(repo, Scope::Repository, metrics.clone()),
             clients: Limiter::new(client, Scope::Client, metrics.clone()),
             metrics,
+            slowest_ttfb: Mutex::new(None),
         }
+    }
+
+    /// Note how long a node-bound fetch waited for its first byte.
+    pub fn observe_ttfb(&self, waited: Duration) {
+        let mut slowest = self.slowest_ttfb.lock().unwrap_or_else(|p| p.into_inner());
+        *slowest = Some(slowest.map_or(waited, |s| s.max(waited)));
+    }
+
+    /// The slowest first byte since the last call.
+    pub fn take_slowest_ttfb(&self) -> Option<Duration> {
+        self.slowest_ttfb
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The per-client limit now.
+    pub fn client_limit(&self) -> usize {
+        self.clients.limit.load(Ordering::SeqCst)
+    }
+
+    /// The configured per-client limit (0: off): the most the adaptive mode grows to.
+    pub fn client_limit_ceiling(&self) -> usize {
+        self.clients.settings.limit
+    }
+
+    /// Change the per-client limit (the adaptive mode).
+    pub fn set_client_limit(&self, limit: usize) {
+        self.clients.set_limit(limit);
     }
 
     /// Wait for a slot of `client`, then one of `repo`.
@@ -321,5 +425,47 @@ mod tests {
         }
         // Nothing running or queued for A any more: its key is forgotten.
         assert!(limits.clients.lock().get("a").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_client_limit_moves_while_fetches_hold_slots() {
+        let metrics = GatewayMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let limits = FetchLimits::new(settings(0, 0), settings(4, 0), metrics);
+        let repo = RepoPath::parse("r").expect("repo");
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(limits.acquire(&repo, "a").await.expect("slot"));
+        }
+        let refused = Some(LimitError::QueueFull(Scope::Client));
+        // Down to 2 while 4 run: nothing new until fewer than 2 run.
+        limits.set_client_limit(2);
+        assert_eq!(limits.client_limit(), 2);
+        assert_eq!(limits.acquire(&repo, "a").await.err(), refused);
+        held.truncate(2);
+        assert_eq!(limits.acquire(&repo, "a").await.err(), refused);
+        held.truncate(1);
+        held.push(
+            limits
+                .acquire(&repo, "a")
+                .await
+                .expect("back under the limit"),
+        );
+        assert_eq!(limits.acquire(&repo, "a").await.err(), refused);
+        // Up to 3: one more now; a new client starts at the current limit.
+        limits.set_client_limit(3);
+        held.push(limits.acquire(&repo, "a").await.expect("grown"));
+        assert_eq!(limits.acquire(&repo, "a").await.err(), refused);
+        let b: Vec<Slot> = vec![
+            limits.acquire(&repo, "b").await.expect("b1"),
+            limits.acquire(&repo, "b").await.expect("b2"),
+            limits.acquire(&repo, "b").await.expect("b3"),
+        ];
+        assert_eq!(limits.acquire(&repo, "b").await.err(), refused);
+        drop(b);
+        drop(held);
+        // Everything given back: no key is kept, and a fresh start sees 3 slots.
+        assert!(limits.clients.lock().is_empty());
+        limits.set_client_limit(0);
+        assert_eq!(limits.client_limit(), 1, "the limit never goes below one");
     }
 }

@@ -1276,6 +1276,129 @@ fn wait_ok(authority: &str) {
     }
 }
 
+/// In adaptive mode the per-client limit halves while a node runs more git processes
+/// per core than allowed, and grows back once the load is gone; the fetches that
+/// caused it all succeed meanwhile.
+#[test]
+fn the_adaptive_limit_follows_node_load() {
+    let tmp = TempDir::new().expect("tempdir");
+    let hook = support::hooked_git::HookedGit::new(&tmp.path().join("hooked"));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ceiling = 2 * cores;
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            extra: "[cache]\nenabled = false\n".into(),
+            node_git: Some(hook.program()),
+            ..Default::default()
+        }
+        .with_limits(&format!(
+            "client_concurrency = {ceiling}\nclient_queue = 256\nclient_queue_timeout = \"120s\"\n\
+             adaptive = true\nadaptive_interval = \"200ms\"\nadaptive_git_per_core = 1\n"
+        )),
+    );
+    let git = default_client();
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "busy", &[3 << 20], 5);
+    let limit = || metric(&gw.scrape(), "gitgate_client_concurrency_limit", &[]);
+    assert_eq!(limit(), ceiling as f64);
+    // One client (this host), many slow clones at once: the node runs more git
+    // processes than it has cores.
+    hook.set(support::hooked_git::Mode::Slow);
+    let clones: Vec<_> = (0..3 * cores)
+        .map(|i| {
+            let dir = tmp.path().join(format!("clone-{i}"));
+            let child = git
+                .cmd(None)
+                .args(["clone", "-q", "--bare", &gw.repo_url("busy")])
+                .arg(&dir)
+                .spawn()
+                .expect("spawn clone");
+            (dir, child)
+        })
+        .collect();
+    support::cluster::wait_for(Duration::from_secs(20), "the limit to go down", || {
+        limit() < ceiling as f64
+    });
+    for (dir, mut child) in clones {
+        assert!(child.wait().expect("wait").success(), "a clone failed");
+        let main = git.ok(None, &["--git-dir", path_str(&dir), "rev-parse", "main"]);
+        assert_eq!(main.trim(), head);
+    }
+    hook.set(support::hooked_git::Mode::Normal);
+    support::cluster::wait_for(Duration::from_secs(20), "the limit to grow back", || {
+        limit() == ceiling as f64
+    });
+    let scrape = gw.scrape();
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_adaptive_adjustments_total",
+            &["direction=\"down\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &scrape,
+            "gitgate_adaptive_adjustments_total",
+            &["direction=\"up\""]
+        ) >= 1.0
+    );
+}
+
+/// Behind a trusted proxy, clients are told apart by the address the proxy forwarded;
+/// what a client writes into `X-Forwarded-For` itself is not believed.
+#[test]
+fn clients_behind_a_trusted_proxy_get_their_own_share() {
+    let gw = TestGateway::start(
+        false,
+        GatewayOptions {
+            create_on_push: true,
+            extra: "[cache]\nenabled = false\n".into(),
+            ..Default::default()
+        }
+        .with_limits(
+            "client_concurrency = 1\nclient_queue = 0\nclient_queue_timeout = \"60s\"\n\
+             trusted_proxies = [\"127.0.0.1/32\", \"::1/128\"]\n",
+        ),
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let head = support::push_incompressible(&gw, &git, tmp.path(), "hot", &[16 << 20], 11);
+    let body = support::fetch_everything(&head);
+    let authority = gw.server.authority().to_owned();
+    // A fetch "through the proxy" for `xff`, leaving its response unread for 2 s so it
+    // holds its client's slot; answers the status line.
+    let send = |xff: &str| {
+        let (body, authority, xff) = (body.clone(), authority.clone(), xff.to_owned());
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&authority).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("timeout");
+            let head = format!(
+                "POST /hot.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: {xff}\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).expect("send");
+            s.write_all(&body).expect("send");
+            std::thread::sleep(Duration::from_secs(2));
+            let mut response = Vec::new();
+            let _ = s.read_to_end(&mut response);
+            String::from_utf8_lossy(&response[..response.len().min(12)]).into_owned()
+        })
+    };
+    let first = send("198.51.100.1");
+    std::thread::sleep(Duration::from_millis(500));
+    // The same client again, with a forged entry to the left: refused (its one slot is
+    // taken and it may not queue)...
+    let forged = send("203.0.113.5, 198.51.100.1");
+    // ...while another client behind the same proxy is served.
+    let other = send("198.51.100.2");
+    assert_eq!(forged.join().expect("forged"), "HTTP/1.1 429");
+    assert_eq!(other.join().expect("other"), "HTTP/1.1 200");
+    assert_eq!(first.join().expect("first"), "HTTP/1.1 200");
+}
+
 /// One client (a runaway pipeline) holding many slow cache-missing fetches gets its own
 /// share of node work and 429s past it; another client's clones still get through.
 #[test]

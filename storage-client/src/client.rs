@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use gitgate_proto::RepoPath;
-use gitgate_storage_node::api::{self, GitStream, ReplicateRequest, RepoState, RequestBody};
+use gitgate_storage_node::api::{
+    self, GitStream, NodeLoad, ReplicateRequest, RepoState, RequestBody,
+};
 use gitgate_storage_node::{Node, ReplicaSource};
 
 use crate::call::GitCall;
@@ -163,12 +165,14 @@ impl NodeClient {
     /// missing), with HEAD pointing at `head`. Returns this node's resulting state.
     ///
     /// In-process nodes fetch from each other by path, remote nodes from each other
-    /// over their authenticated git endpoint; the two kinds cannot be mixed.
+    /// over their authenticated git endpoint; the two kinds cannot be mixed. A remote
+    /// target is told the node set (`nodes`), and refuses a source outside it.
     pub async fn replicate_from(
         &self,
         repo: &RepoPath,
         source: &NodeClient,
         head: Option<&str>,
+        nodes: &[NodeClient],
     ) -> Result<RepoState, ClientError> {
         match (self, source) {
             (Self::Local { name, node }, Self::Local { node: from, .. }) => {
@@ -183,6 +187,13 @@ impl NodeClient {
                     source_url,
                     authorization,
                     head: head.map(str::to_owned),
+                    nodes: nodes
+                        .iter()
+                        .filter_map(|n| match n {
+                            Self::Remote(r) => Some(r.base().to_owned()),
+                            Self::Local { .. } => None,
+                        })
+                        .collect(),
                 };
                 target.replicate(repo, &request).await
             }
@@ -193,11 +204,11 @@ impl NodeClient {
     }
 
     /// Whether the node is up: its root is reachable (local) or `/-/health` answers
-    /// (remote).
-    pub async fn check_health(&self) -> Result<(), ClientError> {
+    /// (remote); with its load when it reports one.
+    pub async fn check_health(&self) -> Result<Option<NodeLoad>, ClientError> {
         match self {
             Self::Local { name, node } => match tokio::fs::metadata(node.root()).await {
-                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(meta) if meta.is_dir() => Ok(Some(node.load())),
                 Ok(_) => Err(ClientError::Unavailable {
                     node: name.clone(),
                     reason: "root is not a directory".into(),

@@ -4,7 +4,8 @@
 //! every `interval`, each bounded by `timeout`, plus failures reported from real
 //! traffic) and up again after one successful active check. The state machine is pure
 //! (no clock, no IO) so its rules are tested directly; [`HealthMonitor::spawn`] owns the
-//! background task, which stops when the returned handle is dropped.
+//! background task, which stops when the returned handle is dropped, and keeps the load
+//! each node reports with its check ([`HealthMonitor::loads`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::NodeClient;
 use crate::nodes::NodeId;
+use gitgate_storage_node::api::NodeLoad;
 
 /// When a node counts as down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +77,8 @@ impl HealthState {
 pub struct HealthMonitor {
     names: Vec<String>,
     states: Vec<Mutex<HealthState>>,
+    /// What each node last reported about its load (with its last successful check).
+    loads: Vec<Mutex<Option<NodeLoad>>>,
     policy: HealthPolicy,
     /// `gitgate_node_healthy{node}`: 1 up, 0 down.
     gauge: IntGaugeVec,
@@ -104,9 +108,11 @@ impl HealthMonitor {
             .iter()
             .map(|_| Mutex::new(HealthState::default()))
             .collect();
+        let loads = names.iter().map(|_| Mutex::new(None)).collect();
         Ok(Self {
             names,
             states,
+            loads,
             policy,
             gauge,
             changes: tokio::sync::watch::Sender::new(0),
@@ -155,6 +161,17 @@ impl HealthMonitor {
         self.record(node, false);
     }
 
+    /// The load each healthy node reported at its last check (nodes that report none,
+    /// or are down, are left out).
+    pub fn loads(&self) -> Vec<NodeLoad> {
+        self.loads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.is_healthy(NodeId::at(*i)))
+            .filter_map(|(_, l)| *l.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
     /// Check `nodes` (same order as the names) every interval until the returned
     /// handle, the checker's owner, is dropped.
     pub fn spawn(self: &Arc<Self>, nodes: Vec<NodeClient>) -> AbortOnDropHandle<()> {
@@ -166,14 +183,17 @@ impl HealthMonitor {
                 tick.tick().await;
                 // All at once, so one hanging node does not delay the others' checks.
                 let checks = nodes.iter().map(|node| async {
-                    matches!(
-                        tokio::time::timeout(monitor.policy.timeout, node.check_health()).await,
-                        Ok(Ok(()))
-                    )
+                    match tokio::time::timeout(monitor.policy.timeout, node.check_health()).await {
+                        Ok(Ok(load)) => Some(load),
+                        _ => None,
+                    }
                 });
                 let results = futures_util::future::join_all(checks).await;
-                for (i, ok) in results.into_iter().enumerate() {
-                    monitor.record(NodeId::at(i), ok);
+                for (i, checked) in results.into_iter().enumerate() {
+                    monitor.record(NodeId::at(i), checked.is_some());
+                    if let Some(slot) = monitor.loads.get(i) {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = checked.flatten();
+                    }
                 }
             }
         }))

@@ -270,7 +270,15 @@ impl RemoteNode {
         json: Option<Vec<u8>>,
         limit: Duration,
     ) -> Result<Bytes, ClientError> {
-        let path = format!("/admin/{what}?repo={}", repo.as_str());
+        let mut path = format!("/admin/{what}?repo={}", repo.as_str());
+        if let Some(json) = &json {
+            // The token covers the query, and so, through its digest, the body.
+            path.push_str(&format!(
+                "&{}={}",
+                api::BODY_DIGEST_PARAM,
+                api::body_digest(json)
+            ));
+        }
         let mut req = self.request(method, &path, "-");
         let body = match json {
             Some(json) => {
@@ -312,6 +320,11 @@ impl RemoteNode {
     /// for it: what another node needs to fetch from here.
     /// The URL of `repo` on this node and the `Authorization` value another node's
     /// `git fetch` uses to copy from it: a token for reading that repository only.
+    /// The node's base URL, `http://host:port`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     pub(crate) fn fetch_source(&self, repo: &RepoPath) -> (String, String) {
         let token = self.secret.read().unwrap_or_else(|p| p.into_inner()).token(
             self.authority(),
@@ -382,18 +395,30 @@ impl RemoteNode {
         self.admin(Method::POST, "delete", repo).await.map(drop)
     }
 
-    pub(crate) async fn check_health(&self) -> Result<(), ClientError> {
+    pub(crate) async fn check_health(&self) -> Result<Option<api::NodeLoad>, ClientError> {
         let req = Request::get(format!("{}/-/health", self.base))
             .body(Body::empty())
             .map_err(|e| self.build_error(e))?;
         let resp = self.send_with_timeout(req, HEALTH_TIMEOUT).await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(ClientError::Unavailable {
+        if !resp.status().is_success() {
+            return Err(ClientError::Unavailable {
                 node: self.name.clone(),
                 reason: format!("health answered {}", resp.status()),
-            })
+            });
+        }
+        let body = Limited::new(resp.into_body(), 4 << 10);
+        match tokio::time::timeout(HEALTH_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => Ok(api::NodeLoad::parse(&String::from_utf8_lossy(
+                &collected.to_bytes(),
+            ))),
+            Ok(Err(err)) => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: format!("reading the health answer: {err}"),
+            }),
+            Err(_) => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: "health answer timed out".into(),
+            }),
         }
     }
 

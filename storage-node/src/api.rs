@@ -165,4 +165,86 @@ pub struct ReplicateRequest {
     pub authorization: String,
     /// What HEAD should point to afterwards (the source's HEAD).
     pub head: Option<String>,
+    /// The base URLs (`http://host:port`) of the nodes the gateway knows: the source
+    /// must be on one of them.
+    pub nodes: Vec<String>,
+}
+
+impl ReplicateRequest {
+    /// Whether the source is a repository on one of `nodes`.
+    pub fn source_is_a_node(&self) -> bool {
+        self.nodes.iter().any(|base| {
+            self.source_url
+                .strip_prefix(base.trim_end_matches('/'))
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+}
+
+/// A node's load, as its `/-/health` answer reports it after the `ok` line:
+/// `git_processes_running N` and `cores N`, one per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLoad {
+    /// Git processes running on the node now.
+    pub git_processes: u64,
+    /// CPU cores the node may use.
+    pub cores: u64,
+}
+
+impl NodeLoad {
+    /// The health answer carrying this load.
+    pub fn health_text(&self) -> String {
+        format!(
+            "ok\ngit_processes_running {}\ncores {}\n",
+            self.git_processes, self.cores
+        )
+    }
+
+    /// The load in a health answer; `None` when it carries none (an older node).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut git_processes = None;
+        let mut cores = None;
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("git_processes_running", n)) => git_processes = n.trim().parse().ok(),
+                Some(("cores", n)) => cores = n.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Self {
+            git_processes: git_processes?,
+            cores: cores?,
+        })
+    }
+
+    /// Whether at least `per_core` git processes run per core: the node is saturated.
+    pub fn saturated(&self, per_core: u64) -> bool {
+        self.git_processes >= self.cores.max(1).saturating_mul(per_core.max(1))
+    }
+}
+
+/// The query parameter of an admin request that carries the blake3 digest of its body:
+/// request tokens bind the path and query, so the digest binds the body to the token.
+pub const BODY_DIGEST_PARAM: &str = "digest";
+
+/// The digest [`BODY_DIGEST_PARAM`] carries for `body`.
+pub fn body_digest(body: &[u8]) -> String {
+    blake3::hash(body).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::NodeLoad;
+
+    #[test]
+    fn load_round_trips_through_the_health_answer() {
+        let load = NodeLoad {
+            git_processes: 5,
+            cores: 2,
+        };
+        assert_eq!(NodeLoad::parse(&load.health_text()), Some(load));
+        assert_eq!(NodeLoad::parse("ok\n"), None);
+        assert!(load.saturated(2));
+        assert!(!load.saturated(3));
+    }
 }

@@ -1,11 +1,13 @@
 //! The node's internal HTTP API.
 //!
-//! - `GET /-/health`: unauthenticated liveness; `GET /-/metrics`: Prometheus text;
+//! - `GET /-/health`: unauthenticated liveness and load (running git processes and
+//!   cores, see [`crate::api::NodeLoad`]); `GET /-/metrics`: Prometheus text;
 //! - ordinary smart HTTP for git (`info/refs`, `git-upload-pack`, `git-receive-pack`),
 //!   so gateways and other nodes (replication) use plain git traffic;
 //! - `GET /admin/repos`, `GET /admin/state?repo=`, `POST /admin/create?repo=`,
-//!   `POST /admin/delete?repo=`, `POST /admin/replicate?repo=` (JSON body
-//!   [`crate::api::ReplicateRequest`]; answers the resulting state): the admin API, JSON answers.
+//!   `POST /admin/delete?repo=`, `POST /admin/replicate?repo=&digest=` (JSON body
+//!   [`crate::api::ReplicateRequest`], whose blake3 digest is in the query so the token
+//!   covers it; answers the resulting state): the admin API, JSON answers.
 //!
 //! Everything but health requires `Authorization: Bearer <token>` (see [`crate::auth`]).
 //! Request bodies may be gzip-encoded. A git response that fails after its first byte
@@ -29,9 +31,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 
-use crate::api::ReplicateRequest;
+use crate::api::{self, ReplicateRequest};
 use crate::auth::Verifier;
-use crate::node::{Node, NodeError, ReplicaSource};
+use crate::node::{BadReplication, Node, NodeError, ReplicaSource};
 use crate::process::{self, GitStream};
 
 /// Shared state of the node's handlers.
@@ -53,7 +55,10 @@ pub fn router(node: Arc<Node>, verifier: Arc<Verifier>, registry: prometheus::Re
         .layer(RequestDecompressionLayer::new())
         .layer(middleware::from_fn_with_state(verifier, authenticate));
     Router::new()
-        .route("/-/health", get(|| async { "ok\n" }))
+        .route(
+            "/-/health",
+            get(|State(s): State<AppState>| async move { s.node.load().health_text() }),
+        )
         .route("/-/metrics", get(move || metrics_text(registry.clone())))
         .merge(protected)
         .with_state(AppState { node })
@@ -184,12 +189,30 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Deserialize)]
+struct ReplicateQuery {
+    repo: String,
+    digest: Option<String>,
+}
+
+/// Copy a repository from another node. The token covers the path and query; the
+/// query's digest covers the body, so neither the source nor the node set can be
+/// changed without a new token. The source must be on one of the nodes the gateway
+/// named. Everything is checked before anything is created.
 async fn replicate(
     State(s): State<AppState>,
-    Query(q): Query<RepoQuery>,
-    Json(body): Json<ReplicateRequest>,
+    Query(q): Query<ReplicateQuery>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let repo = repo_from(&q)?;
+    let repo = RepoPath::parse(&q.repo).map_err(ApiError::BadRepo)?;
+    if q.digest.as_deref() != Some(api::body_digest(&body).as_str()) {
+        return Err(NodeError::from(BadReplication::Digest).into());
+    }
+    let body: ReplicateRequest = serde_json::from_slice(&body)
+        .map_err(|e| NodeError::from(BadReplication::Body(e.to_string())))?;
+    if !body.source_is_a_node() {
+        return Err(NodeError::from(BadReplication::Source(body.source_url)).into());
+    }
     let source = ReplicaSource::Http {
         url: body.source_url,
         authorization: body.authorization,

@@ -92,6 +92,15 @@ pub enum BadReplication {
     /// HEAD must name a ref under `refs/`.
     #[error("invalid HEAD target {0:?}")]
     Head(String),
+    /// The source is not a repository on one of the nodes the gateway named.
+    #[error("replication source {0:?} is not on one of the gateway's nodes")]
+    Source(String),
+    /// The request body does not match the digest its token covers.
+    #[error("request body does not match the digest in its query")]
+    Digest,
+    /// The request body is not a replication request.
+    #[error("malformed replication request: {0}")]
+    Body(String),
 }
 
 /// A storage node over one root directory.
@@ -159,7 +168,20 @@ impl Node {
         Box::new(self.metrics.running(service, self.running[slot].clone()))
     }
 
-    /// The root directory.
+    /// Its load now: git processes running and cores.
+    pub fn load(&self) -> crate::api::NodeLoad {
+        let running: i64 = self
+            .running
+            .iter()
+            .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        crate::api::NodeLoad {
+            git_processes: u64::try_from(running).unwrap_or(0),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        }
+    }
+
+    /// The directory holding the repositories.
     pub fn root(&self) -> &std::path::Path {
         self.store.root()
     }

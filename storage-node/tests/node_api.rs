@@ -343,40 +343,44 @@ fn replicate_copies_every_ref_and_head_from_another_node() {
         TokenScope::Fetch { repo: "r" },
         SystemTime::now(),
     );
+    // The gateway names its nodes; the source must be on one of them.
+    let nodes = format!("[\"http://{}\",\"http://127.0.0.1:9\"]", source.authority);
     let body = |url: &str, head: &str| {
-        format!("{{\"source_url\":\"{url}\",\"authorization\":\"Bearer {read_r}\",\"head\":\"{head}\"}}")
+        format!("{{\"source_url\":\"{url}\",\"authorization\":\"Bearer {read_r}\",\"head\":\"{head}\",\"nodes\":{nodes}}}")
     };
+    // The query carries the body's digest, so the token covers the body too.
+    let at = |repo: &str, body: &str| {
+        format!(
+            "/admin/replicate?repo={repo}&digest={}",
+            gitgate_storage_node::api::body_digest(body.as_bytes())
+        )
+    };
+    let replicate =
+        |repo: &str, body: &str| post_json(&target.authority, &at(repo, body), &t, body);
     // Refused before anything runs: no token, a non-HTTP source, a HEAD that is no ref.
     let (status, _) = request(&target.authority, "POST", "/admin/replicate?repo=r", None);
     assert_eq!(status, 401);
-    let (status, text) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=r",
-        &t,
-        &body("file:///etc", "refs/heads/trunk"),
-    );
+    let (status, text) = replicate("r", &body("file:///etc", "refs/heads/trunk"));
     assert_eq!(status, 400, "{text}");
-    let (status, text) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=r",
-        &t,
-        &body(&url, "--upload-pack=x"),
-    );
+    let (status, text) = replicate("r", &body(&url, "--upload-pack=x"));
     assert_eq!(status, 400, "{text}");
-    let (status, _) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=../x",
-        &t,
-        &body(&url, "refs/heads/trunk"),
-    );
+    let (status, _) = replicate("../x", &body(&url, "refs/heads/trunk"));
     assert_eq!(status, 400);
 
-    let (status, copied) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=r",
-        &t,
-        &body(&url, "refs/heads/trunk"),
-    );
+    // A source outside the node set, a body changed after its token was minted, a
+    // body without its digest: refused, and nothing is created.
+    let elsewhere = "http://127.0.0.1:10/r.git";
+    let (status, text) = replicate("new", &body(elsewhere, "refs/heads/trunk"));
+    assert_eq!(status, 400, "{text}");
+    let signed = body(&url, "refs/heads/trunk");
+    let swapped = body(elsewhere, "refs/heads/trunk");
+    let (status, text) = post_json(&target.authority, &at("new", &signed), &t, &swapped);
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = post_json(&target.authority, "/admin/replicate?repo=new", &t, &signed);
+    assert_eq!(status, 400, "{text}");
+    assert!(!target.root_dir().join("new.git").exists());
+
+    let (status, copied) = replicate("r", &body(&url, "refs/heads/trunk"));
     assert_eq!(status, 200, "{copied}");
     let (_, original) = request(&source.authority, "GET", "/admin/state?repo=r", Some(&t));
     let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
@@ -398,23 +402,13 @@ fn replicate_copies_every_ref_and_head_from_another_node() {
         "-d",
         "refs/heads/side",
     ]);
-    let (status, again) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=r",
-        &t,
-        &body(&url, "refs/heads/trunk"),
-    );
+    let (status, again) = replicate("r", &body(&url, "refs/heads/trunk"));
     assert_eq!(status, 200);
     assert_eq!(parse(&again)["refs"], 2);
 
     // A source that is not there is an error, not an empty success.
     let dead = "http://127.0.0.1:9/r.git";
-    let (status, _) = post_json(
-        &target.authority,
-        "/admin/replicate?repo=other",
-        &t,
-        &body(dead, "refs/heads/trunk"),
-    );
+    let (status, _) = replicate("other", &body(dead, "refs/heads/trunk"));
     assert_eq!(status, 500);
     // ...and leaves no empty repository behind.
     assert!(

@@ -58,6 +58,22 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Open connections at once from one client address (0: no limit).
     pub max_connections_per_client: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (for per-client limits and
+    /// logs); networks such as `10.0.0.0/8` or single addresses `192.0.2.1/32`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Move the per-client limit with the storage tier's saturation (see
+    /// `crate::adaptive`), between `adaptive_min` and `client_concurrency`.
+    pub adaptive: bool,
+    /// How often the adaptive limit is reconsidered.
+    #[serde(with = "humantime_serde")]
+    pub adaptive_interval: Duration,
+    /// The adaptive limit's floor.
+    pub adaptive_min: usize,
+    /// Running git processes per core at which a node counts as saturated.
+    pub adaptive_git_per_core: u64,
+    /// A node-bound fetch waiting longer than this for its first byte means saturation.
+    #[serde(with = "humantime_serde")]
+    pub adaptive_max_ttfb: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -81,6 +97,12 @@ impl Default for LimitsConfig {
             client_queue_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_connections_per_client: 256,
+            trusted_proxies: Vec::new(),
+            adaptive: false,
+            adaptive_interval: Duration::from_secs(5),
+            adaptive_min: 1,
+            adaptive_git_per_core: 2,
+            adaptive_max_ttfb: Duration::from_secs(10),
         }
     }
 }
@@ -121,7 +143,21 @@ impl LimitsConfig {
                 "must be longer than zero",
             ));
         }
+        if self.adaptive && self.client_concurrency == 0 {
+            problems.push(ConfigError::invalid(
+                "limits.adaptive",
+                "needs limits.client_concurrency above zero: the most the adaptive limit grows to",
+            ));
+        }
+        if self.adaptive && self.adaptive_min > self.client_concurrency {
+            problems.push(ConfigError::invalid(
+                "limits.adaptive_min",
+                "must not exceed limits.client_concurrency",
+            ));
+        }
         for (key, d) in [
+            ("limits.adaptive_interval", self.adaptive_interval),
+            ("limits.adaptive_max_ttfb", self.adaptive_max_ttfb),
             ("limits.body_deadline", self.body_deadline),
             ("limits.header_timeout", self.header_timeout),
             ("limits.body_idle_timeout", self.body_idle_timeout),

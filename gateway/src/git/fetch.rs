@@ -103,10 +103,12 @@ pub async fn upload_pack(
     }
     let direct = async {
         let slot = state.limiter.acquire(repo, &git.client()).await?;
+        let asked = std::time::Instant::now();
         let stream = state
             .cluster
             .upload_pack(&route, git.call(repo, Service::UploadPack), body)
             .await?;
+        state.limiter.observe_ttfb(asked.elapsed());
         Ok::<_, AppError>(holding(boxed(stream), slot))
     };
     if let (Some(adverts), Some("ls-refs")) = (&state.adverts, normalized.command.as_deref()) {
@@ -171,10 +173,12 @@ impl Producer {
                     .acquire(&repo, &git.client())
                     .await
                     .map_err(UpstreamError::new)?;
+                let asked = std::time::Instant::now();
                 let stream = cluster
                     .upload_pack(&route, git.call(&repo, Service::UploadPack), &body.bytes)
                     .await
                     .map_err(UpstreamError::new)?;
+                limiter.observe_ttfb(asked.elapsed());
                 let stream = stream.map(move |item| {
                     let _held_until_the_stream_ends = &slot;
                     item.map_err(UpstreamError::new)

@@ -6,7 +6,9 @@
 //! not acceptable, is recorded as such ([`Route::Invalid`]) and refused by the handler
 //! with the right status; operational endpoints are [`Route::Ops`].
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -15,6 +17,7 @@ use gitgate_proto::{GitProtocol, ProtocolVersion, RepoPath, Service};
 use gitgate_storage_client::GitCall;
 
 use crate::auth::Permission;
+use crate::client_addr::TrustedProxies;
 
 /// What a request is, as far as git is concerned.
 #[derive(Debug, Clone)]
@@ -175,10 +178,18 @@ impl GitRequest {
 }
 
 /// The layer function: parse the request once and put the [`GitRequest`] in its
-/// extensions for everything below.
-pub async fn parse(mut req: Request, next: Next) -> Response {
+/// extensions for everything below. The client's address is the connection's peer, or
+/// the one a trusted proxy forwarded ([`crate::client_addr`]).
+pub async fn parse(
+    State(proxies): State<Arc<TrustedProxies>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let mut git = GitRequest::of(req.uri(), req.headers());
-    git.peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    git.peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| proxies.client(p.0.ip(), req.headers()));
     req.extensions_mut().insert(git);
     next.run(req).await
 }

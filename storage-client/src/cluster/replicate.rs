@@ -111,7 +111,7 @@ impl Cluster {
                 }
             };
             match target_node
-                .replicate_from(repo, source_node, state.head.as_deref())
+                .replicate_from(repo, source_node, state.head.as_deref(), self.nodes.nodes())
                 .await
             {
                 Ok(copied) => {
