@@ -47,14 +47,15 @@ pub async fn info_refs(
                 git.protocol.as_ref(),
                 b"",
             );
-            // In a fleet, the key's owner asks the node.
-            let forward = crate::peers::Forward::Advertisement;
-            if let Some(answer) =
-                crate::peers::via_owner(state.peers.as_ref(), git, repo, &key, forward).await
-            {
-                return Ok(answer);
-            }
+            // In a fleet, the key's owner asks the node, and this cache takes its answer.
+            let owner = crate::peers::owner_of(state.peers.as_ref(), git, &key);
             let fetch = async {
+                if let Some(owner) = &owner {
+                    let what = crate::peers::Forward::Advertisement;
+                    if let Some(stream) = super::fetch::from_owner(owner, git, repo, what).await? {
+                        return Ok(stream);
+                    }
+                }
                 let stream = state
                     .cluster
                     .upload_pack_advertisement(&route, call)

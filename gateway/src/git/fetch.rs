@@ -27,7 +27,7 @@ use crate::body::BodyStream;
 use crate::error::{AppError, BoxError};
 use crate::fetch_body::{HeldBody, RawBytes};
 use crate::limits::{FetchLimits, LimitError};
-use crate::peers::{via_owner, Forward};
+use crate::peers::{owner_of, Forward, Owner, OwnerAnswer};
 use crate::state::AppState;
 use crate::zero_copy::{self, SendQueue};
 
@@ -65,12 +65,9 @@ pub async fn upload_pack(
             &normalized.canonical,
         );
         span.record("key", &key.to_hex()[..16]);
-        // In a fleet, the key's owner produces it.
-        let forward = Forward::UploadPack(body.clone());
-        if let Some(answer) = via_owner(state.peers.as_ref(), git, repo, &key, forward).await {
-            return Ok(answer);
-        }
         let upstream = Producer {
+            // In a fleet, the key's owner produces it, and this cache takes its answer.
+            owner: owner_of(state.peers.as_ref(), git, &key),
             cluster: state.cluster.clone(),
             route: route.clone(),
             git: git.clone(),
@@ -101,7 +98,7 @@ pub async fn upload_pack(
     } else {
         span.record("cache", "none");
     }
-    let direct = async {
+    let from_node = async {
         let slot = state.limiter.acquire(repo, &git.client()).await?;
         let asked = std::time::Instant::now();
         let stream = state
@@ -119,12 +116,20 @@ pub async fn upload_pack(
             git.protocol.as_ref(),
             &normalized.canonical,
         );
-        let forward = Forward::UploadPack(body.clone());
-        if let Some(answer) = via_owner(state.peers.as_ref(), git, repo, &key, forward).await {
-            return Ok(answer);
-        }
+        // In a fleet, the key's owner asks the node, and this cache takes its answer.
+        let owner = owner_of(state.peers.as_ref(), git, &key);
+        let fetch = async {
+            if let Some(owner) = &owner {
+                if let Some(stream) =
+                    from_owner(owner, git, repo, Forward::UploadPack(body.clone())).await?
+                {
+                    return Ok(stream);
+                }
+            }
+            from_node.await
+        };
         let answer = adverts
-            .answer(Kind::LsRefs, key, !route.write_in_flight, direct)
+            .answer(Kind::LsRefs, key, !route.write_in_flight, fetch)
             .await?;
         return Ok(advert_response(
             answer,
@@ -132,15 +137,34 @@ pub async fn upload_pack(
         ));
     }
     Ok(git_response(
-        direct.await?,
+        from_node.await?,
         Service::UploadPack.result_content_type(),
         true,
     ))
 }
 
+/// The owner's answer as a response body stream; `None` when the owner could not give
+/// one (produce it here). A 429 from the owner's limits is the fleet's answer.
+pub(super) async fn from_owner(
+    owner: &Owner,
+    git: &GitRequest,
+    repo: &RepoPath,
+    what: Forward,
+) -> Result<Option<BodyStream>, AppError> {
+    match owner.ask(git, repo, what).await {
+        Ok(OwnerAnswer::Stream(stream)) => {
+            Ok(Some(Box::pin(stream.map_err(|e| Box::new(e) as BoxError))))
+        }
+        Ok(OwnerAnswer::Limited) => Err(AppError::ClientQueueFull),
+        Err(_produce_here) => Ok(None),
+    }
+}
+
 /// The producer of a cache entry: the same upload-pack call, owned so it can outlive
 /// the request that started it.
 struct Producer {
+    /// The key's owner in a fleet: asked first, instead of a node.
+    owner: Option<Owner>,
     cluster: Arc<Cluster>,
     route: ReadRoute,
     git: GitRequest,
@@ -157,6 +181,7 @@ struct Producer {
 impl Producer {
     fn into_upstream(self) -> impl FnOnce() -> gitgate_packcache::Upstream {
         let Producer {
+            owner,
             cluster,
             route,
             git,
@@ -167,6 +192,26 @@ impl Producer {
         } = self;
         move || {
             Box::pin(async move {
+                if let Some(owner) = &owner {
+                    let what = Forward::UploadPack(body.bytes.clone());
+                    match owner.ask(&git, &repo, what).await {
+                        // The owner holds the node slots; its answer is checked here
+                        // as a node's would be.
+                        Ok(OwnerAnswer::Stream(stream)) => {
+                            return Ok(checked(
+                                Box::pin(stream.map_err(UpstreamError::new)),
+                                expected,
+                            ))
+                        }
+                        Ok(OwnerAnswer::Limited) => {
+                            return Err(UpstreamError::new(LimitError::QueueFull(
+                                crate::limits::Scope::Client,
+                            )))
+                        }
+                        // Counted and logged: produce it here.
+                        Err(_) => {}
+                    }
+                }
                 // The producer takes the repository's slot; its readers share it.
                 // The client that started production holds the slots its readers share.
                 let slot = limiter

@@ -1,11 +1,11 @@
-//! The forwarding side: sending an authorized, parsed fetch to its key's owner and
-//! streaming the owner's answer to the client (P2, P3, P4 in [`super`]).
+//! The forwarding side: asking a key's owner for an authorized, parsed request and
+//! handing its answer, as it streams, to this gateway's own cache (P2, P3, P4 in
+//! [`super`]).
 
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, StatusCode};
-use axum::response::Response;
+use axum::http::{header, Request, StatusCode};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use gitgate_proto::{RepoPath, Service};
@@ -16,8 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{scope_subject, Peers, CLIENT_HEADER, PEER_PREFIX};
-use crate::error::BoxError;
-use crate::git::response::git_response_of_len;
 use crate::git::GitRequest;
 
 /// How long connecting to a peer may take: peers share a network, so a peer that does
@@ -93,35 +91,39 @@ impl Forward {
             ),
         }
     }
-
-    fn content_type(&self) -> &'static str {
-        match self {
-            Self::UploadPack(_) => Service::UploadPack.result_content_type(),
-            Self::Advertisement => Service::UploadPack.advertisement_content_type(),
-        }
-    }
 }
 
+/// The owner's answer, before its body.
+pub enum OwnerAnswer {
+    /// The owner is sending the answer: its body, as it arrives.
+    Stream(PeerStream),
+    /// The owner's limits refused the forwarded client (429): the fleet's answer.
+    Limited,
+}
+
+/// A body arriving from the owner; an error means it broke (P3).
+pub type PeerStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+
 impl Peers {
-    /// Send `what` (already authorized for `git`'s client and parsed) to `owner` and
-    /// answer with its response. `Err` means: serve it here (P2); it has been counted
-    /// and logged.
-    pub async fn forward(
+    /// Ask `owner` for `what` (already authorized for `git`'s client and parsed). `Err`
+    /// means: produce it here (P2); it has been counted and logged.
+    pub async fn ask(
         &self,
         owner: &str,
         git: &GitRequest,
         repo: &RepoPath,
         what: Forward,
-    ) -> Result<Response, Fallback> {
+    ) -> Result<OwnerAnswer, Fallback> {
         let answer = self.send(owner, git, repo, what).await;
         let label = match &answer {
-            Ok(resp) if resp.status() == StatusCode::OK => "ok",
-            Ok(_) => "limited",
+            Ok(OwnerAnswer::Stream(_)) => "ok",
+            Ok(OwnerAnswer::Limited) => "limited",
             Err(fallback) => {
                 if matches!(fallback, Fallback::Unreachable(_) | Fallback::Timeout) {
                     self.suspect(owner);
                 }
-                tracing::warn!(owner, error = %fallback, "peer forward failed before the first byte; serving locally");
+                tracing::warn!(owner, error = %fallback, "peer forward failed before the first byte; producing locally");
                 fallback.label()
             }
         };
@@ -135,7 +137,7 @@ impl Peers {
         git: &GitRequest,
         repo: &RepoPath,
         what: Forward,
-    ) -> Result<Response, Fallback> {
+    ) -> Result<OwnerAnswer, Fallback> {
         let path = what.path_and_query(repo);
         let client = git.client();
         let protocol = git.protocol.as_ref().map_or("", |p| p.as_str());
@@ -158,7 +160,6 @@ impl Peers {
         if !protocol.is_empty() {
             req = req.header("git-protocol", protocol);
         }
-        let content_type = what.content_type();
         let body = match what {
             Forward::UploadPack(body) => {
                 req = req.header(
@@ -179,43 +180,21 @@ impl Peers {
                 .map_err(|e| Fallback::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            // The owner's limits speak for the fleet: this client has too much in flight.
-            let retry = resp.headers().get(header::RETRY_AFTER).cloned();
-            let mut limited = Response::new(Body::from(
-                "too many of your fetches are waiting; try again shortly\n",
-            ));
-            *limited.status_mut() = status;
-            limited.headers_mut().insert(
-                header::RETRY_AFTER,
-                retry.unwrap_or(HeaderValue::from_static("5")),
-            );
-            return Ok(limited);
+            return Ok(OwnerAnswer::Limited);
         }
         if status != StatusCode::OK {
             return Err(Fallback::Status(status));
         }
-        let len = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         let broken = self
             .metrics
             .requests
             .with_label_values(&["forwarder", "broken"]);
         let owner = owner.to_owned();
-        let stream = BodyDataStream::new(resp.into_body()).map_err(move |err| {
-            // P3: the error ends the client's response without a clean end.
+        let stream = BodyDataStream::new(resp.into_body()).inspect_err(move |err| {
             broken.inc();
             tracing::warn!(owner = %owner, error = %err, "peer answer broke mid-stream");
-            Box::new(err) as BoxError
         });
-        Ok(git_response_of_len(
-            Box::pin(stream),
-            content_type,
-            false,
-            len,
-        ))
+        Ok(OwnerAnswer::Stream(Box::pin(stream)))
     }
 }
 

@@ -7,8 +7,11 @@
 //! leaving moves only its own share of keys.
 //!
 //! A gateway that is not a key's owner has already authorized the client, parsed the
-//! request and read the route; it forwards the request to the owner's peer endpoint
-//! ([`forward`]) and streams the answer back. The owner ([`endpoint`]) checks the fleet
+//! request and read the route. Its own pack and advertisement caches work as always,
+//! but their upstream is the owner instead of a node ([`forward`]): identical requests
+//! on this gateway share one forwarded answer, which this gateway then serves from its
+//! own cache (with `sendfile`), so the fleet costs the nodes one generation and each
+//! other gateway one copy of the answer. The owner ([`endpoint`]) checks the fleet
 //! token, then serves the request as its own: its own route and generation, its own
 //! limits (for the forwarded client), its own cache. It never forwards again.
 //!
@@ -17,10 +20,12 @@
 //!   secret for this gateway's address, this repository, this client and protocol,
 //!   within the skew window, and used once.
 //! - P2. The peer layer never fails a fetch that could have been served: an owner that
-//!   cannot be reached, times out or answers anything but a pack (or a limit's 429)
-//!   before its first byte gets the request served locally, counted and logged.
-//! - P3. A forwarded answer that breaks after its first byte breaks the client's
-//!   response too (never a clean end of a truncated pack).
+//!   cannot be reached, times out or answers anything but the answer (or a limit's
+//!   429) before its first byte leaves the answer to be produced locally, counted and
+//!   logged.
+//! - P3. A forwarded answer that breaks after its first byte fails the local entry it
+//!   feeds, and so every response reading it (never a clean end of a truncated pack);
+//!   the pack cache's completeness check applies to forwarded answers too.
 //! - P4. An owner that could not be reached is skipped for one expiry period, so a
 //!   dead gateway costs each survivor one failed connection, not one per request.
 
@@ -39,7 +44,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::config::ClusterConfig;
 
-pub use forward::{Fallback, Forward};
+pub use forward::{Fallback, Forward, OwnerAnswer, PeerStream};
 
 /// The path prefix of the peer endpoint: `/-/peer/<repo>/git-upload-pack`.
 pub const PEER_PREFIX: &str = "/-/peer/";
@@ -191,23 +196,46 @@ impl Peers {
     }
 }
 
-/// The owner's answer to `what` (for `key`), when another gateway owns the key and
-/// answers; `None` means: serve it here (this gateway owns the key, the request was
-/// forwarded here already, this gateway serves alone, or the owner failed first, P2).
-pub async fn via_owner(
+/// A key's owner, when it is another gateway: where this gateway's cache gets the
+/// answer from instead of a node.
+#[derive(Clone)]
+pub struct Owner {
+    peers: Arc<Peers>,
+    url: String,
+}
+
+impl Owner {
+    /// The owner's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Ask the owner for `what`; `Err`: produce it here (P2).
+    pub async fn ask(
+        &self,
+        git: &crate::git::GitRequest,
+        repo: &gitgate_proto::RepoPath,
+        what: Forward,
+    ) -> Result<OwnerAnswer, Fallback> {
+        self.peers.ask(&self.url, git, repo, what).await
+    }
+}
+
+/// The owner of `key` when another gateway owns it; `None` when this gateway produces
+/// it (it owns the key, the request was forwarded here already, or it serves alone).
+/// Names the owner in the request's span (the access log's `peer`).
+pub fn owner_of(
     peers: Option<&Arc<Peers>>,
     git: &crate::git::GitRequest,
-    repo: &gitgate_proto::RepoPath,
     key: &CacheKey,
-    what: Forward,
-) -> Option<axum::response::Response> {
+) -> Option<Owner> {
     let peers = peers.filter(|_| git.forwarded.is_none())?;
-    let owner = peers.owner(key)?;
-    let answer = peers.forward(&owner, git, repo, what).await.ok()?;
-    let span = tracing::Span::current();
-    span.record("cache", "peer");
-    span.record("peer", owner.as_str());
-    Some(answer)
+    let url = peers.owner(key)?;
+    tracing::Span::current().record("peer", url.as_str());
+    Some(Owner {
+        peers: peers.clone(),
+        url,
+    })
 }
 
 /// What a peer token is bound to besides the owner's address: the endpoint path (with
