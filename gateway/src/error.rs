@@ -87,8 +87,11 @@ pub enum AppError {
     #[error("storage node failed")]
     NodeFailed(#[source] BoxError),
     /// A request to the peer endpoint without a valid fleet token.
-    #[error("peer token refused: {0}")]
+    #[error("peer authentication failed")]
     PeerRefused(#[from] gitgate_storage_client::tokens::AuthError),
+    /// A forwarded request for a state of the repository this gateway does not see.
+    #[error("this gateway sees another state of the repository")]
+    PeerStale,
 }
 
 /// A boxed error kept as the source of a storage failure.
@@ -150,6 +153,7 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NodeFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::PeerStale => StatusCode::CONFLICT,
         }
     }
 }
@@ -164,6 +168,9 @@ impl IntoResponse for AppError {
             Self::NoReplica(reason) => {
                 tracing::warn!(error = %reason, status = status.as_u16(), "storage failure");
             }
+            Self::PeerRefused(reason) => {
+                tracing::warn!(error = %reason, "refused a peer request");
+            }
             other => tracing::debug!(error = %other, status = status.as_u16(), "refused request"),
         }
         let mut resp = (
@@ -172,6 +179,16 @@ impl IntoResponse for AppError {
             format!("{self}\n"),
         )
             .into_response();
+        let limit = match &self {
+            Self::QueueFull | Self::QueueTimeout => Some("repository"),
+            Self::ClientQueueFull | Self::ClientQueueTimeout => Some("client"),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            // A forwarding gateway passes a limit's refusal on (see `peers`).
+            resp.headers_mut()
+                .insert(crate::peers::LIMIT_HEADER, HeaderValue::from_static(limit));
+        }
         if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

@@ -232,12 +232,15 @@ pub async fn serve(
         ),
         refused: connections_refused,
     };
+    // When shutdown starts, leave the fleet first, so peers stop choosing this gateway
+    // as an owner while it drains.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.leave().await;
+        }
+    };
     let served = server::run(listener, router, settings, shutdown).await;
-    // Out of the fleet before the store connections go.
-    drop(heartbeat);
-    if let Some(peers) = &peers {
-        peers.leave().await;
-    }
     // Stop the background work and wait for each task to end, in the order it depends
     // on the others: reloads and discovery, then replication and repair, then health.
     let tasks =

@@ -24,12 +24,13 @@ const SECRET: &str = "fleet-secret-0123456789";
 struct Fleet {
     gateways: Vec<Gateway>,
     nodes: Nodes,
-    _pg: ThrowawayPostgres,
+    pg: ThrowawayPostgres,
 }
 
 impl Fleet {
-    /// `n` gateways with the pack cache at default settings, over three nodes.
-    fn start(n: usize, node_git: Option<&str>) -> Self {
+    /// `n` gateways with the pack cache at default settings, over three nodes; a
+    /// gateway that stops renewing drops out of the fleet after `expiry`.
+    fn start(n: usize, node_git: Option<&str>, expiry: &str) -> Self {
         let pg = ThrowawayPostgres::start();
         let metadata = format!("[metadata]\npostgres_url = \"{}\"\n", pg.url("postgres"));
         let nodes = Nodes::start_with_git(node_git);
@@ -37,7 +38,7 @@ impl Fleet {
             .map(|_| {
                 let port = free_port();
                 let sections = format!(
-                    "[cache]\ndir = \"pack-cache\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\nheartbeat = \"250ms\"\nexpiry = \"3s\"\n"
+                    "[cache]\ndir = \"pack-cache\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\nheartbeat = \"250ms\"\nexpiry = \"{expiry}\"\n"
                 );
                 Gateway::start_full(
                     &nodes.storage_toml(),
@@ -52,7 +53,7 @@ impl Fleet {
         let fleet = Self {
             gateways,
             nodes,
-            _pg: pg,
+            pg,
         };
         fleet.wait_live(&(0..n).collect::<Vec<_>>(), n);
         fleet
@@ -69,6 +70,29 @@ impl Fleet {
                 ) == n as f64
             });
         }
+    }
+
+    /// The generation of `repo` in the shared store.
+    fn generation(&self, repo: &str) -> i64 {
+        let url = self.pg.url("postgres");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+                .query_one(
+                    "SELECT generation FROM repositories WHERE repo = $1",
+                    &[&repo],
+                )
+                .await
+                .expect("repository row")
+                .get(0)
+        })
     }
 
     /// Node-side git processes of `service`, all nodes together.
@@ -129,7 +153,7 @@ fn all_succeed(git: &Git, clones: Vec<(PathBuf, Child)>, refs: &str) {
 
 #[test]
 fn a_fan_out_over_three_gateways_costs_one_generation_and_one_advertisement() {
-    let fleet = Fleet::start(3, None);
+    let fleet = Fleet::start(3, None, "10s");
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     let work = seed(&git, &fleet.gateways[0], tmp.path(), "ci/app");
@@ -204,7 +228,7 @@ fn a_fan_out_over_three_gateways_costs_one_generation_and_one_advertisement() {
 
 #[test]
 fn a_push_through_one_gateway_is_seen_by_every_fan_out_through_the_others() {
-    let fleet = Fleet::start(3, None);
+    let fleet = Fleet::start(3, None, "10s");
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     let work = seed(&git, &fleet.gateways[0], tmp.path(), "team/svc");
@@ -229,7 +253,7 @@ fn a_push_through_one_gateway_is_seen_by_every_fan_out_through_the_others() {
 fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() {
     let tmp = TempDir::new().expect("tempdir");
     let hook = HookedGit::new(&tmp.path().join("hooked"));
-    let mut fleet = Fleet::start(3, Some(&hook.program()));
+    let mut fleet = Fleet::start(3, Some(&hook.program()), "3s");
     let git = default_client();
     let work = seed(&git, &fleet.gateways[0], tmp.path(), "big/repo");
     // A pack of a few MiB, produced slowly, so the fan-out is mid-stream when the
@@ -319,7 +343,7 @@ fn killing_the_owner_mid_fan_out_fails_its_readers_cleanly_and_the_rest_go_on() 
 
 #[test]
 fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
-    let fleet = Fleet::start(2, None);
+    let fleet = Fleet::start(2, None, "10s");
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     seed(&git, &fleet.gateways[0], tmp.path(), "open/a");
@@ -327,49 +351,75 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
     let gw = &fleet.gateways[1];
     let authority = gw.server.authority().to_owned();
     let advert = |repo: &str| format!("/-/peer/{repo}/info/refs?service=git-upload-pack");
-    let token = |path: &str, secret: &str| {
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    // A token as a fleet member mints it: bound to the owner's address, the method, the
+    // path, the client, the protocol and the generation.
+    let token = |path: &str, client: &str, generation: i64, secret: &str| {
         gitgate_storage_client::tokens::Secret::for_peers(secret).token(
             &authority,
             gitgate_storage_client::tokens::TokenScope::Request {
                 method: "GET",
-                path_and_query: &format!("{path} client=ip:10.0.0.1 protocol="),
+                path_and_query: &format!("{path}\n{}\n\n{generation}", hex(client)),
             },
             std::time::SystemTime::now(),
         )
     };
-    let get = |path: &str, token: Option<&str>| {
+    let get = |path: &str, client: &str, generation: i64, token: Option<&str>| {
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         http::raw(
             &authority,
             format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nX-Gitgate-Client: ip:10.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nX-Gitgate-Client: {}\r\nX-Gitgate-Generation: {generation}\r\n{auth}Connection: close\r\n\r\n",
+                hex(client)
             )
             .as_bytes(),
         )
         .expect("request")
         .status
     };
-    // No token, a token of another secret, a token for another repository.
-    assert_eq!(get(&advert("open/a"), None), 401);
+    let (a, b) = (advert("open/a"), advert("open/b"));
+    let me = "ip:10.0.0.1";
+    // No token, a token of another secret, a token for another repository, another
+    // client or another generation than presented.
+    assert_eq!(get(&a, me, 1, None), 401);
     assert_eq!(
-        get(
-            &advert("open/a"),
-            Some(&token(&advert("open/a"), "not-the-fleet-secret"))
-        ),
+        get(&a, me, 1, Some(&token(&a, me, 1, "not-the-fleet-secret"))),
         401
     );
-    let for_b = token(&advert("open/b"), SECRET);
-    assert_eq!(get(&advert("open/a"), Some(&for_b)), 401);
-    // The right token works once; replayed, it is refused.
-    assert_eq!(get(&advert("open/b"), Some(&for_b)), 200);
-    assert_eq!(get(&advert("open/b"), Some(&for_b)), 401);
+    assert_eq!(get(&a, me, 1, Some(&token(&b, me, 1, SECRET))), 401);
+    assert_eq!(
+        get(&a, "ip:10.0.0.2", 1, Some(&token(&a, me, 1, SECRET))),
+        401
+    );
+    assert_eq!(get(&a, me, 2, Some(&token(&a, me, 1, SECRET))), 401);
+    // A valid token for a generation the owner does not see: 409 (the forwarder then
+    // produces the answer itself). At the repository's generation: served, once; the
+    // same token again is refused.
+    let generation = fleet.generation("open/b");
+    let stale = generation - 1;
+    assert_eq!(get(&b, me, stale, Some(&token(&b, me, stale, SECRET))), 409);
+    let used = token(&b, me, generation, SECRET);
+    assert_eq!(get(&b, me, generation, Some(&used)), 200);
+    assert_eq!(
+        get(&b, me, generation, Some(&used)),
+        401,
+        "a replayed token was accepted"
+    );
     // Pushes are never served there, token or not.
     let push = "/-/peer/open/a/info/refs?service=git-receive-pack";
-    assert_ne!(get(push, Some(&token(push, SECRET))), 200);
+    assert_eq!(
+        get(
+            push,
+            me,
+            generation,
+            Some(&token(push, me, generation, SECRET))
+        ),
+        404
+    );
     let refused = metric(
         &gw.scrape(),
         "gitgate_peer_requests_total",
         &["role=\"owner\"", "result=\"refused\""],
     );
-    assert!(refused >= 4.0, "{refused} refusals counted");
+    assert!(refused >= 6.0, "{refused} refusals counted");
 }

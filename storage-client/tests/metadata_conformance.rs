@@ -428,6 +428,40 @@ async fn postgres_store() {
     snapshots(&a, &b).await;
 }
 
+/// The fleet registry: members are live until their expiry passes without renewal,
+/// and one that leaves is gone at once.
+#[tokio::test]
+async fn postgres_fleet_membership_expires_and_leaves() {
+    let server = ThrowawayPostgres::start();
+    server.create_database("fleet").await;
+    let url = server.url("fleet");
+    let (a, b) = tokio::join!(PostgresStore::open(&url), PostgresStore::open(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let long = std::time::Duration::from_secs(60);
+    let short = std::time::Duration::from_millis(300);
+    assert_eq!(
+        a.heartbeat("http://a:1", long).await.unwrap(),
+        ["http://a:1"]
+    );
+    assert_eq!(
+        b.heartbeat("http://b:1", short).await.unwrap(),
+        ["http://a:1", "http://b:1"]
+    );
+    // b stops renewing: it drops out once its expiry passed.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        a.heartbeat("http://a:1", long).await.unwrap(),
+        ["http://a:1"]
+    );
+    // b comes back, then leaves: gone at once.
+    b.heartbeat("http://b:1", long).await.unwrap();
+    b.leave("http://b:1").await.unwrap();
+    assert_eq!(
+        a.heartbeat("http://a:1", long).await.unwrap(),
+        ["http://a:1"]
+    );
+}
+
 #[tokio::test]
 async fn postgres_unreachable_is_an_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

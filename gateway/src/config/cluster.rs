@@ -62,9 +62,16 @@ impl RawCluster {
     pub(super) fn resolve(
         self,
         metadata: Option<&MetadataConfig>,
+        tls: bool,
         env: &dyn Fn(&str) -> Option<String>,
         problems: &mut Vec<ConfigError>,
     ) -> Option<ClusterConfig> {
+        if tls {
+            problems.push(ConfigError::invalid(
+                "cluster",
+                "peers speak plaintext HTTP to advertise_url, and a TLS listener serves only HTTPS: a fleet needs a plaintext listener (put TLS in front, at the load balancer)",
+            ));
+        }
         if let Some(MetadataConfig::Embedded(_)) = metadata {
             problems.push(ConfigError::invalid(
                 "cluster",
@@ -142,7 +149,7 @@ mod tests {
     fn resolve(text: &str, metadata: &MetadataConfig) -> Result<ClusterConfig, String> {
         let raw: RawCluster = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut problems = Vec::new();
-        let config = raw.resolve(Some(metadata), &|_| None, &mut problems);
+        let config = raw.resolve(Some(metadata), false, &|_| None, &mut problems);
         match (config, problems.first()) {
             (Some(c), None) => Ok(c),
             (_, Some(p)) => Err(p.to_string()),
@@ -160,6 +167,13 @@ mod tests {
         assert_eq!(
             (c.heartbeat, c.expiry),
             (default_heartbeat(), default_expiry())
+        );
+        let raw: RawCluster = toml::from_str(ok).expect("toml");
+        let mut problems = Vec::new();
+        let _ = raw.resolve(Some(&pg), true, &|_| None, &mut problems);
+        assert!(
+            problems.iter().any(|p| p.to_string().contains("plaintext listener")),
+            "a TLS listener in a fleet was accepted"
         );
         let embedded = MetadataConfig::Embedded("/x.db".into());
         let err = resolve(ok, &embedded).expect_err("embedded store");

@@ -123,9 +123,14 @@ impl Config {
             .map_err(|e| problems.push(e))
             .ok();
         let cache = raw.cache.resolve(base, &mut problems);
-        let cluster = raw
-            .cluster
-            .and_then(|c| c.resolve(metadata.as_ref(), env, &mut problems));
+        let cluster = raw.cluster.and_then(|c| {
+            c.resolve(
+                metadata.as_ref(),
+                listen.tls_cert.is_some(),
+                env,
+                &mut problems,
+            )
+        });
         raw.limits.check(&mut problems);
         match (
             storage,

@@ -29,6 +29,9 @@ pub async fn info_refs(
         }
         Service::UploadPack => {
             let route = state.cluster.read_route(repo).await?;
+            if let Some(forwarded) = &git.forwarded {
+                forwarded.check(&route, true)?;
+            }
             let Some(adverts) = &state.adverts else {
                 let stream = state
                     .cluster
@@ -51,7 +54,9 @@ pub async fn info_refs(
             let owner = crate::peers::owner_of(state.peers.as_ref(), git, &key);
             let fetch = async {
                 if let Some(owner) = &owner {
-                    let what = crate::peers::Forward::Advertisement;
+                    let what = crate::peers::Forward::Advertisement {
+                        generation: route.generation,
+                    };
                     if let Some(stream) = super::fetch::from_owner(owner, git, repo, what).await? {
                         return Ok(stream);
                     }

@@ -55,6 +55,11 @@ pub async fn upload_pack(
         }
     }
     let route = state.cluster.read_route(repo).await?;
+    if let Some(forwarded) = &git.forwarded {
+        // A pack depends on the generation; ls-refs on the refs too.
+        let refs_matter = normalized.command.as_deref() == Some("ls-refs");
+        forwarded.check(&route, refs_matter)?;
+    }
     let span = tracing::Span::current();
     if let (Some(cache), Some(expected)) = (&state.cache, normalized.expected) {
         let key = cache_key(
@@ -120,9 +125,11 @@ pub async fn upload_pack(
         let owner = owner_of(state.peers.as_ref(), git, &key);
         let fetch = async {
             if let Some(owner) = &owner {
-                if let Some(stream) =
-                    from_owner(owner, git, repo, Forward::UploadPack(body.clone())).await?
-                {
+                let what = Forward::UploadPack {
+                    body: body.clone(),
+                    generation: route.generation,
+                };
+                if let Some(stream) = from_owner(owner, git, repo, what).await? {
                     return Ok(stream);
                 }
             }
@@ -155,7 +162,7 @@ pub(super) async fn from_owner(
         Ok(OwnerAnswer::Stream(stream)) => {
             Ok(Some(Box::pin(stream.map_err(|e| Box::new(e) as BoxError))))
         }
-        Ok(OwnerAnswer::Limited) => Err(AppError::ClientQueueFull),
+        Ok(OwnerAnswer::Limited(limit)) => Err(limit.into()),
         Err(_produce_here) => Ok(None),
     }
 }
@@ -193,7 +200,10 @@ impl Producer {
         move || {
             Box::pin(async move {
                 if let Some(owner) = &owner {
-                    let what = Forward::UploadPack(body.bytes.clone());
+                    let what = Forward::UploadPack {
+                        body: body.bytes.clone(),
+                        generation: route.generation,
+                    };
                     match owner.ask(&git, &repo, what).await {
                         // The owner holds the node slots; its answer is checked here
                         // as a node's would be.
@@ -203,11 +213,7 @@ impl Producer {
                                 expected,
                             ))
                         }
-                        Ok(OwnerAnswer::Limited) => {
-                            return Err(UpstreamError::new(LimitError::QueueFull(
-                                crate::limits::Scope::Client,
-                            )))
-                        }
+                        Ok(OwnerAnswer::Limited(limit)) => return Err(UpstreamError::new(limit)),
                         // Counted and logged: produce it here.
                         Err(_) => {}
                     }

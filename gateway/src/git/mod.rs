@@ -37,7 +37,7 @@ use gitgate_proto::Service;
 
 use crate::error::AppError;
 use crate::state::AppState;
-pub use request::{GitRequest, Route};
+pub use request::{Forwarded, GitRequest, Route};
 
 /// Entry point for every path that is not an operational endpoint.
 pub async fn handle(

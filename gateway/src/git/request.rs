@@ -32,10 +32,35 @@ pub struct GitRequest {
     pub principal: Option<String>,
     /// The peer's address, when served by the gateway's server loop.
     pub peer: Option<std::net::IpAddr>,
-    /// For a fetch another gateway of the fleet forwarded here: the client it
-    /// authorized (set by [`crate::peers::endpoint`] once the fleet token checks out).
-    /// Such a fetch is served here and never forwarded again.
-    pub forwarded: Option<String>,
+    /// For a request another gateway of the fleet forwarded here (set by
+    /// [`crate::peers::endpoint`] once the fleet token checks out). Such a request is
+    /// served here and never forwarded again.
+    pub forwarded: Option<Forwarded>,
+}
+
+/// What the forwarding gateway said about a forwarded request.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The client it authorized.
+    pub client: String,
+    /// The generation it keys the request under: answered only at that generation.
+    pub generation: i64,
+}
+
+impl Forwarded {
+    /// Refuse (409) when this gateway's route is not the state the forwarder keys the
+    /// answer under: another generation, or for advertisements (whose refs a write in
+    /// flight may already show) a write in flight.
+    pub fn check(
+        &self,
+        route: &gitgate_storage_client::cluster::ReadRoute,
+        refs_matter: bool,
+    ) -> Result<(), crate::error::AppError> {
+        if route.generation != self.generation || (refs_matter && route.write_in_flight) {
+            return Err(crate::error::AppError::PeerStale);
+        }
+        Ok(())
+    }
 }
 
 /// The peer address of a connection, put in each request's extensions by the server.
@@ -122,8 +147,8 @@ impl GitRequest {
     /// the peer address (anonymous clients are told apart by address); for a forwarded
     /// fetch, the client the forwarding gateway named.
     pub fn client(&self) -> String {
-        if let Some(client) = &self.forwarded {
-            return client.clone();
+        if let Some(forwarded) = &self.forwarded {
+            return forwarded.client.clone();
         }
         match (&self.principal, self.peer) {
             (Some(who), _) if who != "anonymous" => format!("user:{who}"),

@@ -12,12 +12,14 @@ use axum::http::{header, Method};
 use axum::response::Response;
 use axum::Extension;
 
-use super::CLIENT_HEADER;
+use gitgate_storage_client::tokens::AuthError;
+
+use super::{decode_client, CLIENT_HEADER, GENERATION_HEADER};
 use crate::error::AppError;
 use gitgate_proto::smart_http::Endpoint;
 use gitgate_proto::Service;
 
-use crate::git::{advertise, fetch, GitRequest, Route};
+use crate::git::{advertise, fetch, Forwarded, GitRequest, Route};
 use crate::state::AppState;
 
 /// Serve a forwarded fetch.
@@ -39,7 +41,7 @@ pub async fn serve(
         _ => return Err(AppError::MethodNotAllowed),
     }
     // Checked before anything else; the header borrows end here (the body is not Sync).
-    let client = {
+    let forwarded = {
         let header_text = |name: &str| {
             req.headers()
                 .get(name)
@@ -47,22 +49,27 @@ pub async fn serve(
                 .unwrap_or_default()
         };
         let token = header_text(header::AUTHORIZATION.as_str()).strip_prefix("Bearer ");
-        let client = header_text(CLIENT_HEADER).to_owned();
         let target = req
             .uri()
             .path_and_query()
             .map_or(req.uri().path(), |p| p.as_str());
+        let client = header_text(CLIENT_HEADER);
+        let generation = header_text(GENERATION_HEADER);
         let protocol = header_text("git-protocol");
-        peers.verify(token, method.as_str(), target, &client, protocol)?;
-        client
+        peers.verify(token, method.as_str(), target, client, protocol, generation)?;
+        // Signed by a fleet member: malformed values are its bug, not an attack.
+        let (Some(client), Ok(generation)) = (decode_client(client), generation.parse()) else {
+            return Err(AppError::PeerRefused(AuthError::Malformed));
+        };
+        Forwarded { client, generation }
     };
     let span = tracing::Span::current();
     span.record("repo", repo.as_str());
     span.record("service", Service::UploadPack.name());
     span.record("protocol", git.version().label());
-    span.record("user", client.as_str());
+    span.record("user", forwarded.client.as_str());
     span.record("peer", "forwarded to this owner");
-    git.forwarded = Some(client);
+    git.forwarded = Some(forwarded);
     let raw = req
         .extensions()
         .get::<crate::fetch_body::RawBytes>()

@@ -44,13 +44,39 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::config::ClusterConfig;
 
-pub use forward::{Fallback, Forward, OwnerAnswer, PeerStream};
+pub use forward::{Fallback, Forward, OwnerAnswer, PeerStream, PeerStreamError};
+pub use membership::Heartbeat;
 
 /// The path prefix of the peer endpoint: `/-/peer/<repo>/git-upload-pack`.
 pub const PEER_PREFIX: &str = "/-/peer/";
 
-/// The header carrying the forwarded client's identity (for the owner's limits).
+/// The header carrying the forwarded client's identity (for the owner's limits),
+/// hex-encoded so any name is a valid header value.
 pub const CLIENT_HEADER: &str = "x-gitgate-client";
+
+/// The header carrying the generation the forwarding gateway keys the request under.
+pub const GENERATION_HEADER: &str = "x-gitgate-generation";
+
+/// The header on a 429 or 503 that a limit (not the storage tier) caused: `client` or
+/// `repository`, so a forwarding gateway passes it on instead of producing locally.
+pub const LIMIT_HEADER: &str = "x-gitgate-limit";
+
+/// `client` as it travels in [`CLIENT_HEADER`] and the token.
+pub fn encode_client(client: &str) -> String {
+    client.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The client named in [`CLIENT_HEADER`]; `None` when it is not hex of UTF-8.
+pub fn decode_client(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
 
 /// This gateway's view of its fleet.
 pub struct Peers {
@@ -59,6 +85,8 @@ pub struct Peers {
     live: RwLock<Arc<Vec<String>>>,
     /// Owners that could not be reached, skipped until the instant (P4).
     suspects: Mutex<HashMap<String, Instant>>,
+    /// Owners that refused this gateway's token (logged once each).
+    refusing: Mutex<std::collections::HashSet<String>>,
     secret: Secret,
     verifier: Verifier,
     client: forward::PeerClient,
@@ -66,11 +94,13 @@ pub struct Peers {
     metrics: PeerMetrics,
 }
 
-/// `gitgate_peer_requests_total{role,result}` and `gitgate_peers{state}`.
+/// `gitgate_peer_requests_total{role,result}`, `gitgate_peers{state}` and
+/// `gitgate_peer_heartbeat_failures_total`.
 #[derive(Clone)]
 struct PeerMetrics {
     requests: IntCounterVec,
     peers: IntGaugeVec,
+    heartbeat_failures: prometheus::IntCounter,
 }
 
 impl PeerMetrics {
@@ -96,10 +126,22 @@ impl PeerMetrics {
             ),
             &["enforced", "status"],
         )?;
+        let heartbeat_failures = prometheus::IntCounter::new(
+            "gitgate_peer_heartbeat_failures_total",
+            "Fleet heartbeats that failed or took longer than the heartbeat interval (the last live set is kept).",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(peers.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
-        Ok((Self { requests, peers }, tokens))
+        registry.register(Box::new(heartbeat_failures.clone()))?;
+        Ok((
+            Self {
+                requests,
+                peers,
+                heartbeat_failures,
+            },
+            tokens,
+        ))
     }
 
     fn count(&self, role: &str, result: &str) {
@@ -130,6 +172,7 @@ impl Peers {
             client: forward::PeerClient::new(),
             live: RwLock::new(Arc::new(Vec::new())),
             suspects: Mutex::new(HashMap::new()),
+            refusing: Mutex::new(std::collections::HashSet::new()),
             store,
             metrics,
             settings,
@@ -202,6 +245,9 @@ impl Peers {
 pub struct Owner {
     peers: Arc<Peers>,
     url: String,
+    /// The span of the request that looked the owner up (its access log line says
+    /// whether the owner answered).
+    span: tracing::Span,
 }
 
 impl Owner {
@@ -210,20 +256,28 @@ impl Owner {
         &self.url
     }
 
-    /// Ask the owner for `what`; `Err`: produce it here (P2).
+    /// Ask the owner for `what`; `Err`: produce it here (P2). Records in the asking
+    /// request's span (`peer`) who answered.
     pub async fn ask(
         &self,
         git: &crate::git::GitRequest,
         repo: &gitgate_proto::RepoPath,
         what: Forward,
     ) -> Result<OwnerAnswer, Fallback> {
-        self.peers.ask(&self.url, git, repo, what).await
+        let answer = self.peers.ask(&self.url, git, repo, what).await;
+        match &answer {
+            Ok(_) => self.span.record("peer", self.url.as_str()),
+            Err(fallback) => self.span.record(
+                "peer",
+                format!("{} ({fallback}): produced here", self.url).as_str(),
+            ),
+        };
+        answer
     }
 }
 
 /// The owner of `key` when another gateway owns it; `None` when this gateway produces
 /// it (it owns the key, the request was forwarded here already, or it serves alone).
-/// Names the owner in the request's span (the access log's `peer`).
 pub fn owner_of(
     peers: Option<&Arc<Peers>>,
     git: &crate::git::GitRequest,
@@ -231,32 +285,39 @@ pub fn owner_of(
 ) -> Option<Owner> {
     let peers = peers.filter(|_| git.forwarded.is_none())?;
     let url = peers.owner(key)?;
-    tracing::Span::current().record("peer", url.as_str());
     Some(Owner {
         peers: peers.clone(),
         url,
+        span: tracing::Span::current(),
     })
 }
 
-/// What a peer token is bound to besides the owner's address: the endpoint path (with
-/// the repository), the forwarded client's identity and its `Git-Protocol`.
-fn scope_subject(path: &str, client: &str, protocol: &str) -> String {
-    format!("{path} client={client} protocol={protocol}")
+/// What a peer token is bound to besides the owner's address and the method: the
+/// endpoint path with its query (and so the repository), the forwarded client (hex),
+/// its `Git-Protocol` and the generation. One field per line; none can hold a newline.
+fn scope_subject(path: &str, client_hex: &str, protocol: &str, generation: &str) -> String {
+    format!("{path}\n{client_hex}\n{protocol}\n{generation}")
 }
 
 impl Peers {
-    /// Check a peer request's token (P1): bound to this gateway's own address (not
-    /// the `Host` the sender chose), `method`, `path` (with its query), `client` and
-    /// `protocol`, and single-use.
+    /// Check a peer request's token (P1): a single-use request token, bound to this
+    /// gateway's own address (not the `Host` the sender chose), `method`, `path` (with
+    /// its query), `client_hex`, `protocol` and `generation`.
     pub fn verify(
         &self,
         token: Option<&str>,
         method: &str,
         path: &str,
-        client: &str,
+        client_hex: &str,
         protocol: &str,
+        generation: &str,
     ) -> Result<(), gitgate_storage_client::tokens::AuthError> {
-        let subject = scope_subject(path, client, protocol);
+        // Only single-use request tokens: never a node's repository-read token kind.
+        if token.is_some_and(|t| t.split('.').nth(3) != Some("r")) {
+            self.metrics.count("owner", "refused");
+            return Err(gitgate_storage_client::tokens::AuthError::Malformed);
+        }
+        let subject = scope_subject(path, client_hex, protocol, generation);
         let checked = self.verifier.check(
             gitgate_storage_client::tokens::Presented {
                 token,
@@ -270,6 +331,14 @@ impl Peers {
             self.metrics.count("owner", "refused");
         }
         checked
+    }
+
+    /// Note that `owner` refused this gateway's token; `true` the first time.
+    fn note_refusal(&self, owner: &str) -> bool {
+        self.refusing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(owner.to_owned())
     }
 }
 

@@ -37,8 +37,9 @@ pub const SCHEMA: &[&str] = &[
         version BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (repo, target)
     )",
-    // The gateways of a fleet (PostgreSQL only; see `peers`): each row lives until
-    // `expires_at`, by the database's clock, unless its gateway renews it.
+    // The gateways of a fleet (see `peers`): each row lives until `expires_at`, by the
+    // database's clock, unless its gateway renews it. Only a shared (PostgreSQL) store
+    // has a fleet; the embedded one keeps the table empty.
     "CREATE TABLE IF NOT EXISTS gateways (
         url TEXT PRIMARY KEY,
         expires_at TIMESTAMPTZ NOT NULL
