@@ -172,7 +172,9 @@ mod tests {
         let mut problems = Vec::new();
         let _ = raw.resolve(Some(&pg), true, &|_| None, &mut problems);
         assert!(
-            problems.iter().any(|p| p.to_string().contains("plaintext listener")),
+            problems
+                .iter()
+                .any(|p| p.to_string().contains("plaintext listener")),
             "a TLS listener in a fleet was accepted"
         );
         let embedded = MetadataConfig::Embedded("/x.db".into());
