@@ -22,10 +22,14 @@ use crate::store::EntryStore;
 use crate::{ByteStream, Upstream};
 
 /// Readers are woken at least once per this many published bytes.
-const WAKE_BYTES: u64 = 256 * 1024;
+const WAKE_BYTES: u64 = 1024 * 1024;
 
 /// And at most this long after a byte was published.
-const WAKE_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+const WAKE_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Upstream bytes read ahead of the file: past this, the producer waits for the write in
+/// progress before it reads on.
+const MAX_PENDING: u64 = 1 << 20;
 
 /// What a producer needs besides its entry.
 #[derive(Clone)]
@@ -107,66 +111,94 @@ impl Producer {
         mut offset: u64,
     ) -> Result<(), FailReason> {
         let mut spilling = false;
+        let mut ended = false;
         // Bytes published without waking the readers, and when they must be woken.
         let mut quiet = 0u64;
         let mut wake_by = tokio::time::Instant::now();
+        // Chunks read and not yet written; the batch being written meanwhile.
+        let mut pending = Batch::default();
+        let mut writing: Option<(Batch, tokio::task::JoinHandle<io::Result<()>>)> = None;
         loop {
-            let next = tokio::select! {
+            if writing.is_none() && !pending.is_empty() && !spilling {
+                // One write per batch: chunks that arrive while a write runs go in the
+                // next, so a fast upstream costs few hand-offs to the blocking pool.
+                let batch = std::mem::take(&mut pending);
+                let handle = self.spawn_write(writer, batch.chunks.clone(), offset);
+                writing = Some((batch, handle));
+            }
+            if ended && writing.is_none() && pending.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
                 biased;
-                () = writer.readers_gone() => {
-                    self.stop_if_unread(writer)?;
-                    continue;
-                }
+                () = writer.readers_gone() => self.stop_if_unread(writer)?,
                 () = tokio::time::sleep_until(wake_by), if quiet > 0 => {
                     writer.wake();
                     quiet = 0;
-                    continue;
                 }
-                next = stream.next() => next,
-            };
-            let chunk = match next {
-                None => return Ok(()),
-                Some(Err(err)) => return Err(FailReason::Upstream(err)),
-                Some(Ok(chunk)) if chunk.is_empty() => continue,
-                Some(Ok(chunk)) => chunk,
-            };
-            let len = chunk.len() as u64;
-            if self.generates {
-                self.metrics.generated_bytes.inc_by(len);
-            }
-            if !spilling {
-                // (`chunk` is reference-counted: the clone shares its bytes.)
-                match self.write(writer, chunk.clone(), offset).await {
-                    Ok(()) => {
-                        // Readers are woken for the first bytes, then once per
-                        // WAKE_BYTES, and at most WAKE_DELAY after anything published:
-                        // one wake-up per upstream chunk per reader would cost more than
-                        // the bytes.
-                        if quiet == 0 {
-                            wake_by = tokio::time::Instant::now() + WAKE_DELAY;
+                done = async { (&mut writing.as_mut()?.1).await.ok() }, if writing.is_some() => {
+                    let Some((batch, _)) = writing.take() else { continue };
+                    match done.unwrap_or_else(|| Err(io::Error::other("pack cache write task failed"))) {
+                        Ok(()) => {
+                            // Readers are woken for the first bytes, then once per
+                            // WAKE_BYTES, and at most WAKE_DELAY after anything
+                            // published: one wake-up per upstream chunk per reader would
+                            // cost more than the bytes.
+                            if quiet == 0 {
+                                wake_by = tokio::time::Instant::now() + WAKE_DELAY;
+                            }
+                            let first = offset == 0;
+                            quiet += batch.len;
+                            let wake = first || quiet >= WAKE_BYTES;
+                            let last = batch.chunks.len().saturating_sub(1);
+                            for (i, chunk) in batch.chunks.into_iter().enumerate() {
+                                let len = chunk.len() as u64;
+                                writer.wrote(offset, chunk, wake && i == last);
+                                offset += len;
+                            }
+                            if wake {
+                                quiet = 0;
+                            }
                         }
-                        quiet += len;
-                        let wake = offset == 0 || quiet >= WAKE_BYTES;
-                        writer.wrote(offset, chunk, wake);
-                        if wake {
-                            quiet = 0;
+                        Err(err) => {
+                            tracing::warn!(key = %writer.entry().key(), offset, error = %err, "pack cache write failed; serving attached readers from memory");
+                            self.metrics.lookups.with_label_values(&["error"]).inc();
+                            // I7: nobody joins any more, and the readers already attached
+                            // get the rest through their channels, from the first byte
+                            // not published.
+                            writer.start_spilling();
+                            self.index.remove(writer.entry(), "write_error");
+                            spilling = true;
+                            let unwritten = batch.chunks.into_iter().chain(std::mem::take(&mut pending).chunks);
+                            for chunk in unwritten {
+                                if !spill(writer, chunk).await {
+                                    return Err(FailReason::Abandoned);
+                                }
+                            }
                         }
-                        offset += len;
-                        continue;
-                    }
-                    Err(err) => {
-                        tracing::warn!(key = %writer.entry().key(), offset, error = %err, "pack cache write failed; serving attached readers from memory");
-                        self.metrics.lookups.with_label_values(&["error"]).inc();
-                        // I7: nobody joins any more, and the readers already attached
-                        // get the rest through their channels.
-                        writer.start_spilling();
-                        self.index.remove(writer.entry(), "write_error");
-                        spilling = true;
                     }
                 }
-            }
-            if !spill(writer, chunk).await {
-                return Err(FailReason::Abandoned);
+                next = stream.next(), if !ended && pending.len < MAX_PENDING => {
+                    let chunk = match next {
+                        None => {
+                            ended = true;
+                            continue;
+                        }
+                        Some(Err(err)) => return Err(FailReason::Upstream(err)),
+                        Some(Ok(chunk)) if chunk.is_empty() => continue,
+                        Some(Ok(chunk)) => chunk,
+                    };
+                    if self.generates {
+                        self.metrics.generated_bytes.inc_by(chunk.len() as u64);
+                    }
+                    if spilling {
+                        if !spill(writer, chunk).await {
+                            return Err(FailReason::Abandoned);
+                        }
+                    } else {
+                        pending.push(chunk);
+                    }
+                }
             }
         }
     }
@@ -179,13 +211,52 @@ impl Producer {
         Ok(())
     }
 
-    /// Write `chunk` at `offset` of the entry's file (not yet published).
-    pub(crate) async fn write(&self, writer: &Writer, chunk: Bytes, offset: u64) -> io::Result<()> {
-        let store = self.store.clone();
-        let file = writer.entry().file().clone();
-        tokio::task::spawn_blocking(move || store.write_at(&file, &chunk, offset))
+    /// Write `chunks`, one after another from `offset`, to the entry's file (not yet
+    /// published), on the blocking pool.
+    pub(crate) async fn write(
+        &self,
+        writer: &Writer,
+        chunks: Vec<Bytes>,
+        offset: u64,
+    ) -> io::Result<()> {
+        self.spawn_write(writer, chunks, offset)
             .await
             .map_err(io::Error::other)?
+    }
+
+    fn spawn_write(
+        &self,
+        writer: &Writer,
+        chunks: Vec<Bytes>,
+        mut offset: u64,
+    ) -> tokio::task::JoinHandle<io::Result<()>> {
+        let store = self.store.clone();
+        let file = writer.entry().file().clone();
+        tokio::task::spawn_blocking(move || {
+            for chunk in &chunks {
+                store.write_at(&file, chunk, offset)?;
+                offset += chunk.len() as u64;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Chunks in arrival order and their total length.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push(chunk);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
     }
 }
 

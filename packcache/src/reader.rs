@@ -29,11 +29,13 @@ const CHUNK: u64 = 120 * 1024;
 
 /// A region handed out at the head of a live production covers at least this much when
 /// it comes within [`COALESCE_WAIT`].
-const COALESCE: u64 = 256 * 1024;
+const COALESCE: u64 = 4 << 20;
 
-/// The longest a region at the head waits to grow to [`COALESCE`]; short, so git's
-/// progress and keep-alive packets still reach the client at once, for all purposes.
-const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest a region at the head waits to grow to [`COALESCE`]. Short next to what a
+/// person or a client timeout notices, so git's progress and keep-alive packets still
+/// arrive promptly; long enough that a production running at disk speed fills a region,
+/// so each follower makes a few large sends instead of one per upstream chunk.
+const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a reader's stream ended early.
 #[derive(Debug, Clone, thiserror::Error)]

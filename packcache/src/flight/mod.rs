@@ -407,18 +407,19 @@ impl FlightTask {
             return self.finish_alone(pending, rest).await;
         };
         let kept = self.kept.take();
+        // One write for everything held, then published chunk by chunk.
+        if let Err(err) = producer.write(&writer, kept.chunks.clone(), 0).await {
+            tracing::warn!(key = %self.key, error = %err, "pack cache write failed while landing a flight; serving it uncached");
+            for joiner in joiners {
+                let _ = joiner.send(None);
+            }
+            producer.abandon(writer, "write_error");
+            self.flights.remove(&self.key, &self.flight);
+            // The request still needs the rest; it has not seen the entry.
+            return self.finish_alone(pending, rest).await;
+        }
         let mut offset = 0u64;
         for chunk in kept.chunks {
-            if let Err(err) = producer.write(&writer, chunk.clone(), offset).await {
-                tracing::warn!(key = %self.key, error = %err, "pack cache write failed while landing a flight; serving it uncached");
-                for joiner in joiners {
-                    let _ = joiner.send(None);
-                }
-                producer.abandon(writer, "write_error");
-                self.flights.remove(&self.key, &self.flight);
-                // The request still needs the rest; it has not seen the entry.
-                return self.finish_alone(pending, rest).await;
-            }
             let len = chunk.len() as u64;
             writer.wrote(offset, chunk, true);
             offset += len;
