@@ -6,15 +6,17 @@
 #   load-tests/bench.sh --smoke         # tiny corpus, 4 clients, 1 repetition (CI)
 #   load-tests/bench.sh --repo /srv/git/big.git --clients 16
 #
-# Builds release binaries, installs nginx, fcgiwrap and PostgreSQL's server (for the
-# fleet scenario's throwaway store) from Debian if they are missing, then runs
-# `gitgate-load bench` with the arguments given.
+# Builds release binaries, installs nginx, fcgiwrap, curl and openssl (for the TLS hit
+# comparison) and PostgreSQL's server (for the fleet scenario's throwaway store) from
+# Debian if they are missing, then runs `gitgate-load bench` with the arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v fcgiwrap >/dev/null || [ -x /usr/sbin/fcgiwrap ] || missing+=(fcgiwrap)
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
    && [ -z "${GITGATE_PG_BIN:-}" ]; then
   missing+=(postgresql)

@@ -14,6 +14,7 @@ mod replay;
 mod scenarios;
 mod servers;
 mod stats;
+mod tls_hits;
 
 use std::path::PathBuf;
 

@@ -67,21 +67,39 @@ pub struct Setup {
 /// Start a server of `kind`.
 pub fn start(kind: Kind, setup: &Setup) -> anyhow::Result<Server> {
     match kind {
-        Kind::GitgateCache => gitgate(kind, setup, true),
-        Kind::GitgateNoCache => gitgate(kind, setup, false),
+        Kind::GitgateCache => gitgate(kind.label(), setup, true, ""),
+        Kind::GitgateNoCache => gitgate(kind.label(), setup, false, ""),
         Kind::Nginx => nginx(setup),
     }
 }
 
-fn gitgate(kind: Kind, setup: &Setup, cache: bool) -> anyhow::Result<Server> {
-    let dir = setup.work.join(kind.label());
+/// A certificate and its key, PEM files.
+pub struct Tls {
+    /// The certificate (self-signed for 127.0.0.1; clients trust it as their CA).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// gitgate with its pack cache, serving HTTPS only with `tls`.
+pub fn gitgate_tls(setup: &Setup, tls: &Tls) -> anyhow::Result<Server> {
+    let listen = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        tls.cert.display(),
+        tls.key.display()
+    );
+    gitgate("gitgate+cache-tls", setup, true, &listen)
+}
+
+fn gitgate(label: &str, setup: &Setup, cache: bool, listen: &str) -> anyhow::Result<Server> {
+    let dir = setup.work.join(label);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("gitgate.toml");
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n[storage]\n[[storage.nodes]]\nname = \"local\"\npath = \"{}\"\n\
+            "[listen]\naddr = \"127.0.0.1:0\"\n{listen}[storage]\n[[storage.nodes]]\nname = \"local\"\npath = \"{}\"\n\
              [cache]\nenabled = {cache}\ndir = \"{}\"\nmin_free_bytes = 0\n\
              [limits]\nfetch_concurrency_per_repo = 0\n[auth]\nanonymous = \"write\"\n[log]\nlevel = \"warn\"\n",
             setup.repos.display(),
@@ -99,7 +117,8 @@ fn gitgate(kind: Kind, setup: &Setup, cache: bool) -> anyhow::Result<Server> {
 }
 
 /// Start `program --config config` (gitgate or gitgate-node), logging to `log`, and
-/// wait for the `listening on http://ADDR` line it prints once it accepts.
+/// wait for the `listening on http://ADDR` (or `https://`) line it prints once it
+/// accepts.
 pub fn spawn_listening(
     program: &Path,
     config: &Path,
@@ -123,9 +142,10 @@ pub fn spawn_listening(
             sink.clear();
         }
     });
-    let Some(authority) = line
-        .trim()
+    let announced = line.trim();
+    let Some(authority) = announced
         .strip_prefix("listening on http://")
+        .or_else(|| announced.strip_prefix("listening on https://"))
         .map(str::to_owned)
     else {
         let _ = child.kill();
@@ -267,6 +287,61 @@ http {{
         pids,
         children: vec![nginx, fcgi],
     })
+}
+
+/// nginx serving `setup.static_dir` at `/static/` over HTTPS with `tls` (OpenSSL,
+/// `sendfile` on as in the plaintext baseline; no kernel TLS, which Debian's nginx
+/// leaves off by default).
+pub fn nginx_static_tls(setup: &Setup, tls: &Tls) -> anyhow::Result<Server> {
+    let dir = setup.work.join("nginx-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+{user}
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp/body;
+  fastcgi_temp_path {dir}/tmp/fastcgi;
+  proxy_temp_path {dir}/tmp/proxy;
+  uwsgi_temp_path {dir}/tmp/uwsgi;
+  scgi_temp_path {dir}/tmp/scgi;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location /static/ {{ alias {static_dir}/; }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            user = if is_root() { "user root;" } else { "" },
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            static_dir = setup.static_dir.display(),
+        ),
+    )?;
+    let nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr"))?)
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let authority = format!("127.0.0.1:{port}");
+    wait_for_port(&authority)?;
+    Ok(Server::of(authority, vec![nginx]))
 }
 
 fn is_root() -> bool {
