@@ -35,6 +35,10 @@ pub struct BenchOptions {
     pub results: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
+    /// Run only the hit comparisons.
+    pub hits_only: bool,
+    /// Rounds of each hit comparison.
+    pub hit_rounds: usize,
 }
 
 struct Run {
@@ -216,6 +220,9 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
     );
     let ceiling = scenarios::loopback_ceiling(if opts.tiny { 256 << 20 } else { 4 << 30 })?;
     println!("loopback ceiling: {:.0} MiB/s", ceiling / (1 << 20) as f64);
+    if opts.hits_only {
+        return print_hits(opts, &setup, &corpus);
+    }
     let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     let mut method = String::new();
     let list = scenarios(opts.clients);
@@ -264,17 +271,7 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let hits = hit_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
-    // The same hits over TLS; `clone-response.bin` is what `hit_comparison` left for nginx.
-    let tls = crate::tls_hits::tls_hit_comparison(
-        &setup,
-        &corpus.name,
-        &clone_request(&corpus),
-        "clone-response.bin",
-        hits.entry_bytes,
-        opts.clients,
-        (opts.repeat * 3).max(5),
-    )?;
+    let (hits, tls) = both_hit_comparisons(opts, &setup, &corpus)?;
     let fleet = crate::fleet::fleet_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
     let fleet_failures: usize = [&fleet.single, &fleet.fleet]
         .iter()
@@ -303,7 +300,9 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
 }
 
 /// Cache hits against nginx serving the same bytes as a static file (with `sendfile`),
-/// medians of `repeat` interleaved rounds.
+/// medians of interleaved rounds. A round moves a few GiB in about a second, so one
+/// round is at the mercy of whatever else the machine does: the bench runs three per
+/// repetition, at least five.
 #[derive(Debug, Clone, Copy)]
 struct HitFigures {
     /// Aggregate MiB/s-able bytes per second: gitgate hits, nginx static.
@@ -316,6 +315,52 @@ struct HitFigures {
     hit_rss: u64,
     /// Bytes of one hit (the entry's response body).
     entry_bytes: u64,
+}
+
+/// Cache hits against nginx's static file, in plaintext and then over TLS.
+fn both_hit_comparisons(
+    opts: &BenchOptions,
+    setup: &Setup,
+    corpus: &Corpus,
+) -> anyhow::Result<(HitFigures, crate::tls_hits::TlsFigures)> {
+    let hits = hit_comparison(setup, corpus, opts.clients, opts.hit_rounds)?;
+    // `clone-response.bin` is what `hit_comparison` left for nginx.
+    let tls = crate::tls_hits::tls_hit_comparison(
+        setup,
+        &corpus.name,
+        &clone_request(corpus),
+        "clone-response.bin",
+        hits.entry_bytes,
+        opts.clients,
+        opts.hit_rounds,
+    )?;
+    Ok((hits, tls))
+}
+
+/// `--hits-only`: the two hit comparisons, printed.
+fn print_hits(opts: &BenchOptions, setup: &Setup, corpus: &Corpus) -> anyhow::Result<()> {
+    let (hits, tls) = both_hit_comparisons(opts, setup, corpus)?;
+    let mib = |b: f64| b / (1 << 20) as f64;
+    println!(
+        "plaintext: throughput {:.3}× ({:.0} vs {:.0} MiB/s), CPU per GiB {:.3}× ({:.3} vs {:.3} s), peak RSS {:.1} MiB",
+        hits.hit_tp / hits.static_tp.max(1.0),
+        mib(hits.hit_tp),
+        mib(hits.static_tp),
+        hits.hit_cpu_per_gib / hits.static_cpu_per_gib.max(1e-9),
+        hits.hit_cpu_per_gib,
+        hits.static_cpu_per_gib,
+        mib(hits.hit_rss as f64)
+    );
+    println!(
+        "TLS: throughput {:.3}× ({:.0} vs {:.0} MiB/s), CPU per GiB {:.3}× ({:.3} vs {:.3} s)",
+        tls.hit_tp / tls.static_tp.max(1.0),
+        mib(tls.hit_tp),
+        mib(tls.static_tp),
+        tls.hit_cpu_per_gib / tls.static_cpu_per_gib.max(1e-9),
+        tls.hit_cpu_per_gib,
+        tls.static_cpu_per_gib
+    );
+    Ok(())
 }
 
 /// The protocol v2 request body of a full clone of `corpus`.
@@ -334,7 +379,7 @@ fn hit_comparison(
     setup: &Setup,
     corpus: &Corpus,
     clients: usize,
-    repeat: usize,
+    rounds: usize,
 ) -> anyhow::Result<HitFigures> {
     let gitgate = servers::start(servers::Kind::GitgateCache, setup)?;
     // Warm the entry, keep the bytes for nginx to serve statically.
@@ -350,10 +395,7 @@ fn hit_comparison(
     std::fs::write(setup.static_dir.join("clone-response.bin"), &warm.body)?;
     let nginx = servers::start(servers::Kind::Nginx, setup)?;
     let (mut hit, mut stat) = (Vec::new(), Vec::new());
-    // A round moves a few GiB in about a second, so one round is at the mercy of
-    // whatever else the machine does; more of them make the medians steady.
-    let rounds = (repeat * 3).max(5);
-    for round in 0..rounds {
+    for round in 0..rounds.max(1) {
         for k in 0..2 {
             let gitgate_turn = (k + round) % 2 == 0;
             let (server, label) = if gitgate_turn {
@@ -362,6 +404,7 @@ fn hit_comparison(
                 (&nginx, "hits-nginx")
             };
             let acct = Accounting::attach(label, &server.pids);
+            let machine = measure::machine_ticks();
             let before = acct.cpu_seconds();
             let (bytes, wall) = if gitgate_turn {
                 scenarios::parallel_requests(
@@ -383,6 +426,12 @@ fn hit_comparison(
                 )?
             };
             let cpu = acct.cpu_seconds() - before;
+            let busy = match (machine, measure::machine_ticks()) {
+                (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                    format!("{:.0}%", 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
+                }
+                _ => "-".to_owned(),
+            };
             acct.detach();
             ensure!(
                 bytes == warm.body.len() as u64 * clients as u64,
@@ -394,7 +443,7 @@ fn hit_comparison(
                 cpu / (bytes as f64 / (1u64 << 30) as f64),
             );
             println!(
-                "round {round} {label:<14} {:>7.0} MiB/s {:>6.3} CPU s/GiB",
+                "round {round} {label:<14} {:>7.0} MiB/s {:>6.3} CPU s/GiB, machine busy {busy}",
                 figures.0 / (1 << 20) as f64,
                 figures.1
             );

@@ -13,8 +13,10 @@ use anyhow::{bail, Context};
 pub struct Exchange {
     /// HTTP status.
     pub status: u16,
-    /// The whole body (dechunked).
+    /// The whole body (dechunked); empty when it was counted, not kept.
     pub body: Vec<u8>,
+    /// The body's length.
+    pub len: u64,
     /// From sending the request to the first response byte.
     pub ttfb: Duration,
     /// From sending the request to the end of the body.
@@ -28,6 +30,29 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
+) -> anyhow::Result<Exchange> {
+    exchange(authority, method, path, headers, body, true)
+}
+
+/// Send one request and read the whole response, counting the body's bytes without
+/// keeping them: a client that costs the machine as little as a client can.
+pub fn request_counted(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Exchange> {
+    exchange(authority, method, path, headers, body, false)
+}
+
+fn exchange(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep: bool,
 ) -> anyhow::Result<Exchange> {
     let mut stream =
         TcpStream::connect(authority).with_context(|| format!("connecting to {authority}"))?;
@@ -54,7 +79,7 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("status line")?;
-    let (mut length, mut chunked) = (None, false);
+    let (mut length, mut chunked) = (None::<u64>, false);
     loop {
         line.clear();
         reader.read_line(&mut line)?;
@@ -64,38 +89,51 @@ pub fn request(
         }
         let lower = l.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse::<usize>().ok();
+            length = v.trim().parse::<u64>().ok();
         } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
         }
     }
     let mut body = Vec::new();
+    // Append `n` bytes (all that is left when `None`) to `body`, or just count them.
+    let mut take = |reader: &mut BufReader<TcpStream>, n: Option<u64>| -> anyhow::Result<u64> {
+        let mut part = match n {
+            Some(n) => Box::new(reader.by_ref().take(n)) as Box<dyn Read + '_>,
+            None => Box::new(reader.by_ref()),
+        };
+        let got = if keep {
+            part.read_to_end(&mut body)? as u64
+        } else {
+            std::io::copy(&mut part, &mut std::io::sink())?
+        };
+        if n.is_some_and(|n| n != got) {
+            bail!("body ended after {got} of {n:?} bytes");
+        }
+        Ok(got)
+    };
+    let mut len = 0;
     if chunked {
         loop {
             line.clear();
             reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+            let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
                 .context("chunk size")?;
             if size == 0 {
                 break;
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader
-                .read_exact(&mut body[start..])
-                .context("chunk data")?;
+            len += take(&mut reader, Some(size)).context("chunk data")?;
             line.clear();
             reader.read_line(&mut line)?;
         }
-    } else if let Some(len) = length {
-        body.resize(len, 0);
-        reader.read_exact(&mut body).context("body")?;
+    } else if let Some(n) = length {
+        len = take(&mut reader, Some(n)).context("body")?;
     } else {
-        reader.read_to_end(&mut body)?;
+        len = take(&mut reader, None)?;
     }
     Ok(Exchange {
         status,
         body,
+        len,
         ttfb,
         total: started.elapsed(),
     })

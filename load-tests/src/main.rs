@@ -73,6 +73,25 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// `clients` identical requests at once against any server, `rounds` times, with the
+    /// bench's counting client: aggregate throughput per round.
+    Burst {
+        /// Server address, `host:port`.
+        #[arg(long)]
+        authority: String,
+        /// Request path.
+        #[arg(long)]
+        path: String,
+        /// POST this file as a Git protocol v2 upload-pack request (else GET).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Compare gitgate (cache on and off) with nginx + git http-backend.
     Bench {
         /// Scratch directory.
@@ -99,6 +118,13 @@ enum Cmd {
         /// Write the Markdown report here.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Only the cache-hit comparisons against nginx's static file (plaintext and
+        /// TLS), `--rounds` of each, printed; for work on the hit path.
+        #[arg(long)]
+        hits_only: bool,
+        /// Rounds of each hit comparison (default: three per repetition, at least 5).
+        #[arg(long)]
+        rounds: Option<usize>,
     },
 }
 
@@ -159,6 +185,37 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Burst {
+            authority,
+            path,
+            body,
+            clients,
+            rounds,
+        } => {
+            let (method, headers, body) = match body {
+                Some(file) => (
+                    "POST",
+                    vec![
+                        ("Content-Type", "application/x-git-upload-pack-request"),
+                        ("Git-Protocol", "version=2"),
+                    ],
+                    std::fs::read(&file).with_context(|| file.display().to_string())?,
+                ),
+                None => ("GET", vec![], vec![]),
+            };
+            for round in 0..rounds {
+                let (bytes, wall) = scenarios::parallel_requests(
+                    &authority, method, &path, &headers, &body, clients,
+                )?;
+                println!(
+                    "round {round}: {} bytes in {:.3} s, {:.0} MiB/s",
+                    bytes,
+                    wall.as_secs_f64(),
+                    bytes as f64 / wall.as_secs_f64() / (1 << 20) as f64
+                );
+            }
+            Ok(())
+        }
         Cmd::Bench {
             workdir,
             repo,
@@ -168,6 +225,8 @@ fn main() -> anyhow::Result<()> {
             seed,
             gitgate,
             results,
+            hits_only,
+            rounds,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             let gitgate = std::fs::canonicalize(&gitgate).with_context(|| {
@@ -188,6 +247,8 @@ fn main() -> anyhow::Result<()> {
                 gitgate,
                 results: if smoke { None } else { results },
                 command,
+                hits_only,
+                hit_rounds: rounds.unwrap_or((repeat * 3).max(5)),
             };
             bench::bench(&opts)
         }

@@ -151,3 +151,20 @@ pub fn peak_rss(pid: u32) -> u64 {
         })
         .map_or(0, |kib| kib * 1024)
 }
+
+/// The whole machine's busy and total CPU ticks so far (/proc/stat), for how busy it
+/// was during a measurement: clients, servers and everything else.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}

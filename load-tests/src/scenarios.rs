@@ -449,7 +449,8 @@ pub fn loopback_ceiling(bytes: u64) -> anyhow::Result<f64> {
 }
 
 /// `clients` identical requests at once, each on its own connection, reading the whole
-/// answer: (total body bytes, wall time from the common start).
+/// answer and counting its bytes without keeping them: (total body bytes, wall time from
+/// the common start).
 pub fn parallel_requests(
     authority: &str,
     method: &str,
@@ -479,8 +480,7 @@ pub fn parallel_requests(
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 barrier.wait();
-                http::request(&authority, &method, &path, &headers, &body)
-                    .map(|e| e.body.len() as u64)
+                http::request_counted(&authority, &method, &path, &headers, &body).map(|e| e.len)
             })
         })
         .collect();

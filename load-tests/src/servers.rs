@@ -45,9 +45,24 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The whole tree: killing nginx's master or fcgiwrap's parent alone leaves
+        // their workers and children running, orphaned.
+        let roots: Vec<u32> = self.children.iter().map(Child::id).collect();
+        let descendants: Vec<String> = crate::measure::process_tree(&roots)
+            .into_iter()
+            .filter(|pid| !roots.contains(pid))
+            .map(|pid| pid.to_string())
+            .collect();
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !descendants.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&descendants)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

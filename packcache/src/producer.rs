@@ -31,6 +31,18 @@ const WAKE_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 /// progress before it reads on.
 const MAX_PENDING: u64 = 1 << 20;
 
+/// Writes end on multiples of this many bytes of the file where they can (the rest
+/// waits for the next write), so the page cache holds the entry in folios of this size
+/// rather than one small folio per unaligned upstream chunk. Every later `sendfile` and
+/// every client's copy of the entry walks those folios: on a 32-way hit fan-out, an
+/// entry written in unaligned pipe-sized chunks costs the machine about a tenth more
+/// than one written in aligned 256 KiB pieces.
+const ALIGN: u64 = 256 * 1024;
+
+/// The longest bytes wait in memory for an aligned write: a slow upstream's bytes (git's
+/// progress while it counts objects) still reach the file, and the readers, promptly.
+const ALIGN_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What a producer needs besides its entry.
 #[derive(Clone)]
 pub(crate) struct Producer {
@@ -118,13 +130,29 @@ impl Producer {
         // Chunks read and not yet written; the batch being written meanwhile.
         let mut pending = Batch::default();
         let mut writing: Option<(Batch, tokio::task::JoinHandle<io::Result<()>>)> = None;
+        // When what is pending is written even if it ends off ALIGN.
+        let mut flush_by = tokio::time::Instant::now();
         loop {
             if writing.is_none() && !pending.is_empty() && !spilling {
                 // One write per batch: chunks that arrive while a write runs go in the
-                // next, so a fast upstream costs few hand-offs to the blocking pool.
-                let batch = std::mem::take(&mut pending);
-                let handle = self.spawn_write(writer, batch.chunks.clone(), offset);
-                writing = Some((batch, handle));
+                // next, so a fast upstream costs few hand-offs to the blocking pool. It
+                // ends on an ALIGN boundary unless the stream ended, this is the first
+                // write (the first bytes go out at once), or bytes waited ALIGN_WAIT.
+                let due = ended || offset == 0 || tokio::time::Instant::now() >= flush_by;
+                let end = offset + pending.len;
+                let len = if due {
+                    pending.len
+                } else {
+                    (end - end % ALIGN).saturating_sub(offset)
+                };
+                if len > 0 {
+                    let batch = pending.take_front(len);
+                    if !pending.is_empty() {
+                        flush_by = tokio::time::Instant::now() + ALIGN_WAIT;
+                    }
+                    let handle = self.spawn_write(writer, batch.chunks.clone(), offset);
+                    writing = Some((batch, handle));
+                }
             }
             if ended && writing.is_none() && pending.is_empty() {
                 return Ok(());
@@ -136,6 +164,8 @@ impl Producer {
                     writer.wake();
                     quiet = 0;
                 }
+                // Pending bytes waited long enough for alignment: the loop writes them.
+                () = tokio::time::sleep_until(flush_by), if writing.is_none() && !pending.is_empty() && !spilling => {}
                 done = async { (&mut writing.as_mut()?.1).await.ok() }, if writing.is_some() => {
                     let Some((batch, _)) = writing.take() else { continue };
                     match done.unwrap_or_else(|| Err(io::Error::other("pack cache write task failed"))) {
@@ -196,6 +226,9 @@ impl Producer {
                             return Err(FailReason::Abandoned);
                         }
                     } else {
+                        if pending.is_empty() {
+                            flush_by = tokio::time::Instant::now() + ALIGN_WAIT;
+                        }
                         pending.push(chunk);
                     }
                 }
@@ -228,17 +261,11 @@ impl Producer {
         &self,
         writer: &Writer,
         chunks: Vec<Bytes>,
-        mut offset: u64,
+        offset: u64,
     ) -> tokio::task::JoinHandle<io::Result<()>> {
         let store = self.store.clone();
         let file = writer.entry().file().clone();
-        tokio::task::spawn_blocking(move || {
-            for chunk in &chunks {
-                store.write_at(&file, chunk, offset)?;
-                offset += chunk.len() as u64;
-            }
-            Ok(())
-        })
+        tokio::task::spawn_blocking(move || store.write_at(&file, &chunks, offset))
     }
 }
 
@@ -258,6 +285,30 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
+
+    /// The first `len` bytes (at most all of them) as a batch of their own; a chunk
+    /// across the cut is split, without copying.
+    fn take_front(&mut self, len: u64) -> Batch {
+        if len >= self.len {
+            return std::mem::take(self);
+        }
+        let mut front = Batch::default();
+        let mut rest = std::mem::take(&mut self.chunks).into_iter();
+        while front.len < len {
+            let Some(mut chunk) = rest.next() else { break };
+            let want = (len - front.len) as usize;
+            if chunk.len() > want {
+                let head = chunk.split_to(want);
+                front.push(head);
+                self.chunks.push(chunk);
+                break;
+            }
+            front.push(chunk);
+        }
+        self.chunks.extend(rest);
+        self.len -= front.len;
+        front
+    }
 }
 
 /// Hand `chunk` to every attached reader's channel, at the pace of the slowest (I7);
@@ -270,4 +321,47 @@ async fn spill(writer: &Writer, chunk: Bytes) -> bool {
         }
     }
     writer.keep_open_spill_targets()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(parts: &[&'static [u8]]) -> Batch {
+        let mut b = Batch::default();
+        for p in parts {
+            b.push(Bytes::from_static(p));
+        }
+        b
+    }
+
+    fn bytes(b: &Batch) -> Vec<u8> {
+        b.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn take_front_splits_the_chunk_across_the_cut_and_keeps_the_order() {
+        let mut b = batch(&[b"abc", b"defg", b"hi"]);
+        let front = b.take_front(5);
+        assert_eq!(bytes(&front), b"abcde");
+        assert_eq!(front.len, 5);
+        assert_eq!(bytes(&b), b"fghi");
+        assert_eq!(b.len, 4);
+        let front = b.take_front(2);
+        assert_eq!(bytes(&front), b"fg");
+        assert_eq!(bytes(&b), b"hi");
+        let all = b.take_front(10);
+        assert_eq!(bytes(&all), b"hi");
+        assert!(b.is_empty());
+        assert_eq!(b.len, 0);
+    }
+
+    #[test]
+    fn take_front_on_a_chunk_boundary_splits_nothing() {
+        let mut b = batch(&[b"abc", b"def"]);
+        let front = b.take_front(3);
+        assert_eq!(front.chunks.len(), 1);
+        assert_eq!(bytes(&b), b"def");
+        assert_eq!(b.chunks.len(), 1);
+    }
 }

@@ -10,12 +10,16 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+
 const LIFE_PREFIX: &str = "gitgate-";
+
+/// Slices per `pwritev` call, well under any system's `IOV_MAX` (1024 on Linux).
+const MAX_IOVECS: usize = 512;
 
 /// Errors setting up or using the file store.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +45,8 @@ pub(crate) trait EntryStore: fmt::Debug + Send + Sync + 'static {
     /// Create a new, empty entry file (read + write) with a name never used before (I4).
     fn create(&self) -> Result<(File, PathBuf), StoreError>;
 
-    /// Write all of `chunk` at `offset` of an entry file.
-    fn write_at(&self, file: &File, chunk: &[u8], offset: u64) -> io::Result<()>;
+    /// Write all of `chunks`, one after another, from `offset` of an entry file.
+    fn write_at(&self, file: &File, chunks: &[Bytes], offset: u64) -> io::Result<()>;
 
     /// Unlink an entry file; readers that have it open keep reading (I5).
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -123,8 +127,29 @@ impl EntryStore for FileStore {
         Ok((file, path))
     }
 
-    fn write_at(&self, file: &File, chunk: &[u8], offset: u64) -> io::Result<()> {
-        file.write_all_at(chunk, offset)
+    /// One `pwritev` for the lot where it can: the page cache then holds the range in
+    /// folios as large as the write and its alignment allow, instead of one small folio
+    /// per upstream chunk, and every `sendfile` of the entry later walks fewer of them.
+    fn write_at(&self, file: &File, chunks: &[Bytes], mut offset: u64) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        // Drops empty slices at the front.
+        IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            let batch = &rest[..rest.len().min(MAX_IOVECS)];
+            let at = i64::try_from(offset)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+            match nix::sys::uio::pwritev(file, batch, at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    offset += n as u64;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Ok(())
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

@@ -162,12 +162,13 @@ impl EntryStore for TestStore {
         self.real.create()
     }
 
-    fn write_at(&self, file: &std::fs::File, chunk: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, file: &std::fs::File, chunks: &[Bytes], offset: u64) -> io::Result<()> {
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         match self.fail_writes_past {
-            Some((limit, kind)) if offset + chunk.len() as u64 > limit => {
+            Some((limit, kind)) if offset + len > limit => {
                 Err(io::Error::new(kind, "injected write failure"))
             }
-            _ => self.real.write_at(file, chunk, offset),
+            _ => self.real.write_at(file, chunks, offset),
         }
     }
 
