@@ -197,6 +197,11 @@ impl Reader {
                     return Some(Ok(self.hand_out(bytes)));
                 }
                 let len = (written - self.pos).min(CHUNK);
+                if let Some(bytes) = read_cached(entry.file(), self.pos, len) {
+                    // In the page cache (the usual case for a hit): no hand-off to the
+                    // blocking pool.
+                    return Some(Ok(self.hand_out(bytes)));
+                }
                 Some(self.read_file(len).await)
             }
         }
@@ -389,6 +394,27 @@ impl Reader {
             reader.next_chunk().await.map(|item| (item, reader))
         })
     }
+}
+
+/// Up to `len` bytes at `pos` if the page cache holds them, read without ever waiting
+/// for the disk (`preadv2` with `RWF_NOWAIT`), so it may run on the runtime's threads.
+/// `None` when the bytes are not cached or anything fails: the blocking read then tries
+/// and reports the error.
+fn read_cached(file: &std::fs::File, pos: u64, len: u64) -> Option<Bytes> {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut buf = vec![0u8; usize::try_from(len).ok()?];
+    let n = preadv2(
+        file,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        pos,
+        ReadWriteFlags::NOWAIT,
+    )
+    .ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.truncate(n);
+    Some(Bytes::from(buf))
 }
 
 /// Read `len` bytes at `pos`: through the reader's own file description when it can
