@@ -137,7 +137,7 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(err) = tcp.set_nodelay(std::env::var_os("GG_NAGLE").is_none()) {
+        if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY not set");
         }
         // Every request on this connection reports its response progress here.

@@ -146,10 +146,9 @@ impl Producer {
                     (end - end % ALIGN).saturating_sub(offset)
                 };
                 if len > 0 {
+                    // What stays behind keeps `flush_by`: it was set when the oldest
+                    // pending byte arrived.
                     let batch = pending.take_front(len);
-                    if !pending.is_empty() {
-                        flush_by = tokio::time::Instant::now() + ALIGN_WAIT;
-                    }
                     let handle = self.spawn_write(writer, batch.chunks.clone(), offset);
                     writing = Some((batch, handle));
                 }

@@ -4,8 +4,9 @@
 //!
 //! It reads up to the published offset (I2), from the entry's in-memory tail when it
 //! keeps up with the producer and otherwise with reads on the entry's open file (so an
-//! unlinked file still reads: I5), then waits for the producer to publish more or to
-//! finish. After a write error it continues from its in-memory channel (I7). It only
+//! unlinked file still reads: I5): on the runtime thread when the page cache holds the
+//! bytes (`RWF_NOWAIT`), on the blocking pool when they must come from disk. It then
+//! waits for the producer to publish more or to finish. After a write error it continues from its in-memory channel (I7). It only
 //! observes the entry's state, never changes it: dropping a reader drops its receiver of
 //! the published state, and the producer, seeing none left, stops (I6).
 

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSlice};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -114,10 +115,14 @@ impl EntryStore for FileStore {
         // I4: a counter within a directory private to this life, and `create_new`.
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.life_dir.join(format!("{n:08}.entry"));
+        // No atime updates: readers copy entries with non-blocking reads on the
+        // runtime's threads (see `reader`), and an atime update would dirty the inode
+        // and could wait on the filesystem's journal there.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .custom_flags(nix::libc::O_NOATIME)
             .open(&path)
             .map_err(|source| StoreError::Io {
                 op: "creating",

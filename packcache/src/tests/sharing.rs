@@ -209,3 +209,58 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
         0
     );
 }
+
+/// Read `n` bytes from `stream` (failing on an error or an early end).
+async fn read_n(
+    stream: &mut (impl futures_util::Stream<Item = Result<Bytes, crate::ReadError>> + Unpin),
+    n: u64,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        match stream.next().await {
+            Some(Ok(bytes)) => got.extend_from_slice(&bytes),
+            Some(Err(err)) => panic!("read failed: {err}"),
+            None => panic!("stream ended after {} bytes", got.len()),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_short_of_an_aligned_write_reach_readers_while_the_upstream_waits() {
+    // The producer holds bytes back to end its writes on aligned offsets; a stalled
+    // upstream must not keep them from the readers, in memory or in the file.
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (feed, upstream, released) = feed();
+    let first = h.cache.fetch(key("slow"), || upstream).await;
+    let Fetch::Miss(reader) = first else {
+        panic!("the first fetch produces")
+    };
+    let mut stream = std::pin::pin!(reader.into_stream());
+    // The first write goes at once; the next two are far from any aligned offset.
+    feed.chunks(0..1, 1000).await;
+    assert_eq!(
+        within("first bytes", read_n(&mut stream, 1000)).await,
+        chunk(0, 1000)
+    );
+    feed.chunks(1..3, 1000).await;
+    let rest = within("bytes held for alignment", read_n(&mut stream, 2000)).await;
+    assert_eq!(rest, [chunk(1, 1000), chunk(2, 1000)].concat());
+    // A reader joining now reads all of it, the file included.
+    let joined = h
+        .cache
+        .fetch(key("slow"), || unreachable!("one producer"))
+        .await;
+    let Fetch::Hit(joined) = joined else {
+        panic!("the second fetch joins")
+    };
+    let mut joined = std::pin::pin!(joined.into_stream());
+    let all = within("a joining reader", read_n(&mut joined, 3000)).await;
+    assert_eq!(
+        all,
+        [chunk(0, 1000), chunk(1, 1000), chunk(2, 1000)].concat()
+    );
+    drop(feed);
+    released.wait().await;
+}
