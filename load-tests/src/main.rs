@@ -229,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let repeat = if smoke { 1 } else { repeat };
             let gitgate = std::fs::canonicalize(&gitgate).with_context(|| {
                 format!(
                     "{} (build it with cargo build --release)",
@@ -242,7 +243,7 @@ fn main() -> anyhow::Result<()> {
                 repo,
                 tiny: smoke,
                 clients: if smoke { 4 } else { clients },
-                repeat: if smoke { 1 } else { repeat },
+                repeat,
                 seed,
                 gitgate,
                 results: if smoke { None } else { results },

@@ -402,15 +402,28 @@ impl Reader {
 /// `None` when the bytes are not cached or anything fails: the blocking read then tries
 /// and reports the error.
 fn read_cached(file: &std::fs::File, pos: u64, len: u64) -> Option<Bytes> {
-    use rustix::io::{preadv2, ReadWriteFlags};
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Set once the kernel or the cache's filesystem turns `RWF_NOWAIT` down: every read
+    // then goes to the blocking pool without trying.
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
     let mut buf = vec![0u8; usize::try_from(len).ok()?];
-    let n = preadv2(
+    let n = match preadv2(
         file,
         &mut [std::io::IoSliceMut::new(&mut buf)],
         pos,
         ReadWriteFlags::NOWAIT,
-    )
-    .ok()?;
+    ) {
+        Ok(n) => n,
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Err(_) => return None,
+    };
     if n == 0 {
         return None;
     }
