@@ -22,6 +22,8 @@
 //!   and publishes each offset;
 //! - **reader** (`reader.rs`): a stream over the file that follows the published offset,
 //!   as chunks of bytes or as file regions for callers that send them with `sendfile(2)`;
+//!   it copies bytes out of the file with `entry_read.rs` (page-cache reads on the
+//!   runtime's threads, blocking reads on the pool);
 //! - **admission** (`admission.rs`): `min_occurrences`, counting keys over `max_age`;
 //! - **flight** (`flight/`, its memory in `flight/kept.rs`): a fetch below
 //!   `min_occurrences`, streamed to its request through memory; it lands in an entry when an identical request joins it, and a
@@ -31,7 +33,8 @@
 //! - **bypass**: [`Fetch::Bypass`] tells the caller to stream straight from upstream.
 //!
 //! Modules depend one way: `cache` on all the others, `producer` on `index` and
-//! `entry`, `index` and `reader` on `entry`, and `entry` on none of them. Time is tokio
+//! `entry`, `index` and `reader` on `entry`, `reader` also on `entry_read`, and `entry`
+//! and `entry_read` on none of them. Time is tokio
 //! time (`max_age`, admission windows), so tests pause and advance it instead of
 //! sleeping.
 //!
@@ -63,6 +66,7 @@ mod admission;
 mod cache;
 mod config;
 mod entry;
+mod entry_read;
 mod flight;
 mod index;
 mod key;

@@ -10,9 +10,6 @@
 //! observes the entry's state, never changes it: dropping a reader drops its receiver of
 //! the published state, and the producer, seeing none left, stops (I6).
 
-use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +18,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 
 use crate::entry::{Entry, FailReason, Follower, Phase, Progress};
+use crate::entry_read;
 use crate::flight::{FlightEnd, FlightReceiver};
 use crate::upstream::UpstreamError;
 
@@ -198,7 +196,7 @@ impl Reader {
                     return Some(Ok(self.hand_out(bytes)));
                 }
                 let len = (written - self.pos).min(CHUNK);
-                if let Some(bytes) = read_cached(entry.file(), self.pos, len) {
+                if let Some(bytes) = entry_read::cached(entry.file(), self.pos, len) {
                     // In the page cache (the usual case for a hit): no hand-off to the
                     // blocking pool.
                     return Some(Ok(self.hand_out(bytes)));
@@ -362,7 +360,8 @@ impl Reader {
         let shared = following.entry.file().clone();
         let own = following.own.take();
         let pos = self.pos;
-        let result = tokio::task::spawn_blocking(move || read_at(&shared, own, pos, len)).await;
+        let result =
+            tokio::task::spawn_blocking(move || entry_read::blocking(&shared, own, pos, len)).await;
         match result {
             Ok(Ok((own, bytes))) => {
                 following.own = own;
@@ -394,73 +393,5 @@ impl Reader {
         futures_util::stream::unfold(self, |mut reader| async move {
             reader.next_chunk().await.map(|item| (item, reader))
         })
-    }
-}
-
-/// Up to `len` bytes at `pos` if the page cache holds them, read without ever waiting
-/// for the disk (`preadv2` with `RWF_NOWAIT`), so it may run on the runtime's threads.
-/// `None` when the bytes are not cached or anything fails: the blocking read then tries
-/// and reports the error.
-fn read_cached(file: &std::fs::File, pos: u64, len: u64) -> Option<Bytes> {
-    use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    // Set once the kernel or the cache's filesystem turns `RWF_NOWAIT` down: every read
-    // then goes to the blocking pool without trying.
-    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    if UNSUPPORTED.load(Ordering::Relaxed) {
-        return None;
-    }
-    let mut buf = vec![0u8; usize::try_from(len).ok()?];
-    let n = match preadv2(
-        file,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
-        pos,
-        ReadWriteFlags::NOWAIT,
-    ) {
-        Ok(n) => n,
-        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
-            UNSUPPORTED.store(true, Ordering::Relaxed);
-            return None;
-        }
-        Err(_) => return None,
-    };
-    if n == 0 {
-        return None;
-    }
-    buf.truncate(n);
-    Some(Bytes::from(buf))
-}
-
-/// Read `len` bytes at `pos`: through the reader's own file description when it can
-/// have one, else with a positioned read on the shared one. Blocking.
-fn read_at(
-    shared: &std::fs::File,
-    own: Option<std::fs::File>,
-    pos: u64,
-    len: u64,
-) -> std::io::Result<(Option<std::fs::File>, Bytes)> {
-    let own = match own {
-        Some(file) => Some(file),
-        // I5: through the open descriptor, so this works after the name is unlinked.
-        None => std::fs::File::open(format!("/proc/self/fd/{}", shared.as_raw_fd())).ok(),
-    };
-    match own {
-        Some(mut file) => {
-            file.seek(SeekFrom::Start(pos))?;
-            let mut buf = Vec::with_capacity(len as usize);
-            (&mut file).take(len).read_to_end(&mut buf)?;
-            if buf.len() as u64 != len {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "entry file shorter than written",
-                ));
-            }
-            Ok((Some(file), Bytes::from(buf)))
-        }
-        None => {
-            let mut buf = vec![0u8; len as usize];
-            shared.read_exact_at(&mut buf, pos)?;
-            Ok((None, Bytes::from(buf)))
-        }
     }
 }
