@@ -34,9 +34,8 @@
 //!
 //! Modules depend one way: `cache` on all the others, `producer` on `index` and
 //! `entry`, `index` and `reader` on `entry`, `reader` also on `entry_read`, and `entry`
-//! and `entry_read` on none of them. Time is tokio
-//! time (`max_age`, admission windows), so tests pause and advance it instead of
-//! sleeping.
+//! and `entry_read` on none of them. Time is tokio time (`max_age`, admission windows),
+//! so tests pause and advance it instead of sleeping.
 //!
 //! ```text
 //!                 ┌────────── entry file (unique name, never reused) ──────────┐
