@@ -38,6 +38,8 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
     let logged = LoggedBody {
         inner: body,
         bytes: 0,
+        placeholder_bytes: 0,
+        file_bytes_before: progress.as_ref().map_or(0, |p| p.file_bytes()),
         started,
         status,
         service,
@@ -56,7 +58,12 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
 /// A response body that reports itself when it is over.
 struct LoggedBody {
     inner: Body,
+    /// Body bytes handed to hyper, file-range placeholders aside.
     bytes: u64,
+    /// Bytes of file-range placeholders handed to hyper (sent by the connection itself).
+    placeholder_bytes: u64,
+    /// The connection's `sendfile` count when this body started.
+    file_bytes_before: u64,
     started: Instant,
     status: u16,
     service: &'static str,
@@ -86,7 +93,15 @@ impl LoggedBody {
             .duration
             .with_label_values(&[self.service])
             .observe(elapsed.as_secs_f64());
-        let (status, bytes) = (self.status, self.bytes);
+        // File ranges count what actually reached the socket: all of them when the
+        // body completed, else what `sendfile` sent before the response ended (one
+        // response at a time per HTTP/1.1 connection, so the connection's count since
+        // this body started is this body's).
+        let file_bytes = match (&self.progress, outcome) {
+            (_, "complete") | (None, _) => self.placeholder_bytes,
+            (Some(p), _) => (p.file_bytes() - self.file_bytes_before).min(self.placeholder_bytes),
+        };
+        let (status, bytes) = (self.status, self.bytes + file_bytes);
         let duration_ms = elapsed.as_millis() as u64;
         self.span.in_scope(|| {
             if status >= 500 || outcome != "complete" {
@@ -122,7 +137,11 @@ impl HttpBody for LoggedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
+                    if crate::zero_copy::is_placeholder(data) {
+                        this.placeholder_bytes += data.len() as u64;
+                    } else {
+                        this.bytes += data.len() as u64;
+                    }
                 }
                 if let Some(p) = &this.progress {
                     p.progress();

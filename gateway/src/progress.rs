@@ -25,6 +25,8 @@ pub struct ConnProgress {
     streaming: AtomicUsize,
     /// Whether the body in flight is waiting on its own source rather than on hyper.
     waiting_on_source: AtomicBool,
+    /// File bytes this connection has sent with `sendfile`, over its life.
+    file_bytes: AtomicU64,
 }
 
 impl Default for ConnProgress {
@@ -34,6 +36,7 @@ impl Default for ConnProgress {
             last_progress_ms: AtomicU64::new(0),
             streaming: AtomicUsize::new(0),
             waiting_on_source: AtomicBool::new(false),
+            file_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -64,6 +67,16 @@ impl ConnProgress {
     /// which sends file ranges without handing them through the body).
     pub fn wrote(&self) {
         self.last_progress_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// `n` bytes of a file range reached the socket.
+    pub fn sent_file_bytes(&self, n: u64) {
+        self.file_bytes.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// File bytes sent on this connection so far (see [`Self::sent_file_bytes`]).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::SeqCst)
     }
 
     /// The body is waiting for its source to produce more.

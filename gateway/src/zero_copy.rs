@@ -52,6 +52,12 @@ pub const MAX_REGION: usize = 4 << 20;
 /// so it lives in the binary's zero-initialised data and costs no memory.
 static PLACEHOLDER: [u8; MAX_REGION] = [0; MAX_REGION];
 
+/// Whether `buf` stands for a file range (its bytes are sent, and counted, by the
+/// connection's stream, not written from `buf`).
+pub fn is_placeholder(buf: &[u8]) -> bool {
+    placeholder_offset(buf).is_some()
+}
+
 /// Where `buf` starts inside [`PLACEHOLDER`], if it is a placeholder.
 fn placeholder_offset(buf: &[u8]) -> Option<usize> {
     let base = PLACEHOLDER.as_ptr() as usize;
@@ -200,6 +206,8 @@ impl ZeroCopyStream {
                 }
                 Ok(n) => {
                     sending.sent += n as u64;
+                    sending.range.sent(n as u64);
+                    self.progress.sent_file_bytes(n as u64);
                     if sending.sent == sending.range.len() {
                         self.sending = None;
                     }

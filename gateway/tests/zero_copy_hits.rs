@@ -365,13 +365,29 @@ fn warm(s: &Setup) -> usize {
     answer.body.len()
 }
 
-/// Send the fetch for `head` and read the headers and `n` body bytes.
-fn start_hit(s: &Setup, n: usize) -> TcpStream {
+/// Send the fetch for `head` and read its first `n` bytes (headers included); the
+/// connection and those bytes.
+fn start_hit(s: &Setup, n: usize) -> (TcpStream, Vec<u8>) {
     let mut tcp = TcpStream::connect(s.gw.server.authority()).expect("connect");
     tcp.write_all(&fetch_request(&s.head, true)).expect("send");
     let mut buf = vec![0u8; n];
     tcp.read_exact(&mut buf).expect("first bytes");
-    tcp
+    (tcp, buf)
+}
+
+/// `bytes_sent` of the last access-log line for a response that did not complete.
+fn unfinished_bytes_sent(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("request finished") && !l.contains("complete"))
+        .filter_map(|l| {
+            let rest = &l[l.find("bytes_sent=")? + "bytes_sent=".len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next()
 }
 
 #[test]
@@ -379,7 +395,9 @@ fn a_client_that_stops_reading_a_hit_is_cut_off() {
     let s = setup(24, "", "send_timeout = \"1s\"");
     let len = warm(&s);
     let hits = lookups(&s.gw, "hit");
-    let mut stalled = start_hit(&s, 32 * 1024);
+    let served = || metric(&s.gw.scrape(), "gitgate_pack_cache_served_bytes_total", &[]) as u64;
+    let served_before = served();
+    let (mut stalled, first) = start_hit(&s, 32 * 1024);
     assert_eq!(lookups(&s.gw, "hit"), hits + 1.0);
     // Stop reading: the gateway must give up on this connection.
     wait_until(Duration::from_secs(15), "the send timeout", || {
@@ -395,6 +413,23 @@ fn a_client_that_stops_reading_a_hit_is_cut_off() {
         "the whole answer arrived ({} of {len}); the client never stalled",
         32 * 1024 + rest.len()
     );
+    // What the client got is what the gateway counts as served and logs as sent: the
+    // socket's buffered bytes still arrive after the close; nothing more was sent.
+    let head = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the headers fit in the first bytes")
+        + 4;
+    let body = (first.len() + rest.len() - head) as u64;
+    assert_eq!(served() - served_before, body, "served bytes are exact");
+    wait_until(Duration::from_secs(5), "the access log line", || {
+        unfinished_bytes_sent(&s.gw.server.log_text()).is_some()
+    });
+    assert_eq!(
+        unfinished_bytes_sent(&s.gw.server.log_text()),
+        Some(body),
+        "logged bytes are exact"
+    );
     // Others are still served from the same entry.
     let dir = s.tmp.path().join("after");
     assert!(clone_v0(&s.git, &s.gw.repo_url("big"), &dir)
@@ -408,7 +443,7 @@ fn a_client_that_stops_reading_a_hit_is_cut_off() {
 fn a_client_that_leaves_mid_hit_is_logged_and_others_go_on() {
     let s = setup(24, "", "");
     let len = warm(&s);
-    let gone = start_hit(&s, 1 << 20);
+    let (gone, _) = start_hit(&s, 1 << 20);
     drop(gone);
     wait_until(Duration::from_secs(15), "the access log line", || {
         s.gw.server.log_text().lines().any(|l| {

@@ -70,12 +70,15 @@ pub enum Region {
 }
 
 /// A published range of an entry file (I2). It holds the open file, so the range stays
-/// readable after the entry is evicted and its name unlinked (I5).
+/// readable after the entry is evicted and its name unlinked (I5). Its bytes count as
+/// served when the sender reports them with [`FileRegion::sent`], not when the region
+/// is handed out: a client that leaves mid-region is not counted for what it never got.
 #[derive(Debug, Clone)]
 pub struct FileRegion {
     file: Arc<std::fs::File>,
     offset: u64,
     len: u64,
+    served: IntCounter,
 }
 
 impl FileRegion {
@@ -97,6 +100,11 @@ impl FileRegion {
     /// Always false: a region holds at least one byte.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// `n` more of its bytes reached the client's socket.
+    pub fn sent(&self, n: u64) {
+        self.served.inc_by(n);
     }
 }
 
@@ -230,9 +238,9 @@ impl Reader {
                     file: entry.file().clone(),
                     offset: self.pos,
                     len: (written - self.pos).min(max.max(1)),
+                    served: self.served.clone(),
                 };
                 self.pos += region.len;
-                self.served.inc_by(region.len);
                 Some(Ok(Region::File(region)))
             }
         }
