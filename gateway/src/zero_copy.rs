@@ -25,6 +25,10 @@
 //!   its own handle on the entry file, so eviction while sending is safe (I5).
 //! - **Z5** only plaintext connections have a queue; over TLS the body is read into
 //!   memory and encrypted as before.
+//! - **Z6** file bytes are counted when `sendfile` sends them (the pack cache's served
+//!   bytes through [`FileRegion::sent`], the access log through the connection's
+//!   [`ConnProgress`]), so a response cut off mid-range counts only what reached the
+//!   socket.
 //!
 //! `sendfile` runs on the runtime's worker thread, like a socket write. It blocks only
 //! when the range is not in the page cache; entries are written moments before they are
