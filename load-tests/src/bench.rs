@@ -322,7 +322,7 @@ fn both_hit_comparisons(
     opts: &BenchOptions,
     setup: &Setup,
     corpus: &Corpus,
-) -> anyhow::Result<(HitFigures, crate::tls_hits::TlsFigures)> {
+) -> anyhow::Result<(HitFigures, crate::stats::HitMedians)> {
     let hits = hit_comparison(setup, corpus, opts.clients, opts.hit_rounds)?;
     // `clone-response.bin` is what `hit_comparison` left for nginx.
     let tls = crate::tls_hits::tls_hit_comparison(
@@ -394,7 +394,7 @@ fn hit_comparison(
     let warm = crate::http::request(&gitgate.authority, "POST", &path, &headers, &body)?;
     std::fs::write(setup.static_dir.join("clone-response.bin"), &warm.body)?;
     let nginx = servers::start(servers::Kind::Nginx, setup)?;
-    let (mut hit, mut stat) = (Vec::new(), Vec::new());
+    let mut rounds_seen = crate::stats::HitRounds::default();
     for round in 0..rounds.max(1) {
         for k in 0..2 {
             let gitgate_turn = (k + round) % 2 == 0;
@@ -426,41 +426,30 @@ fn hit_comparison(
                 )?
             };
             let cpu = acct.cpu_seconds() - before;
-            let busy = match (machine, measure::machine_ticks()) {
-                (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                    format!("{:.0}%", 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
-                }
-                _ => "-".to_owned(),
-            };
+            let busy = measure::busy_since(machine);
             acct.detach();
             ensure!(
                 bytes == warm.body.len() as u64 * clients as u64,
                 "{label}: {bytes} bytes, expected {} per client",
                 warm.body.len()
             );
-            let figures = (
-                bytes as f64 / wall.as_secs_f64(),
-                cpu / (bytes as f64 / (1u64 << 30) as f64),
+            rounds_seen.record(
+                round,
+                label,
+                gitgate_turn,
+                bytes,
+                wall.as_secs_f64(),
+                cpu,
+                &format!(", machine busy {busy}"),
             );
-            println!(
-                "round {round} {label:<14} {:>7.0} MiB/s {:>6.3} CPU s/GiB, machine busy {busy}",
-                figures.0 / (1 << 20) as f64,
-                figures.1
-            );
-            if gitgate_turn {
-                hit.push(figures);
-            } else {
-                stat.push(figures);
-            }
         }
     }
-    let med =
-        |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let medians = rounds_seen.medians();
     Ok(HitFigures {
-        hit_tp: med(&hit, |x| x.0),
-        static_tp: med(&stat, |x| x.0),
-        hit_cpu_per_gib: med(&hit, |x| x.1),
-        static_cpu_per_gib: med(&stat, |x| x.1),
+        hit_tp: medians.hit_tp,
+        static_tp: medians.static_tp,
+        hit_cpu_per_gib: medians.hit_cpu_per_gib,
+        static_cpu_per_gib: medians.static_cpu_per_gib,
         hit_rss: measure::peak_rss(gitgate.main_pid),
         entry_bytes: warm.body.len() as u64,
     })
@@ -478,7 +467,7 @@ fn report(
     method: &str,
     ceiling: f64,
     hits: HitFigures,
-    tls: crate::tls_hits::TlsFigures,
+    tls: crate::stats::HitMedians,
     fleet: &crate::fleet::FleetFigures,
     pack: u64,
 ) -> String {

@@ -168,3 +168,14 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
     let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
 }
+
+/// How busy the whole machine was since `before` (from [`machine_ticks`]), as a
+/// percentage for a report line; "-" when /proc/stat cannot tell.
+pub fn busy_since(before: Option<(u64, u64)>) -> String {
+    match (before, machine_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            format!("{:.0}%", 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
+        }
+        _ => "-".to_owned(),
+    }
+}

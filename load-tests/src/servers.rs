@@ -221,23 +221,10 @@ fn nginx(setup: &Setup) -> anyhow::Result<Server> {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
-        format!(
-            r#"daemon off;
-{user}
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_max_body_size 0;
-  client_body_temp_path {dir}/tmp/body;
-  fastcgi_temp_path {dir}/tmp/fastcgi;
-  proxy_temp_path {dir}/tmp/proxy;
-  uwsgi_temp_path {dir}/tmp/uwsgi;
-  scgi_temp_path {dir}/tmp/scgi;
-  sendfile on;
-  server {{
+        nginx_config(
+            &dir,
+            &format!(
+                r#"  server {{
     listen 127.0.0.1:{port};
     location /static/ {{ alias {static_dir}/; }}
     location ~ ^/.+\.git/(info/refs|git-upload-pack|git-receive-pack)$ {{
@@ -256,15 +243,12 @@ http {{
       fastcgi_read_timeout 600s;
     }}
   }}
-}}
 "#,
-            dir = dir.display(),
-            // Workers must reach fcgiwrap's socket; as root, keep them as root.
-            user = if is_root() { "user root;" } else { "" },
-            static_dir = setup.static_dir.display(),
-            socket = socket.display(),
-            backend = backend.display(),
-            repos = setup.repos.display(),
+                static_dir = setup.static_dir.display(),
+                socket = socket.display(),
+                backend = backend.display(),
+                repos = setup.repos.display(),
+            ),
         ),
     )?;
     // fcgiwrap runs one request per child: give it as many children as clients so the
@@ -284,15 +268,7 @@ http {{
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let nginx = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("nginx.stderr"))?)
-        .spawn()
-        .context("starting nginx (apt-get install nginx)")?;
+    let nginx = spawn_nginx(&dir, &conf)?;
     let authority = format!("127.0.0.1:{port}");
     wait_for_port(&authority)?;
     let pids = vec![nginx.id(), fcgi.id()];
@@ -315,8 +291,32 @@ pub fn nginx_static_tls(setup: &Setup, tls: &Tls) -> anyhow::Result<Server> {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
-        format!(
-            r#"daemon off;
+        nginx_config(
+            &dir,
+            &format!(
+                r#"  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location /static/ {{ alias {static_dir}/; }}
+  }}
+"#,
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+                static_dir = setup.static_dir.display(),
+            ),
+        ),
+    )?;
+    let nginx = spawn_nginx(&dir, &conf)?;
+    let authority = format!("127.0.0.1:{port}");
+    wait_for_port(&authority)?;
+    Ok(Server::of(authority, vec![nginx]))
+}
+
+/// An nginx configuration keeping all its state in `dir`, around `server` blocks.
+fn nginx_config(dir: &Path, server: &str) -> String {
+    format!(
+        r#"daemon off;
 {user}
 worker_processes 2;
 pid {dir}/nginx.pid;
@@ -324,39 +324,32 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  client_max_body_size 0;
   client_body_temp_path {dir}/tmp/body;
   fastcgi_temp_path {dir}/tmp/fastcgi;
   proxy_temp_path {dir}/tmp/proxy;
   uwsgi_temp_path {dir}/tmp/uwsgi;
   scgi_temp_path {dir}/tmp/scgi;
   sendfile on;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location /static/ {{ alias {static_dir}/; }}
-  }}
-}}
+{server}}}
 "#,
-            dir = dir.display(),
-            user = if is_root() { "user root;" } else { "" },
-            cert = tls.cert.display(),
-            key = tls.key.display(),
-            static_dir = setup.static_dir.display(),
-        ),
-    )?;
-    let nginx = Command::new("nginx")
+        dir = dir.display(),
+        // Workers must reach fcgiwrap's socket; as root, keep them as root.
+        user = if is_root() { "user root;" } else { "" },
+    )
+}
+
+/// Start nginx with `conf`, its prefix `dir`.
+fn spawn_nginx(dir: &Path, conf: &Path) -> anyhow::Result<Child> {
+    Command::new("nginx")
         .arg("-c")
-        .arg(&conf)
+        .arg(conf)
         .arg("-p")
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("nginx.stderr"))?)
         .spawn()
-        .context("starting nginx (apt-get install nginx)")?;
-    let authority = format!("127.0.0.1:{port}");
-    wait_for_port(&authority)?;
-    Ok(Server::of(authority, vec![nginx]))
+        .context("starting nginx (apt-get install nginx)")
 }
 
 fn is_root() -> bool {

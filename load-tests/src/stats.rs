@@ -1,4 +1,4 @@
-//! Percentiles and medians.
+//! Percentiles and medians, and the per-round figures of the hit comparisons.
 
 use std::time::Duration;
 
@@ -21,6 +21,70 @@ pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[(sorted.len() - 1) / 2]
+}
+
+/// gitgate's hits against nginx's static file, round by round: what each round moved,
+/// and the medians of both sides.
+#[derive(Debug, Default)]
+pub struct HitRounds {
+    /// (bytes per second, server CPU seconds per GiB) of each round.
+    gitgate: Vec<(f64, f64)>,
+    nginx: Vec<(f64, f64)>,
+}
+
+/// The medians of [`HitRounds`].
+#[derive(Debug, Clone, Copy)]
+pub struct HitMedians {
+    /// Aggregate bytes per second: gitgate hits, nginx static.
+    pub hit_tp: f64,
+    pub static_tp: f64,
+    /// Server CPU seconds per GiB served.
+    pub hit_cpu_per_gib: f64,
+    pub static_cpu_per_gib: f64,
+}
+
+impl HitRounds {
+    /// One round of `label` (gitgate's when `gitgate`): `bytes` in `wall` seconds for
+    /// `cpu` server seconds; printed with `note`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &mut self,
+        round: usize,
+        label: &str,
+        gitgate: bool,
+        bytes: u64,
+        wall: f64,
+        cpu: f64,
+        note: &str,
+    ) {
+        let figures = (
+            bytes as f64 / wall,
+            cpu / (bytes as f64 / (1u64 << 30) as f64),
+        );
+        println!(
+            "round {round} {label:<14} {:>7.0} MiB/s {:>6.3} CPU s/GiB{note}",
+            figures.0 / (1 << 20) as f64,
+            figures.1
+        );
+        if gitgate {
+            self.gitgate.push(figures);
+        } else {
+            self.nginx.push(figures);
+        }
+    }
+
+    /// The medians so far.
+    pub fn medians(&self) -> HitMedians {
+        let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            median(&v.iter().map(f).collect::<Vec<_>>())
+        };
+        HitMedians {
+            hit_tp: med(&self.gitgate, |x| x.0),
+            static_tp: med(&self.nginx, |x| x.0),
+            hit_cpu_per_gib: med(&self.gitgate, |x| x.1),
+            static_cpu_per_gib: med(&self.nginx, |x| x.1),
+        }
+    }
 }
 
 #[cfg(test)]

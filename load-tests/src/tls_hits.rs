@@ -11,20 +11,9 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 
-use crate::measure::Accounting;
+use crate::measure::{self, Accounting};
 use crate::servers::{self, Server, Setup, Tls};
-use crate::stats::median;
-
-/// Medians over the rounds.
-#[derive(Debug, Clone, Copy)]
-pub struct TlsFigures {
-    /// Aggregate bytes per second: gitgate hits, nginx static.
-    pub hit_tp: f64,
-    pub static_tp: f64,
-    /// Server CPU seconds per GiB served.
-    pub hit_cpu_per_gib: f64,
-    pub static_cpu_per_gib: f64,
-}
+use crate::stats::{HitMedians, HitRounds};
 
 /// A self-signed certificate for 127.0.0.1 in `dir` (P-256, made with `openssl`).
 fn certificate(dir: &Path) -> anyhow::Result<Tls> {
@@ -121,7 +110,7 @@ fn fan_out(
     Ok((total, started.elapsed().as_secs_f64()))
 }
 
-/// Measure [`TlsFigures`]: `static_file` (under `setup.static_dir`, `expected` bytes)
+/// Measure gitgate's TLS hits against nginx's static file over TLS: `static_file` (under `setup.static_dir`, `expected` bytes)
 /// holds what gitgate answered to the POST of `request_body` in the plaintext rounds.
 pub fn tls_hit_comparison(
     setup: &Setup,
@@ -131,7 +120,7 @@ pub fn tls_hit_comparison(
     expected: u64,
     clients: usize,
     rounds: usize,
-) -> anyhow::Result<TlsFigures> {
+) -> anyhow::Result<HitMedians> {
     let dir: PathBuf = setup.work.join("tls");
     let tls = certificate(&dir)?;
     let body = dir.join("request.bin");
@@ -154,7 +143,7 @@ pub fn tls_hit_comparison(
         entry.abs_diff(expected) < 4096,
         "TLS warm-up: {entry} bytes, expected about {expected}"
     );
-    let (mut hit, mut stat) = (Vec::new(), Vec::new());
+    let mut rounds_seen = HitRounds::default();
     for round in 0..rounds.max(1) {
         for k in 0..2 {
             let gitgate_turn = (k + round) % 2 == 0;
@@ -170,36 +159,26 @@ pub fn tls_hit_comparison(
                 (&nginx, "tls-nginx", &static_url, None, expected)
             };
             let acct = Accounting::attach(label, &server.pids);
+            let machine = measure::machine_ticks();
             let before = acct.cpu_seconds();
             let (bytes, wall) = fan_out(clients, &tls.cert, url, post)?;
             let cpu = acct.cpu_seconds() - before;
+            let busy = measure::busy_since(machine);
             acct.detach();
             ensure!(
                 bytes == each * clients as u64,
                 "{label}: {bytes} bytes, expected {each} per client"
             );
-            let figures = (
-                bytes as f64 / wall,
-                cpu / (bytes as f64 / (1u64 << 30) as f64),
+            rounds_seen.record(
+                round,
+                label,
+                gitgate_turn,
+                bytes,
+                wall,
+                cpu,
+                &format!(", machine busy {busy} (curl clients included)"),
             );
-            println!(
-                "round {round} {label:<14} {:>7.0} MiB/s {:>6.3} CPU s/GiB",
-                figures.0 / (1 << 20) as f64,
-                figures.1
-            );
-            if gitgate_turn {
-                hit.push(figures);
-            } else {
-                stat.push(figures);
-            }
         }
     }
-    let med =
-        |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
-    Ok(TlsFigures {
-        hit_tp: med(&hit, |x| x.0),
-        static_tp: med(&stat, |x| x.0),
-        hit_cpu_per_gib: med(&hit, |x| x.1),
-        static_cpu_per_gib: med(&stat, |x| x.1),
-    })
+    Ok(rounds_seen.medians())
 }
