@@ -340,26 +340,18 @@ fn both_hit_comparisons(
 /// `--hits-only`: the two hit comparisons, printed.
 fn print_hits(opts: &BenchOptions, setup: &Setup, corpus: &Corpus) -> anyhow::Result<()> {
     let (hits, tls) = both_hit_comparisons(opts, setup, corpus)?;
-    let mib = |b: f64| b / (1 << 20) as f64;
+    let plaintext = crate::stats::HitMedians {
+        hit_tp: hits.hit_tp,
+        static_tp: hits.static_tp,
+        hit_cpu_per_gib: hits.hit_cpu_per_gib,
+        static_cpu_per_gib: hits.static_cpu_per_gib,
+    };
     println!(
-        "plaintext: throughput {:.3}× ({:.0} vs {:.0} MiB/s), CPU per GiB {:.3}× ({:.3} vs {:.3} s), peak RSS {:.1} MiB",
-        hits.hit_tp / hits.static_tp.max(1.0),
-        mib(hits.hit_tp),
-        mib(hits.static_tp),
-        hits.hit_cpu_per_gib / hits.static_cpu_per_gib.max(1e-9),
-        hits.hit_cpu_per_gib,
-        hits.static_cpu_per_gib,
-        mib(hits.hit_rss as f64)
+        "plaintext: {}, peak RSS {:.1} MiB",
+        plaintext.summary(),
+        hits.hit_rss as f64 / (1 << 20) as f64
     );
-    println!(
-        "TLS: throughput {:.3}× ({:.0} vs {:.0} MiB/s), CPU per GiB {:.3}× ({:.3} vs {:.3} s)",
-        tls.hit_tp / tls.static_tp.max(1.0),
-        mib(tls.hit_tp),
-        mib(tls.static_tp),
-        tls.hit_cpu_per_gib / tls.static_cpu_per_gib.max(1e-9),
-        tls.hit_cpu_per_gib,
-        tls.static_cpu_per_gib
-    );
+    println!("TLS: {}", tls.summary());
     Ok(())
 }
 

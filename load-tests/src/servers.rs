@@ -212,13 +212,9 @@ pub fn http_backend() -> anyhow::Result<PathBuf> {
 }
 
 fn nginx(setup: &Setup) -> anyhow::Result<Server> {
-    let dir = setup.work.join("nginx");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tmp"))?;
+    let (dir, port, conf) = nginx_dir(setup, "nginx")?;
     let socket = dir.join("fcgiwrap.sock");
-    let port = free_port()?;
     let backend = http_backend()?;
-    let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         nginx_config(
@@ -284,11 +280,7 @@ fn nginx(setup: &Setup) -> anyhow::Result<Server> {
 /// `sendfile` on as in the plaintext baseline; no kernel TLS, which Debian's nginx
 /// leaves off by default).
 pub fn nginx_static_tls(setup: &Setup, tls: &Tls) -> anyhow::Result<Server> {
-    let dir = setup.work.join("nginx-tls");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tmp"))?;
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
+    let (dir, port, conf) = nginx_dir(setup, "nginx-tls")?;
     std::fs::write(
         &conf,
         nginx_config(
@@ -311,6 +303,16 @@ pub fn nginx_static_tls(setup: &Setup, tls: &Tls) -> anyhow::Result<Server> {
     let authority = format!("127.0.0.1:{port}");
     wait_for_port(&authority)?;
     Ok(Server::of(authority, vec![nginx]))
+}
+
+/// A fresh state directory `name` for an nginx, a free port for it, and where its
+/// configuration goes.
+fn nginx_dir(setup: &Setup, name: &str) -> anyhow::Result<(PathBuf, u16, PathBuf)> {
+    let dir = setup.work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let conf = dir.join("nginx.conf");
+    Ok((dir, free_port()?, conf))
 }
 
 /// An nginx configuration keeping all its state in `dir`, around `server` blocks.

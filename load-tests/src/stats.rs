@@ -43,6 +43,22 @@ pub struct HitMedians {
     pub static_cpu_per_gib: f64,
 }
 
+impl HitMedians {
+    /// gitgate against nginx in one line: throughput and CPU per GiB, ratios first.
+    pub fn summary(&self) -> String {
+        let mib = |b: f64| b / (1 << 20) as f64;
+        format!(
+            "throughput {:.3}× ({:.0} vs {:.0} MiB/s), CPU per GiB {:.3}× ({:.3} vs {:.3} s)",
+            self.hit_tp / self.static_tp.max(1.0),
+            mib(self.hit_tp),
+            mib(self.static_tp),
+            self.hit_cpu_per_gib / self.static_cpu_per_gib.max(1e-9),
+            self.hit_cpu_per_gib,
+            self.static_cpu_per_gib
+        )
+    }
+}
+
 impl HitRounds {
     /// One round of `label` (gitgate's when `gitgate`): `bytes` in `wall` seconds for
     /// `cpu` server seconds; printed with `note`.
