@@ -33,6 +33,9 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How much of an error body is kept.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// How many more times a request that is safe to repeat is sent when a pooled
+/// connection turns out to be closed before any answer (see [`closed_before_answer`]).
+const STALE_CONNECTION_RETRIES: usize = 2;
 
 /// A remote node.
 #[derive(Clone)]
@@ -130,10 +133,58 @@ impl RemoteNode {
         self.client
             .request(req)
             .await
-            .map_err(|err| ClientError::Unavailable {
-                node: self.name.clone(),
-                reason: error_chain(&err),
-            })
+            .map_err(|err| self.unavailable(&err))
+    }
+
+    /// Send a request that is safe to repeat (a GET: no body, no side effects), built
+    /// afresh by `build` for each attempt (a token is used once). A pooled connection
+    /// the node closed before answering — it was restarted, or closed the connection as
+    /// the request went out — is retried on another connection instead of failing the
+    /// caller; a node that cannot be reached at all is not.
+    async fn send_repeatable(
+        &self,
+        build: impl Fn() -> Result<Request<Body>, ClientError>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let mut retries = STALE_CONNECTION_RETRIES;
+        loop {
+            match self.client.request(build()?).await {
+                Ok(resp) => return Ok(resp),
+                Err(err) if retries > 0 && closed_before_answer(&err) => {
+                    retries -= 1;
+                    tracing::debug!(
+                        node = %self.name,
+                        error = %error_chain(&err),
+                        "connection closed before an answer; sending the request again"
+                    );
+                }
+                Err(err) => return Err(self.unavailable(&err)),
+            }
+        }
+    }
+
+    fn unavailable(&self, err: &dyn std::error::Error) -> ClientError {
+        ClientError::Unavailable {
+            node: self.name.clone(),
+            reason: error_chain(err),
+        }
+    }
+
+    /// [`Self::send_repeatable`] within `limit`.
+    async fn send_repeatable_within(
+        &self,
+        build: impl Fn() -> Result<Request<Body>, ClientError>,
+        limit: Duration,
+    ) -> Result<Response<Incoming>, ClientError> {
+        tokio::time::timeout(limit, self.send_repeatable(build))
+            .await
+            .map_err(|_| self.timed_out(limit))?
+    }
+
+    fn timed_out(&self, limit: Duration) -> ClientError {
+        ClientError::Unavailable {
+            node: self.name.clone(),
+            reason: format!("no answer within {limit:?}"),
+        }
     }
 
     async fn send_with_timeout(
@@ -143,10 +194,7 @@ impl RemoteNode {
     ) -> Result<Response<Incoming>, ClientError> {
         tokio::time::timeout(limit, self.send(req))
             .await
-            .map_err(|_| ClientError::Unavailable {
-                node: self.name.clone(),
-                reason: format!("no answer within {limit:?}"),
-            })?
+            .map_err(|_| self.timed_out(limit))?
     }
 
     /// Turn a non-success status into the matching error.
@@ -219,15 +267,17 @@ impl RemoteNode {
             call.repo.relative_dir(),
             call.service.name()
         );
-        let mut req = self.request(Method::GET, &path, call.request_id);
-        if let Some(p) = call.protocol {
-            req = req.header("git-protocol", p.as_str());
-        }
-        if empty_if_missing {
-            req = req.header(api::EMPTY_IF_MISSING, "1");
-        }
-        let req = req.body(Body::empty()).map_err(|e| self.build_error(e))?;
-        let resp = self.send(req).await?;
+        let build = || {
+            let mut req = self.request(Method::GET, &path, call.request_id);
+            if let Some(p) = call.protocol {
+                req = req.header("git-protocol", p.as_str());
+            }
+            if empty_if_missing {
+                req = req.header(api::EMPTY_IF_MISSING, "1");
+            }
+            req.body(Body::empty()).map_err(|e| self.build_error(e))
+        };
+        let resp = self.send_repeatable(build).await?;
         let resp = self.check(resp, call.repo).await?;
         self.peeked(resp).await
     }
@@ -279,16 +329,31 @@ impl RemoteNode {
                 api::body_digest(json)
             ));
         }
-        let mut req = self.request(method, &path, "-");
-        let body = match json {
+        let resp = match json {
             Some(json) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(json)
+                let req = self
+                    .request(method, &path, "-")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(json))
+                    .map_err(|e| self.build_error(e))?;
+                self.send_with_timeout(req, limit).await?
             }
-            None => Body::empty(),
+            None if method == Method::GET => {
+                let build = || {
+                    self.request(Method::GET, &path, "-")
+                        .body(Body::empty())
+                        .map_err(|e| self.build_error(e))
+                };
+                self.send_repeatable_within(build, limit).await?
+            }
+            None => {
+                let req = self
+                    .request(method, &path, "-")
+                    .body(Body::empty())
+                    .map_err(|e| self.build_error(e))?;
+                self.send_with_timeout(req, limit).await?
+            }
         };
-        let req = req.body(body).map_err(|e| self.build_error(e))?;
-        let resp = self.send_with_timeout(req, limit).await?;
         let resp = self.check(resp, repo).await?;
         let body = Limited::new(resp.into_body(), 1 << 20);
         match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
@@ -361,11 +426,12 @@ impl RemoteNode {
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<String>, ClientError> {
-        let req = self
-            .request(Method::GET, "/admin/repos", "-")
-            .body(Body::empty())
-            .map_err(|e| self.build_error(e))?;
-        let resp = self.send_with_timeout(req, ADMIN_TIMEOUT).await?;
+        let build = || {
+            self.request(Method::GET, "/admin/repos", "-")
+                .body(Body::empty())
+                .map_err(|e| self.build_error(e))
+        };
+        let resp = self.send_repeatable_within(build, ADMIN_TIMEOUT).await?;
         if !resp.status().is_success() {
             return Err(ClientError::Status {
                 node: self.name.clone(),
@@ -396,10 +462,12 @@ impl RemoteNode {
     }
 
     pub(crate) async fn check_health(&self) -> Result<Option<api::NodeLoad>, ClientError> {
-        let req = Request::get(format!("{}/-/health", self.base))
-            .body(Body::empty())
-            .map_err(|e| self.build_error(e))?;
-        let resp = self.send_with_timeout(req, HEALTH_TIMEOUT).await?;
+        let build = || {
+            Request::get(format!("{}/-/health", self.base))
+                .body(Body::empty())
+                .map_err(|e| self.build_error(e))
+        };
+        let resp = self.send_repeatable_within(build, HEALTH_TIMEOUT).await?;
         if !resp.status().is_success() {
             return Err(ClientError::Unavailable {
                 node: self.name.clone(),
@@ -428,6 +496,32 @@ impl RemoteNode {
             reason: format!("building request: {err}"),
         }
     }
+}
+
+/// Whether `err` says the connection was closed (or reset) after the request went out
+/// and before any answer came back: what a pooled connection to a node that has just
+/// been restarted, or that is closing the connection, gives. Connect errors are not
+/// this: the node is not reachable, and asking again would only wait again.
+fn closed_before_answer(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// An error and its causes on one line.
