@@ -128,7 +128,14 @@ impl PackCache {
         let inner = &self.inner;
         inner.evict_expired();
         if let Some((entry, follower)) = inner.index.join(&key) {
-            return inner.hit(entry, follower);
+            if !entry.is_truncated() {
+                return inner.hit(entry, follower);
+            }
+            // Damaged on disk by something else: drop it and go on as if it were gone
+            // (readers already sending it fail, never end cleanly).
+            drop(follower);
+            tracing::warn!(key = %key, path = %entry.path().display(), "pack cache entry file is shorter than written; evicting it");
+            inner.index.remove(&entry, "damaged");
         }
         if let Some(answer) = inner.flights.join(&key) {
             // The flight lands in an entry for us, or says it cannot (it outgrew its
@@ -270,6 +277,8 @@ impl PackCache {
         config.max_bytes = max_bytes;
         config.min_free_bytes = min_free_bytes;
         drop(config);
+        // A lower budget applies now, not when the next entry is made.
+        while inner.index.usage().get() > max_bytes && inner.index.evict_oldest("max_bytes") {}
         inner.metrics.enabled.reset();
         let dir = inner
             .store

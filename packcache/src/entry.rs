@@ -197,6 +197,21 @@ impl Entry {
         matches!(self.progress.borrow().phase, Phase::Done)
     }
 
+    /// Whether the entry is done but its file holds fewer bytes than were written:
+    /// something outside the cache truncated it. Such an entry must not be served (a
+    /// hit would end short, however it is read); one `fstat` on the open file, which
+    /// never waits for the disk.
+    pub(crate) fn is_truncated(&self) -> bool {
+        let written = {
+            let progress = self.progress.borrow();
+            if !matches!(progress.phase, Phase::Done) {
+                return false;
+            }
+            progress.written
+        };
+        self.file.metadata().is_ok_and(|m| m.len() < written)
+    }
+
     /// Readers attached now.
     pub(crate) fn readers(&self) -> usize {
         self.progress.receiver_count()

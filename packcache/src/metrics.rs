@@ -77,6 +77,7 @@ impl CacheMetrics {
             "failed",
             "abandoned",
             "write_error",
+            "damaged",
         ] {
             m.evictions.with_label_values(&[reason]);
         }

@@ -1,6 +1,7 @@
 //! One test per failure mode: the producer failing or panicking mid-stream, a write error
 //! (full disk) mid-stream, a full disk before an entry exists, a failed file creation,
-//! the file unlinked under a reader, and readers leaving early.
+//! the file unlinked under a reader, readers leaving early, an entry file cut short by
+//! something else, and a lowered disk budget.
 
 use std::io;
 use std::time::Duration;
@@ -255,4 +256,55 @@ async fn last_reader_leaving_stops_the_producer_and_removes_the_entry() {
         matches!(next, Fetch::Miss(_)),
         "an abandoned entry was joinable"
     );
+}
+
+#[tokio::test]
+async fn an_entry_file_cut_short_by_something_else_is_evicted_not_served() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (kind, _) = drain(h.cache.fetch(key("k"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "miss");
+    let files: Vec<_> = std::fs::read_dir(h.cache.life_dir())
+        .expect("life dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one entry file: {files:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .and_then(|f| f.set_len(4000))
+        .expect("truncate the entry file");
+    let (kind, result) = drain(h.cache.fetch(key("k"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "miss", "a damaged entry is not a hit");
+    assert_eq!(result, Ok((expected_hash(10, 1000), 10_000)));
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("damaged")),
+        1
+    );
+    let (kind, result) = drain(h.cache.fetch(key("k"), || unreachable!("a hit")).await).await;
+    assert_eq!(kind, "hit", "the regenerated entry serves");
+    assert_eq!(result, Ok((expected_hash(10, 1000), 10_000)));
+}
+
+#[tokio::test]
+async fn a_lowered_disk_budget_evicts_at_once() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    for name in ["a", "b", "c"] {
+        let (kind, _) = drain(h.cache.fetch(key(name), || fixed(10, 1000)).await).await;
+        assert_eq!(kind, "miss");
+    }
+    assert_eq!(h.cache.usage(), 30_000);
+    h.cache
+        .reconfigure(Duration::from_secs(300), 0, 15_000, 0);
+    assert_eq!(h.cache.entries(), 1, "evicted down to the new budget");
+    assert_eq!(h.cache.usage(), 10_000);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("max_bytes")),
+        2
+    );
+    h.store.removed(2).await;
+    // The newest entry is the one kept.
+    let (kind, _) = drain(h.cache.fetch(key("c"), || unreachable!("a hit")).await).await;
+    assert_eq!(kind, "hit");
 }
