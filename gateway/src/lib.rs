@@ -288,6 +288,7 @@ async fn open_cluster(
             config::Replication::Sync => ReplicationMode::Sync,
         },
         lock_timeout: storage.lock_timeout,
+        stream_idle_timeout: storage.stream_idle_timeout,
         reconcile_interval: storage.reconcile_interval,
         workers: storage.replication_workers,
         max_retry_delay: storage.replication_retry_max,

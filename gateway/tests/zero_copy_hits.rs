@@ -1,11 +1,11 @@
 //! Pack cache responses sent with `sendfile`, with real git clients and raw HTTP/1.1:
 //! a hit on an entry still being written, `Content-Length` and keep-alive after a hit,
-//! a producer failing under its readers, a client that stops reading or leaves, and an
-//! entry evicted while it is sent. (The TLS hit is in `operations.rs`, with the HTTPS
-//! setup.)
+//! a producer failing under its readers, a client that stops reading or leaves, an
+//! entry evicted while it is sent, and a node whose output stalls mid-pack. (The TLS hit
+//! is in `operations.rs`, with the HTTPS setup.)
 //!
 //! The in-process node runs git through a wrapper that installs a pack-objects hook, so
-//! a test can make pack generation slow, or make it die halfway.
+//! a test can make pack generation slow, make it die halfway, or stop upload-pack.
 
 mod support;
 
@@ -31,12 +31,18 @@ struct Setup {
 /// A gateway whose node packs through the hook, caching every fetch, serving one
 /// repository `big` of about `mib` MiB of incompressible data.
 fn setup(mib: usize, extra: &str, limits: &str) -> Setup {
+    setup_with_storage(mib, extra, limits, "")
+}
+
+/// [`setup`] with extra `[storage]` keys.
+fn setup_with_storage(mib: usize, extra: &str, limits: &str, storage: &str) -> Setup {
     let tmp = TempDir::new().expect("tempdir");
     let hook = HookedGit::new(&tmp.path().join("hooked"));
     let mut options = GatewayOptions {
         create_on_push: true,
         extra: format!("[cache]\nmin_occurrences = 0\n{extra}\n"),
         node_git: Some(hook.program()),
+        storage: storage.to_owned(),
         ..Default::default()
     };
     if !limits.is_empty() {
@@ -335,6 +341,35 @@ fn a_producer_failure_fails_every_reader_and_caches_nothing() {
     assert!(after.wait().expect("wait").success());
     s.git.fsck(&dir);
     assert_eq!(s.gw.upload_pack_runs(), runs + 2);
+}
+
+#[test]
+fn a_node_whose_output_stalls_mid_pack_is_cut_off_and_the_gateway_goes_on() {
+    let s = setup_with_storage(8, "", "", "stream_idle_timeout = \"2s\"");
+    s.hook.set(Mode::Stall);
+    let url = s.gw.repo_url("big");
+    let ((mut first, _), (mut second, _)) = two_clones_of_one_production(&s);
+    let started = Instant::now();
+    for child in [&mut first, &mut second] {
+        let (ok, stderr) = child.wait_with_output_ref();
+        assert!(!ok, "a clone of a stalled pack succeeded");
+        assert!(!stderr.is_empty(), "git said nothing about the failure");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stalled clones were not cut off promptly: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        s.gw.server.log_text().contains("cut off as stalled"),
+        "the log does not say why"
+    );
+    // Nothing of the stalled pack is served, and the gateway still serves.
+    s.hook.set(Mode::Normal);
+    let dir = s.tmp.path().join("after");
+    let mut after = clone_v0(&s.git, &url, &dir);
+    assert!(after.wait().expect("wait").success());
+    s.git.fsck(&dir);
 }
 
 /// `wait_with_output` for a borrowed child: (success, stderr).

@@ -24,6 +24,7 @@ pub mod health;
 pub mod metadata;
 mod nodes;
 pub mod remote;
+mod stall;
 
 pub use call::GitCall;
 pub use client::NodeClient;

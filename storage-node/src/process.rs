@@ -61,6 +61,14 @@ pub enum GitStreamError {
     /// The remote node's response broke off or could not be read.
     #[error("node response failed: {0}")]
     Remote(String),
+    /// The output sent nothing for this long and was cut off.
+    #[error("{node} sent nothing for {idle:?}; cut off as stalled")]
+    Stalled {
+        /// The node's name.
+        node: String,
+        /// How long it was silent.
+        idle: std::time::Duration,
+    },
 }
 
 /// Start `cmd` and stream its stdout. `body`, if any, is copied to its stdin. `guard`

@@ -227,6 +227,7 @@ mod tests {
             (ds.reconcile_interval, ds.lock_timeout),
             (cs.reconcile_interval, cs.lock_timeout)
         );
+        assert_eq!(ds.stream_idle_timeout, cs.stream_idle_timeout);
         assert_eq!(
             c.metadata,
             MetadataConfig::Embedded("/srv/gitgate/data/gitgate.db".into())

@@ -26,6 +26,8 @@ pub struct StorageConfig {
     pub reconcile_interval: Duration,
     /// How long a push waits for another write to the same repository.
     pub lock_timeout: Duration,
+    /// How long a node's git output may send nothing before it is cut off.
+    pub stream_idle_timeout: Duration,
     /// The storage nodes.
     pub nodes: Vec<NodeSpec>,
     /// Active health checks and when a node counts as down.
@@ -67,6 +69,8 @@ pub(super) struct RawStorage {
     reconcile_interval: Duration,
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     lock_timeout: Duration,
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    stream_idle_timeout: Duration,
 }
 
 fn default_workers() -> usize {
@@ -83,6 +87,10 @@ fn default_reconcile_interval() -> Duration {
 
 fn default_lock_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_health_interval() -> Duration {
@@ -158,6 +166,7 @@ impl RawStorage {
             ("storage.replication_retry_max", self.replication_retry_max),
             ("storage.reconcile_interval", self.reconcile_interval),
             ("storage.lock_timeout", self.lock_timeout),
+            ("storage.stream_idle_timeout", self.stream_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
@@ -252,6 +261,7 @@ impl RawStorage {
             replication_retry_max: self.replication_retry_max,
             reconcile_interval: self.reconcile_interval,
             lock_timeout: self.lock_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
             nodes,
         })
     }

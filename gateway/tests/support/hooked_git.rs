@@ -12,6 +12,9 @@ pub enum Mode {
     Slow,
     /// Slow, then dies after about 1 MiB.
     Fail,
+    /// Slow, then after about 1 MiB stops upload-pack itself (SIGSTOP): a node's git
+    /// output that goes silent mid-pack, without keep-alives.
+    Stall,
 }
 
 /// A git program for the node whose pack-objects behaves as `mode` says.
@@ -32,8 +35,9 @@ impl HookedGit {
             &hook,
             format!(
                 r#"#!/usr/bin/env python3
-import subprocess, sys, time
+import os, signal, subprocess, sys, time
 mode = open("{mode}").read().strip()
+parent = os.getppid()
 p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
 out = sys.stdout.buffer
 sent = 0
@@ -43,6 +47,13 @@ while True:
         break
     if mode == "fail" and sent > (1 << 20):
         p.kill()
+        sys.exit(1)
+    if mode == "stall" and sent > (1 << 20):
+        p.kill()
+        os.kill(parent, signal.SIGSTOP)
+        # Until upload-pack is killed (this process is then reparented).
+        while os.getppid() == parent:
+            time.sleep(0.1)
         sys.exit(1)
     out.write(chunk)
     out.flush()
@@ -81,6 +92,7 @@ sys.exit(p.wait())
             Mode::Normal => "normal",
             Mode::Slow => "slow",
             Mode::Fail => "fail",
+            Mode::Stall => "stall",
         };
         std::fs::write(self.dir.join("mode"), word).expect("write mode");
     }

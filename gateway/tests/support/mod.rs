@@ -218,6 +218,8 @@ pub struct GatewayOptions {
     pub auth: Option<String>,
     /// Extra keys for `[listen]`.
     pub listen: String,
+    /// Extra keys for `[storage]`.
+    pub storage: String,
     /// The node token the gateway uses for a remote node.
     pub node_token: Option<String>,
     /// The git program of the in-process node (`[[storage.nodes]] git`).
@@ -258,9 +260,10 @@ impl TestGateway {
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{}\n[storage]\ncreate_on_push = {}\n{node_toml}{}\n{}\n",
+                "[listen]\naddr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{}\n[storage]\ncreate_on_push = {}\n{}\n{node_toml}{}\n{}\n",
                 options.listen,
                 options.create_on_push,
+                options.storage,
                 options.extra,
                 options.auth.clone().unwrap_or_else(|| "[auth]\nanonymous = \"write\"".into())
             ),

@@ -295,8 +295,7 @@ async fn a_lowered_disk_budget_evicts_at_once() {
         assert_eq!(kind, "miss");
     }
     assert_eq!(h.cache.usage(), 30_000);
-    h.cache
-        .reconfigure(Duration::from_secs(300), 0, 15_000, 0);
+    h.cache.reconfigure(Duration::from_secs(300), 0, 15_000, 0);
     assert_eq!(h.cache.entries(), 1, "evicted down to the new budget");
     assert_eq!(h.cache.usage(), 10_000);
     assert_eq!(

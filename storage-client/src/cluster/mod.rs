@@ -55,6 +55,9 @@ pub struct ClusterSettings {
     pub mode: ReplicationMode,
     /// How long a write waits for the repository's lock.
     pub lock_timeout: Duration,
+    /// How long a node's git output (an advertisement, a pack, a push's report) may
+    /// send nothing before it is cut off as stalled.
+    pub stream_idle_timeout: Duration,
     /// How often the reconciler looks at every repository.
     pub reconcile_interval: Duration,
     /// Replication jobs run at once by this gateway.

@@ -85,7 +85,7 @@ impl Cluster {
     ) -> Result<GitStream, ClusterError> {
         let mut last = None;
         for &node in route.candidates() {
-            match self.observe(node, self.node(node).info_refs(call).await) {
+            match self.observe_stream(node, self.node(node).info_refs(call).await) {
                 Ok(stream) => return Ok(stream),
                 Err(err) => last = Some(err),
             }
@@ -108,7 +108,7 @@ impl Cluster {
                 let body = body.clone();
                 async move { Ok(body) }
             }));
-            match self.observe(node, client.rpc(call, request).await) {
+            match self.observe_stream(node, client.rpc(call, request).await) {
                 Ok(stream) => {
                     self.metrics
                         .read_distribution
@@ -125,6 +125,21 @@ impl Cluster {
             }
         }
         Err(no_answer(last))
+    }
+
+    /// [`Self::observe`] for a call that answers with git output, which is then cut off
+    /// if it stalls (`stream_idle_timeout`).
+    pub(crate) fn observe_stream(
+        &self,
+        node: NodeId,
+        result: Result<GitStream, ClientError>,
+    ) -> Result<GitStream, ClientError> {
+        let stream = self.observe(node, result)?;
+        Ok(crate::stall::cut_when_idle(
+            stream,
+            self.node(node).name(),
+            self.settings.stream_idle_timeout,
+        ))
     }
 
     /// Count a node call's outcome, report an unreachable node to the health monitor,

@@ -62,7 +62,7 @@ impl PushGuard {
         let node = self.cluster.node(self.primary);
         Ok(self
             .cluster
-            .observe(self.primary, node.rpc(call, body).await)?)
+            .observe_stream(self.primary, node.rpc(call, body).await)?)
     }
 
     /// Record the push's outcome; in `sync` mode, copy it to the other replicas first.
@@ -120,7 +120,9 @@ impl Cluster {
         create: bool,
     ) -> Result<GitStream, ClusterError> {
         match self.push_target(call.repo, false).await {
-            Ok(primary) => Ok(self.observe(primary, self.node(primary).info_refs(call).await)?),
+            Ok(primary) => {
+                Ok(self.observe_stream(primary, self.node(primary).info_refs(call).await)?)
+            }
             Err(ClusterError::NotFound(_)) if create => {
                 let names: Vec<&str> = self.nodes.nodes().iter().map(|n| n.name()).collect();
                 let placed = placement::nodes_for(
@@ -138,7 +140,7 @@ impl Cluster {
                         call.repo
                     )));
                 };
-                Ok(self.observe(
+                Ok(self.observe_stream(
                     node,
                     self.node(node).push_advertisement_or_empty(call).await,
                 )?)
