@@ -1,11 +1,12 @@
 //! Pack cache responses sent with `sendfile`, with real git clients and raw HTTP/1.1:
 //! a hit on an entry still being written, `Content-Length` and keep-alive after a hit,
 //! a producer failing under its readers, a client that stops reading or leaves, an
-//! entry evicted while it is sent, and a node whose output stalls mid-pack. (The TLS hit
-//! is in `operations.rs`, with the HTTPS setup.)
+//! entry evicted while it is sent, a node whose output stalls mid-pack, and one that
+//! never answers a fetch. (The TLS hit is in `operations.rs`, with the HTTPS setup.)
 //!
 //! The in-process node runs git through a wrapper that installs a pack-objects hook, so
-//! a test can make pack generation slow, make it die halfway, or stop upload-pack.
+//! a test can make pack generation slow, make it die halfway, stop upload-pack, or
+//! make upload-pack hang before it answers.
 
 mod support;
 
@@ -370,6 +371,52 @@ fn a_node_whose_output_stalls_mid_pack_is_cut_off_and_the_gateway_goes_on() {
     let mut after = clone_v0(&s.git, &url, &dir);
     assert!(after.wait().expect("wait").success());
     s.git.fsck(&dir);
+}
+
+#[test]
+fn a_node_that_never_answers_a_fetch_is_given_up_and_its_git_stopped() {
+    let s = setup_with_storage(1, "", "", "stream_idle_timeout = \"2s\"");
+    s.hook.set(Mode::Hang);
+    let url = s.gw.repo_url("big");
+    let started = Instant::now();
+    let mut hung = clone_v0(&s.git, &url, &s.tmp.path().join("hung"));
+    let (ok, stderr) = hung.wait_with_output_ref();
+    assert!(!ok, "a clone from a node that never answered succeeded");
+    assert!(!stderr.is_empty(), "git said nothing about the failure");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hung fetch was not given up promptly: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        s.gw.server.log_text().contains("sent nothing for 2s"),
+        "the log does not say why"
+    );
+    // The stand-in for the hung git is stopped, not left behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hung_gits() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung git process was left running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.hook.set(Mode::Normal);
+    let dir = s.tmp.path().join("after");
+    let mut after = clone_v0(&s.git, &url, &dir);
+    assert!(after.wait().expect("wait").success());
+    s.git.fsck(&dir);
+}
+
+/// Processes running the [`Mode::Hang`] stand-in (`sleep 613`), from `/proc`.
+fn hung_gits() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\0613\0"))
+        .count()
 }
 
 /// `wait_with_output` for a borrowed child: (success, stderr).

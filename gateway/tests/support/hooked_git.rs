@@ -15,6 +15,9 @@ pub enum Mode {
     /// Slow, then after about 1 MiB stops upload-pack itself (SIGSTOP): a node's git
     /// output that goes silent mid-pack, without keep-alives.
     Stall,
+    /// upload-pack (a fetch, not an advertisement) never starts and never answers: a
+    /// node's git that hangs before its first byte. The stand-in is `sleep 613`.
+    Hang,
 }
 
 /// A git program for the node whose pack-objects behaves as `mode` says.
@@ -70,9 +73,18 @@ sys.exit(p.wait())
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\nexec {} -c uploadpack.packObjectsHook={} \"$@\"\n",
-                real.trim(),
-                hook.display()
+                r#"#!/bin/sh
+if [ "$(cat {mode})" = hang ]; then
+  case " $* " in
+    *" --advertise-refs "*) ;;
+    *" upload-pack "*) exec sleep 613 ;;
+  esac
+fi
+exec {git} -c uploadpack.packObjectsHook={hook} "$@"
+"#,
+                mode = dir.join("mode").display(),
+                git = real.trim(),
+                hook = hook.display()
             ),
         )
         .expect("write wrapper");
@@ -93,6 +105,7 @@ sys.exit(p.wait())
             Mode::Slow => "slow",
             Mode::Fail => "fail",
             Mode::Stall => "stall",
+            Mode::Hang => "hang",
         };
         std::fs::write(self.dir.join("mode"), word).expect("write mode");
     }

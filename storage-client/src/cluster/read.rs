@@ -85,7 +85,10 @@ impl Cluster {
     ) -> Result<GitStream, ClusterError> {
         let mut last = None;
         for &node in route.candidates() {
-            match self.observe_stream(node, self.node(node).info_refs(call).await) {
+            let answer = self
+                .first_answer(node, self.node(node).info_refs(call))
+                .await;
+            match self.observe_stream(node, answer) {
                 Ok(stream) => return Ok(stream),
                 Err(err) => last = Some(err),
             }
@@ -108,7 +111,8 @@ impl Cluster {
                 let body = body.clone();
                 async move { Ok(body) }
             }));
-            match self.observe_stream(node, client.rpc(call, request).await) {
+            let answer = self.first_answer(node, client.rpc(call, request)).await;
+            match self.observe_stream(node, answer) {
                 Ok(stream) => {
                     self.metrics
                         .read_distribution
@@ -125,6 +129,25 @@ impl Cluster {
             }
         }
         Err(no_answer(last))
+    }
+
+    /// `call` to `node`, given up as unavailable when it has not answered within
+    /// `stream_idle_timeout`: a read that hangs before its first byte (a git process
+    /// stuck before it says anything) then goes to the next replica instead of holding
+    /// its client, and every reader of a pack cache entry, forever. Only reads: a push
+    /// answers once its whole pack is uploaded, which may rightly take longer.
+    async fn first_answer<T>(
+        &self,
+        node: NodeId,
+        call: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let idle = self.settings.stream_idle_timeout;
+        tokio::time::timeout(idle, call).await.unwrap_or_else(|_| {
+            Err(ClientError::Unavailable {
+                node: self.node(node).name().to_owned(),
+                reason: format!("sent nothing for {idle:?}"),
+            })
+        })
     }
 
     /// [`Self::observe`] for a call that answers with git output, which is then cut off
