@@ -2,9 +2,10 @@
 //! needs, and `FileStore`, the real one.
 //!
 //! Each process life gets its own subdirectory `<dir>/gitgate-<pid>-<nanos>`; entry files
-//! in it are numbered and never reused (I4). At start, subdirectories of earlier lives
-//! whose process is gone are removed, so nothing written by a previous life is ever
-//! served. Every operation here blocks; callers run them on `spawn_blocking`. Reading
+//! in it are numbered and never reused (I4). The life holds an exclusive lock on
+//! `<dir>/gitgate-<pid>-<nanos>.lock` while it runs; at start, subdirectories of earlier
+//! lives whose lock is free are removed, so nothing written by a previous life is ever
+//! served, and a live gateway sharing the directory keeps its own. Every operation here blocks; callers run them on `spawn_blocking`. Reading
 //! entry files is the reader's job, not this module's. Tests wrap `FileStore` in a
 //! store that fails writes, reports a full disk or signals removals.
 
@@ -16,8 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use nix::fcntl::{Flock, FlockArg};
 
 const LIFE_PREFIX: &str = "gitgate-";
+/// Beside each life's directory, the file its process holds locked.
+const LOCK_SUFFIX: &str = ".lock";
 
 /// Slices per `pwritev` call, well under any system's `IOV_MAX` (1024 on Linux).
 const MAX_IOVECS: usize = 512;
@@ -61,16 +65,14 @@ pub(crate) trait EntryStore: fmt::Debug + Send + Sync + 'static {
 pub(crate) struct FileStore {
     life_dir: PathBuf,
     counter: AtomicU64,
+    /// Held for as long as this process runs (see [`ended_life`]).
+    _life_lock: Flock<File>,
 }
 
 impl FileStore {
     /// Prepare `dir`: create it, remove leftovers of dead processes, make this life's
     /// subdirectory. Blocking; call it from `spawn_blocking`.
     pub(crate) fn open_blocking(dir: &Path) -> Result<Self, StoreError> {
-        let io_err = |op, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { op, path, source }
-        };
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         for entry in std::fs::read_dir(dir)
             .map_err(io_err("reading", dir))?
@@ -78,17 +80,25 @@ impl FileStore {
         {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(rest) = name.strip_prefix(LIFE_PREFIX) else {
+            if !name.starts_with(LIFE_PREFIX) {
+                continue;
+            }
+            let (life, lock) = match name.strip_suffix(LOCK_SUFFIX) {
+                // A lock whose directory is gone (a removal cut short) goes too.
+                Some(life) if dir.join(life).exists() => continue,
+                Some(life) => (dir.join(life), entry.path()),
+                None => (entry.path(), dir.join(format!("{name}{LOCK_SUFFIX}"))),
+            };
+            let Some(_held_while_removing) = ended_life(&life, &lock) else {
                 continue;
             };
-            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|pid| {
-                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
-            });
-            if !alive {
-                tracing::info!(path = %entry.path().display(), "removing pack cache leftovers of an earlier run");
-                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), error = %err, "could not remove leftovers");
+            tracing::info!(path = %life.display(), "removing pack cache leftovers of an earlier run");
+            for (path, result) in [
+                (&life, std::fs::remove_dir_all(&life)),
+                (&lock, std::fs::remove_file(&lock)),
+            ] {
+                if let Err(err) = result.or_else(ignore_missing) {
+                    tracing::warn!(path = %path.display(), error = %err, "could not remove leftovers");
                 }
             }
         }
@@ -96,13 +106,77 @@ impl FileStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let life_dir = dir.join(format!("{LIFE_PREFIX}{}-{nanos}", std::process::id()));
+        let name = format!("{LIFE_PREFIX}{}-{nanos}", std::process::id());
+        // The lock first, then the directory: a directory without a lock is never one
+        // of this version's live ones.
+        let lock_path = dir.join(format!("{name}{LOCK_SUFFIX}"));
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .map_err(io_err("creating", &lock_path))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            StoreError::Io {
+                op: "locking",
+                path: lock_path.clone(),
+                source: errno.into(),
+            }
+        })?;
+        let life_dir = dir.join(&name);
         // I4: `create_dir` fails rather than adopt a directory that already exists.
         std::fs::create_dir(&life_dir).map_err(io_err("creating", &life_dir))?;
         Ok(Self {
             life_dir,
             counter: AtomicU64::new(0),
+            _life_lock: lock,
         })
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { op, path, source }
+}
+
+fn ignore_missing(err: io::Error) -> io::Result<()> {
+    if err.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether the life that made `life` (a directory, which may be gone) has ended; if so,
+/// its lock, held until the leftovers are removed. A life holds an exclusive lock on
+/// `lock` for as long as its process runs, and the kernel releases it however the
+/// process ends, so this holds even when the old pid now names another process, or
+/// another pid namespace (a container) shares the directory. A directory without a
+/// lock file (made by an older version) is judged by whether its pid runs.
+fn ended_life(life: &Path, lock: &Path) -> Option<Option<Flock<File>>> {
+    match std::fs::OpenOptions::new().write(true).open(lock) {
+        Ok(file) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Some(Some(held)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => None,
+            Err((_, err)) => {
+                tracing::warn!(path = %lock.display(), error = %err, "cannot tell whether a pack cache directory is in use; keeping it");
+                None
+            }
+        },
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let name = life.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let pid = name
+                .strip_prefix(LIFE_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            let running = pid.is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            });
+            (!running).then_some(None)
+        }
+        Err(err) => {
+            tracing::warn!(path = %lock.display(), error = %err, "cannot tell whether a pack cache directory is in use; keeping it");
+            None
+        }
     }
 }
 

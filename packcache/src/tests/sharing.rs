@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -189,8 +190,23 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
     let dead = cache_dir.join("gitgate-4000000000-1");
     std::fs::create_dir_all(&dead).expect("mkdir");
     std::fs::write(dead.join("00000000.entry"), b"half written").expect("write");
-    let live = cache_dir.join("gitgate-1-1"); // pid 1 is alive
+    // Without a lock file (an older version's), judged by the pid: pid 1 is alive.
+    let live = cache_dir.join("gitgate-1-1");
     std::fs::create_dir_all(&live).expect("mkdir");
+    // With a free lock: its life is over, though pid 1 now runs something.
+    let reused = cache_dir.join("gitgate-1-2");
+    std::fs::create_dir_all(&reused).expect("mkdir");
+    std::fs::write(cache_dir.join("gitgate-1-2.lock"), b"").expect("write");
+    // With a held lock: alive (another gateway sharing the directory, maybe in
+    // another pid namespace), whatever its pid says.
+    let held = cache_dir.join("gitgate-4000000001-3");
+    std::fs::create_dir_all(&held).expect("mkdir");
+    let held_lock =
+        std::fs::File::create(cache_dir.join("gitgate-4000000001-3.lock")).expect("create lock");
+    held_lock.try_lock().expect("lock");
+    // A free lock whose directory is gone.
+    let orphan = cache_dir.join("gitgate-4000000002-4.lock");
+    std::fs::write(&orphan, b"").expect("write");
     let unrelated = cache_dir.join("operator-notes.txt");
     std::fs::write(&unrelated, b"keep").expect("write");
     let registry = Registry::new();
@@ -198,7 +214,25 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
     // The production constructor, over the real file store.
     let cache = PackCache::open(config(&dir), metrics).await.expect("open");
     assert!(!dead.exists(), "leftovers of a dead process were kept");
+    assert!(!reused.exists(), "leftovers behind a free lock were kept");
+    assert!(!cache_dir.join("gitgate-1-2.lock").exists());
+    assert!(
+        !orphan.exists(),
+        "a free lock without its directory was kept"
+    );
+    assert!(held.exists(), "a directory whose lock is held was removed");
     assert!(live.exists() && unrelated.exists());
+    // This life holds its own lock.
+    let mut own_lock = cache.life_dir().as_os_str().to_owned();
+    own_lock.push(".lock");
+    let own_lock = std::fs::File::open(&own_lock).expect("this life's lock file");
+    assert!(
+        matches!(
+            Flock::lock(own_lock, FlockArg::LockExclusiveNonblock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK))
+        ),
+        "this life's lock is not held"
+    );
     // I4: this life's directory is new.
     assert!(cache.life_dir().starts_with(&cache_dir));
     assert_ne!(cache.life_dir(), dead);
