@@ -476,6 +476,21 @@ impl PackCheck {
     }
 }
 
+/// Whether `start`, the first bytes of an upload-pack answer, is git refusing a `want`
+/// it does not have (`ERR upload-pack: not our ref <oid>`, in v0 and v2 alike). A
+/// replica still catching up answers this for a tip another replica advertised moments
+/// before, so the request is worth sending to another replica. Only a whole first
+/// pkt-line counts.
+pub fn refuses_unknown_want(start: &[u8]) -> bool {
+    match pktline::decode(start) {
+        Ok(Decoded::Complete { line, .. }) => line.as_slice().is_some_and(|data| {
+            data.strip_prefix(b"ERR ")
+                .is_some_and(|msg| msg.starts_with(b"upload-pack: not our ref"))
+        }),
+        _ => false,
+    }
+}
+
 fn show(line: &[u8]) -> String {
     crate::request::show(line)
 }
@@ -484,6 +499,28 @@ fn show(line: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::pktline::Channel;
+
+    #[test]
+    fn a_refused_want_is_told_from_other_answers() {
+        let oid = "0d3cccf3f8ab670fc1457049a1df8d8a77080597";
+        let mut refused = Vec::new();
+        pktline::encode_text(
+            &mut refused,
+            format!("ERR upload-pack: not our ref {oid}").as_bytes(),
+        )
+        .expect("fits");
+        assert!(refuses_unknown_want(&refused));
+        assert!(
+            !refuses_unknown_want(&refused[..refused.len() - 1]),
+            "cut short"
+        );
+        let mut other = Vec::new();
+        pktline::encode_text(&mut other, b"ERR upload-pack: something else").expect("fits");
+        assert!(!refuses_unknown_want(&other));
+        assert!(!refuses_unknown_want(&v0_sideband(&pack(10))));
+        assert!(!refuses_unknown_want(b"PACK"));
+        assert!(!refuses_unknown_want(b""));
+    }
 
     /// A pack with `n` bytes of (meaningless) object data and a correct trailer.
     fn pack(n: usize) -> Vec<u8> {

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use gitgate_proto::RepoPath;
 
 use super::{routing, Cluster, ClusterError};
@@ -97,7 +98,10 @@ impl Cluster {
     }
 
     /// Run upload-pack with `body` on the first of `route`'s replicas that answers: a
-    /// node that fails before its first byte is reported and the next one is tried.
+    /// node that fails before its first byte is reported and the next one is tried, and
+    /// so is one that refuses a `want` as "not our ref" (a replica catching up may lack
+    /// a tip that another one advertised to the same client moments before); when every
+    /// replica refuses, the client gets git's refusal.
     pub async fn upload_pack(
         &self,
         route: &ReadRoute,
@@ -105,6 +109,7 @@ impl Cluster {
         body: &Bytes,
     ) -> Result<GitStream, ClusterError> {
         let mut last = None;
+        let mut refused = None;
         for &node in route.candidates() {
             let client = self.node(node);
             let request: RequestBody = Box::pin(futures_util::stream::once({
@@ -114,6 +119,17 @@ impl Cluster {
             let answer = self.first_answer(node, client.rpc(call, request)).await;
             match self.observe_stream(node, answer) {
                 Ok(stream) => {
+                    let stream = match split_refusal(stream).await {
+                        Ok(stream) => stream,
+                        Err(refusal) => {
+                            tracing::info!(
+                                node = client.name(),
+                                "replica does not have a wanted tip yet; trying another replica"
+                            );
+                            refused = Some(refusal);
+                            continue;
+                        }
+                    };
                     self.metrics
                         .read_distribution
                         .with_label_values(&[client.name()])
@@ -128,7 +144,10 @@ impl Cluster {
                 }
             }
         }
-        Err(no_answer(last))
+        match refused {
+            Some(refusal) => Ok(refusal),
+            None => Err(no_answer(last)),
+        }
     }
 
     /// `call` to `node`, given up as unavailable when it has not answered within
@@ -224,6 +243,23 @@ impl Cluster {
             record.repo,
             replicas.join(", ")
         ))
+    }
+}
+
+/// `stream` with its first chunk looked at: `Err` (holding the whole answer) when it is
+/// git refusing a `want` as "not our ref".
+async fn split_refusal(mut stream: GitStream) -> Result<GitStream, GitStream> {
+    let Some(first) = stream.next().await else {
+        return Ok(stream);
+    };
+    let refuses = first
+        .as_ref()
+        .is_ok_and(|bytes| gitgate_proto::response::refuses_unknown_want(bytes));
+    let whole: GitStream = Box::pin(futures_util::stream::once(async move { first }).chain(stream));
+    if refuses {
+        Err(whole)
+    } else {
+        Ok(whole)
     }
 }
 

@@ -319,7 +319,10 @@ impl Cluster {
     }
 
     /// In `sync` mode: make sure a majority of `repo`'s replicas hold the state reads
-    /// serve, copying to the ones behind now if needed.
+    /// serve, copying to the ones behind now if needed. An unacknowledged write that a
+    /// healthy replica still holds is copied forward now too (the replication workers
+    /// would do it anyway): done later, it could land between this advertisement and
+    /// the push, whose ref updates git would then refuse ("cannot lock ref").
     async fn ensure_quorum(&self, repo: &RepoPath) -> Result<(), ClusterError> {
         let record = self.reread(repo).await?;
         let needed = routing::majority(self.configured_replicas(&record).count());
@@ -330,16 +333,22 @@ impl Cluster {
                     .count()
             })
         };
-        if holding(&record) >= needed {
-            return Ok(());
-        }
         let serving_generation = self
             .serving_replicas(&record)
             .map_or(record.generation, |(g, _)| g);
+        let most_advanced = self
+            .configured_replicas(&record)
+            .filter(|r| r.generation != NO_COPY)
+            .filter(|r| self.index_of(&r.node).is_some_and(|i| self.healthy(i)))
+            .map(|r| r.generation)
+            .fold(serving_generation, i64::max);
+        if holding(&record) >= needed && most_advanced == serving_generation {
+            return Ok(());
+        }
         let behind: Vec<NodeId> = record
             .replicas
             .iter()
-            .filter(|r| r.generation < serving_generation)
+            .filter(|r| r.generation < most_advanced)
             .filter_map(|r| self.index_of(&r.node))
             .filter(|&i| self.healthy(i))
             .collect();
