@@ -415,7 +415,7 @@ fn hung_gits() -> usize {
     };
     procs
         .flatten()
-        .filter(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\0613\0"))
+        .filter(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00613\x00"))
         .count()
 }
 
