@@ -1,17 +1,18 @@
-//! A remote `gitgate-node`, reached over HTTP with a shared-secret token.
+//! A remote `gitgate-node`, reached over HTTP with a shared-secret token: the calls the
+//! cluster makes to it. How a request is sent and its answer read is `transport`.
+
+mod transport;
 
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use gitgate_proto::RepoPath;
 use gitgate_storage_node::api::{
-    self, GitStream, GitStreamError, ReplicateRequest, RepoState, RequestBody, Secret, TokenScope,
+    self, GitStream, ReplicateRequest, RepoState, RequestBody, Secret, TokenScope,
 };
-use http::{header, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyDataStream, BodyExt, Limited};
-use hyper::body::Incoming;
+use http::{header, Method, Request, Uri};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -31,11 +32,6 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a replication (a `git fetch` between nodes) may take.
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How much of an error body is kept.
-const ERROR_BODY_LIMIT: usize = 4096;
-/// How many more times a request that is safe to repeat is sent when a pooled
-/// connection turns out to be closed before any answer (see [`closed_before_answer`]).
-const STALE_CONNECTION_RETRIES: usize = 2;
 
 /// A remote node.
 #[derive(Clone)]
@@ -127,121 +123,6 @@ impl RemoteNode {
             .uri(format!("{}{}", self.base, path_and_query))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header("x-request-id", request_id)
-    }
-
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        self.client
-            .request(req)
-            .await
-            .map_err(|err| self.unavailable(&err))
-    }
-
-    /// Send a request that is safe to repeat (a GET: no body, no side effects), built
-    /// afresh by `build` for each attempt (a token is used once). A pooled connection
-    /// the node closed before answering — it was restarted, or closed the connection as
-    /// the request went out — is retried on another connection instead of failing the
-    /// caller; a node that cannot be reached at all is not.
-    async fn send_repeatable(
-        &self,
-        build: impl Fn() -> Result<Request<Body>, ClientError>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        let mut retries = STALE_CONNECTION_RETRIES;
-        loop {
-            match self.client.request(build()?).await {
-                Ok(resp) => return Ok(resp),
-                Err(err) if retries > 0 && closed_before_answer(&err) => {
-                    retries -= 1;
-                    tracing::debug!(
-                        node = %self.name,
-                        error = %error_chain(&err),
-                        "connection closed before an answer; sending the request again"
-                    );
-                }
-                Err(err) => return Err(self.unavailable(&err)),
-            }
-        }
-    }
-
-    fn unavailable(&self, err: &dyn std::error::Error) -> ClientError {
-        ClientError::Unavailable {
-            node: self.name.clone(),
-            reason: error_chain(err),
-        }
-    }
-
-    /// [`Self::send_repeatable`] within `limit`.
-    async fn send_repeatable_within(
-        &self,
-        build: impl Fn() -> Result<Request<Body>, ClientError>,
-        limit: Duration,
-    ) -> Result<Response<Incoming>, ClientError> {
-        tokio::time::timeout(limit, self.send_repeatable(build))
-            .await
-            .map_err(|_| self.timed_out(limit))?
-    }
-
-    fn timed_out(&self, limit: Duration) -> ClientError {
-        ClientError::Unavailable {
-            node: self.name.clone(),
-            reason: format!("no answer within {limit:?}"),
-        }
-    }
-
-    async fn send_with_timeout(
-        &self,
-        req: Request<Body>,
-        limit: Duration,
-    ) -> Result<Response<Incoming>, ClientError> {
-        tokio::time::timeout(limit, self.send(req))
-            .await
-            .map_err(|_| self.timed_out(limit))?
-    }
-
-    /// Turn a non-success status into the matching error.
-    async fn check(
-        &self,
-        resp: Response<Incoming>,
-        repo: &RepoPath,
-    ) -> Result<Response<Incoming>, ClientError> {
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        match status {
-            StatusCode::NOT_FOUND => return Err(ClientError::NotFound(repo.clone())),
-            StatusCode::CONFLICT => return Err(ClientError::AlreadyExists(repo.clone())),
-            _ => {}
-        }
-        let body = Limited::new(resp.into_body(), ERROR_BODY_LIMIT);
-        let message = match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
-            Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes())
-                .trim()
-                .to_owned(),
-            _ => String::from("(no readable body)"),
-        };
-        Err(ClientError::Status {
-            node: self.name.clone(),
-            status: status.as_u16(),
-            message,
-        })
-    }
-
-    fn stream(&self, resp: Response<Incoming>) -> GitStream {
-        let node = self.name.clone();
-        Box::pin(
-            BodyDataStream::new(resp.into_body()).map_err(move |err| {
-                GitStreamError::Remote(format!("{node}: {}", error_chain(&err)))
-            }),
-        )
-    }
-
-    async fn peeked(&self, resp: Response<Incoming>) -> Result<GitStream, ClientError> {
-        api::peek(self.stream(resp))
-            .await
-            .map_err(|err| ClientError::Unavailable {
-                node: self.name.clone(),
-                reason: err.to_string(),
-            })
     }
 
     pub(crate) async fn info_refs(&self, call: GitCall<'_>) -> Result<GitStream, ClientError> {
@@ -489,49 +370,4 @@ impl RemoteNode {
             }),
         }
     }
-
-    fn build_error(&self, err: http::Error) -> ClientError {
-        ClientError::Decode {
-            node: self.name.clone(),
-            reason: format!("building request: {err}"),
-        }
-    }
-}
-
-/// Whether `err` says the connection was closed (or reset) after the request went out
-/// and before any answer came back: what a pooled connection to a node that has just
-/// been restarted, or that is closing the connection, gives. Connect errors are not
-/// this: the node is not reachable, and asking again would only wait again.
-fn closed_before_answer(err: &hyper_util::client::legacy::Error) -> bool {
-    if err.is_connect() {
-        return false;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
