@@ -365,6 +365,10 @@ fn a_node_whose_output_stalls_mid_pack_is_cut_off_and_the_gateway_goes_on() {
         s.gw.server.log_text().contains("cut off as stalled"),
         "the log does not say why"
     );
+    assert!(
+        lookups(&s.gw, "hit") >= 1.0,
+        "the second clone did not join the stalled production"
+    );
     // Nothing of the stalled pack is served, and the gateway still serves.
     s.hook.set(Mode::Normal);
     let dir = s.tmp.path().join("after");
@@ -380,6 +384,14 @@ fn a_node_that_never_answers_a_fetch_is_given_up_and_its_git_stopped() {
     let url = s.gw.repo_url("big");
     let started = Instant::now();
     let mut hung = clone_v0(&s.git, &url, &s.tmp.path().join("hung"));
+    let seen = Instant::now() + Duration::from_secs(10);
+    while hung_gits(&s.gw) == 0 {
+        assert!(
+            Instant::now() < seen,
+            "the hung git process never showed up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (ok, stderr) = hung.wait_with_output_ref();
     assert!(!ok, "a clone from a node that never answered succeeded");
     assert!(!stderr.is_empty(), "git said nothing about the failure");
@@ -394,7 +406,7 @@ fn a_node_that_never_answers_a_fetch_is_given_up_and_its_git_stopped() {
     );
     // The stand-in for the hung git is stopped, not left behind.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while hung_gits() > 0 {
+    while hung_gits(&s.gw) > 0 {
         assert!(
             Instant::now() < deadline,
             "the hung git process was left running"
@@ -408,14 +420,24 @@ fn a_node_that_never_answers_a_fetch_is_given_up_and_its_git_stopped() {
     s.git.fsck(&dir);
 }
 
-/// Processes running the [`Mode::Hang`] stand-in (`sleep 613`), from `/proc`.
-fn hung_gits() -> usize {
+/// The gateway's children running the [`Mode::Hang`] stand-in (`sleep 613`; its
+/// in-process node starts git), from `/proc`.
+fn hung_gits(gw: &TestGateway) -> usize {
+    let me = gw.server.pid().to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return 0;
     };
     procs
         .flatten()
-        .filter(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00613\x00"))
+        .filter(|p| {
+            let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the fields after the last ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            parent == Some(me.as_str())
+                && std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00613\x00")
+        })
         .count()
 }
 
@@ -425,14 +447,44 @@ trait WaitRef {
 }
 
 impl WaitRef for Child {
+    /// A client still running after [`CLIENT_DEADLINE`] is killed and the test fails, so
+    /// a regression (a hang) shows as a failure rather than a test that never ends.
     fn wait_with_output_ref(&mut self) -> (bool, String) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.id()).expect("pid"));
+        let finished = Arc::new(AtomicBool::new(false));
+        let watchdog = std::thread::spawn({
+            let finished = finished.clone();
+            move || {
+                let deadline = Instant::now() + CLIENT_DEADLINE;
+                while Instant::now() < deadline {
+                    if finished.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                true
+            }
+        });
         let mut err = String::new();
         if let Some(mut stderr) = self.stderr.take() {
             let _ = stderr.read_to_string(&mut err);
         }
-        (self.wait().expect("wait").success(), err)
+        let status = self.wait().expect("wait");
+        finished.store(true, Ordering::Release);
+        let killed = watchdog.join().expect("watchdog");
+        assert!(
+            !killed,
+            "git was still running after {CLIENT_DEADLINE:?}: {err}"
+        );
+        (status.success(), err)
     }
 }
+
+/// How long a git client in these tests may run.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Warm the entry for `head`; return the length of its answer.
 fn warm(s: &Setup) -> usize {

@@ -200,7 +200,7 @@ impl Entry {
     /// Whether the entry is done but its file holds fewer bytes than were written:
     /// something outside the cache truncated it. Such an entry must not be served (a
     /// hit would end short, however it is read); one `fstat` on the open file, which
-    /// never waits for the disk.
+    /// on a local filesystem reads only the in-memory inode.
     pub(crate) fn is_truncated(&self) -> bool {
         let written = {
             let progress = self.progress.borrow();

@@ -15,7 +15,7 @@ pub struct CacheMetrics {
     pub disk_usage: IntGauge,
     /// `pack_cache_entries`: entries in the index.
     pub entries: IntGauge,
-    /// `pack_cache_evictions_total{reason=max_age|max_bytes|low_disk|failed|abandoned|write_error}`.
+    /// `pack_cache_evictions_total{reason=max_age|max_bytes|low_disk|failed|abandoned|write_error|damaged}`.
     pub evictions: IntCounterVec,
     /// `pack_cache_enabled{dir,max_age}`: 1 when the cache is on.
     pub enabled: IntGaugeVec,

@@ -108,20 +108,24 @@ impl FileStore {
             .unwrap_or(0);
         let name = format!("{LIFE_PREFIX}{}-{nanos}", std::process::id());
         // The lock first, then the directory: a directory without a lock is never one
-        // of this version's live ones.
+        // of this version's live ones. The lock file is made and locked under a name
+        // the scan above ignores and only then renamed into place, so another gateway
+        // starting meanwhile never finds it unlocked and removes it.
         let lock_path = dir.join(format!("{name}{LOCK_SUFFIX}"));
+        let making = dir.join(format!(".{name}{LOCK_SUFFIX}"));
         let lock = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&lock_path)
-            .map_err(io_err("creating", &lock_path))?;
+            .open(&making)
+            .map_err(io_err("creating", &making))?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             StoreError::Io {
                 op: "locking",
-                path: lock_path.clone(),
+                path: making.clone(),
                 source: errno.into(),
             }
         })?;
+        std::fs::rename(&making, &lock_path).map_err(io_err("renaming", &making))?;
         let life_dir = dir.join(&name);
         // I4: `create_dir` fails rather than adopt a directory that already exists.
         std::fs::create_dir(&life_dir).map_err(io_err("creating", &life_dir))?;

@@ -122,9 +122,9 @@ impl Cluster {
                     let stream = match split_refusal(stream).await {
                         Ok(stream) => stream,
                         Err(refusal) => {
-                            tracing::info!(
+                            tracing::debug!(
                                 node = client.name(),
-                                "replica does not have a wanted tip yet; trying another replica"
+                                "replica does not have a wanted object; trying another replica"
                             );
                             refused = Some(refusal);
                             continue;

@@ -22,8 +22,10 @@
 //!   `async` mode the push is served from the primary alone once recorded, so reads
 //!   stay on the primary meanwhile; in `sync` mode it is served only once a majority
 //!   holds it, so reads keep off the primary meanwhile (unless nothing else serves).
-//!   Either way a fetch never gets its refs from one state and asks another replica for
-//!   their objects;
+//!   Either way a read of one request never mixes states. A client's advertisement and
+//!   its fetch are two requests, though, and may still reach replicas a copy has not
+//!   yet made equal (a replica copied to ahead of its record, one catching up): a fetch
+//!   a replica refuses as "not our ref" goes on to the next one (`read.rs`);
 //! - the primary stays while it serves; otherwise the first serving replica becomes it;
 //! - a quorum is a majority of the configured replicas.
 

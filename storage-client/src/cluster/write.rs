@@ -158,11 +158,14 @@ impl Cluster {
             .lock(repo, self.settings.lock_timeout)
             .await
             .map_err(ClusterError::from_lock)?;
-        let (_, primary) = self.prepare_write(repo, create).await?;
+        let (_, mut primary) = self.prepare_write(repo, create).await?;
         if self.settings.mode == ReplicationMode::Sync {
             // A client that sees its refs here stops ("Everything up-to-date"): only
             // show them when a majority holds them.
             self.ensure_quorum(repo).await?;
+            // Copies may have changed which replicas serve: advertise from the primary
+            // the push itself will find.
+            (_, primary) = self.prepare_write(repo, create).await?;
         }
         drop(lock);
         Ok(primary)
