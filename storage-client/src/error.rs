@@ -22,6 +22,16 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// The node took the call but sent nothing within the time allowed (its git hung
+    /// before answering). Another replica may serve; the node is not taken for down,
+    /// since its other repositories may be fine.
+    #[error("node {node} sent nothing for {waited:?}")]
+    Silent {
+        /// The node's name.
+        node: String,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// The node answered with an error status.
     #[error("node {node} answered {status}: {message}")]
     Status {
@@ -60,8 +70,13 @@ impl ClientError {
         matches!(self, Self::NotFound(_))
     }
 
-    /// The node itself is down or unreachable (another replica might serve).
+    /// The node is down, unreachable or not answering (another replica might serve).
     pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Silent { .. })
+    }
+
+    /// The node itself could not be reached: what the health monitor counts.
+    pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
     }
 }

@@ -150,10 +150,12 @@ impl Cluster {
         }
     }
 
-    /// `call` to `node`, given up as unavailable when it has not answered within
+    /// `call` to `node`, given up as silent when it has not answered within
     /// `stream_idle_timeout`: a read that hangs before its first byte (a git process
     /// stuck before it says anything) then goes to the next replica instead of holding
-    /// its client, and every reader of a pack cache entry, forever. Only reads: a push
+    /// its client, and every reader of a pack cache entry, forever. The node is not
+    /// reported to the health monitor for it (one stuck repository does not make a node
+    /// down). Only reads: a push
     /// answers once its whole pack is uploaded, which may rightly take longer.
     async fn first_answer<T>(
         &self,
@@ -162,9 +164,9 @@ impl Cluster {
     ) -> Result<T, ClientError> {
         let idle = self.settings.stream_idle_timeout;
         tokio::time::timeout(idle, call).await.unwrap_or_else(|_| {
-            Err(ClientError::Unavailable {
+            Err(ClientError::Silent {
                 node: self.node(node).name().to_owned(),
-                reason: format!("sent nothing for {idle:?}"),
+                waited: idle,
             })
         })
     }
@@ -196,7 +198,9 @@ impl Cluster {
             Ok(_) => "ok",
             Err(e) if e.is_not_found() => "not_found",
             Err(e) if e.is_unavailable() => {
-                self.health.report_failure(node);
+                if e.is_unreachable() {
+                    self.health.report_failure(node);
+                }
                 "unavailable"
             }
             Err(_) => "error",
