@@ -11,6 +11,7 @@ use support::cluster::{
     clone, node_main, seed, seed_everywhere, wait_for, wait_replicated, Gateway, Nodes, NAMES,
 };
 use support::git::{default_client, Git};
+use support::hooked_git::{HookedGit, Mode};
 use support::{metric, path_str};
 use tempfile::TempDir;
 
@@ -817,4 +818,34 @@ fn ready_follows_the_metadata_store() {
             .status,
         200
     );
+}
+
+/// One replica's upload-pack hangs before it answers: reads that reach it are given up
+/// after `stream_idle_timeout` and served by another replica, so every clone succeeds.
+#[test]
+fn reads_skip_a_replica_whose_git_never_answers() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let hook = HookedGit::new(&tmp.path().join("hooked"));
+    let program = hook.program();
+    let nodes = Nodes::start_with_gits([Some(program.as_str()), None, None]);
+    let gw = Gateway::start(
+        &nodes,
+        "replication_factor = 3\nstream_idle_timeout = \"2s\"\n",
+        "",
+    );
+    let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "hang");
+    hook.set(Mode::Hang);
+    let url = gw.url("hang");
+    let mut gave_up = false;
+    for i in 0..8 {
+        let dir = tmp.path().join(format!("clone-{i}"));
+        assert_eq!(clone(&git, &url, &dir).expect("clone"), head);
+        if gw.server.log_text().contains("node n1 sent nothing for 2s") {
+            gave_up = true;
+            break;
+        }
+    }
+    assert!(gave_up, "no read reached the hung replica in 8 clones");
+    assert!(gw.healthy("n1"), "a hung git made its node count as down");
 }

@@ -31,9 +31,14 @@ impl Nodes {
     /// Three nodes running `git` (a program path) for their git processes, once
     /// restarted; `None`: the default.
     pub fn start_with_git(git: Option<&str>) -> Self {
-        let nodes = NAMES
-            .iter()
-            .map(|_| {
+        Self::start_with_gits([git; 3])
+    }
+
+    /// [`Self::start_with_git`] with a program per node.
+    pub fn start_with_gits(gits: [Option<&str>; 3]) -> Self {
+        let nodes = gits
+            .into_iter()
+            .map(|git| {
                 let mut node = TestNode::start();
                 // Pin the address, so a restart comes back where the gateway looks.
                 let mut config = node_config(node.server.authority(), NODE_TOKEN, "enforced");
