@@ -13,6 +13,7 @@
 //!   nodes, resolution of markers left by a crashed gateway, and a reconciler that
 //!   queues outdated replicas and compares ref checksums to find drift.
 
+mod create;
 mod delete;
 mod generations;
 mod metrics;
