@@ -13,7 +13,7 @@
 //! to the end as if uncached.
 //!
 //! A flight that ends with every byte still in memory leaves them among the *recent*
-//! flights (bounded by [`RECENT_BYTES`], for `max_age`), so the key's next occurrence,
+//! flights (bounded by [`recent::RECENT_BYTES`], for `max_age`), so the key's next occurrence,
 //! which creates an entry, fills it from memory instead of a second generation.
 //!
 //! The flight task is detached from the request that started it, like a producer (I6):
@@ -31,6 +31,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 mod kept;
+mod recent;
 
 use crate::entry::{Entry, Follower, Writer};
 use crate::index::{Index, Insert};
@@ -39,15 +40,14 @@ use crate::metrics::CacheMetrics;
 use crate::producer::Producer;
 use crate::upstream::{ByteStream, Upstream, UpstreamError};
 use kept::Kept;
+use recent::Recent;
+pub(crate) use recent::Recorded;
 
 /// Most bytes one flight keeps in memory; past this it can no longer be joined.
 pub(crate) const FLIGHT_BYTES: u64 = 32 << 20;
 
 /// Most bytes all live flights keep in memory together.
 pub(crate) const FLIGHTS_BUDGET: u64 = 64 << 20;
-
-/// Most bytes of finished flights kept for their key's next occurrence.
-pub(crate) const RECENT_BYTES: u64 = 32 << 20;
 
 /// Chunks queued towards a flight's own request.
 const CHANNEL_CHUNKS: usize = 8;
@@ -97,25 +97,7 @@ pub(crate) struct Flights {
     live: Mutex<HashMap<CacheKey, Arc<Flight>>>,
     /// Bytes kept by live flights, against [`FLIGHTS_BUDGET`].
     kept: Arc<AtomicU64>,
-    recent: moka::sync::Cache<CacheKey, Arc<Recorded>>,
-}
-
-/// A finished flight's bytes.
-#[derive(Debug)]
-pub(crate) struct Recorded {
-    pub(crate) chunks: Vec<Bytes>,
-    pub(crate) len: u64,
-}
-
-impl Recorded {
-    /// The bytes again, as an upstream.
-    pub(crate) fn upstream(self: Arc<Self>) -> Upstream {
-        Box::pin(async move {
-            let chunks: Vec<Result<Bytes, UpstreamError>> =
-                self.chunks.iter().cloned().map(Ok).collect();
-            Ok(Box::pin(futures_util::stream::iter(chunks)) as ByteStream)
-        })
-    }
+    recent: Recent,
 }
 
 /// One live flight, as joiners see it.
@@ -153,11 +135,7 @@ impl Flights {
         Self {
             live: Mutex::new(HashMap::new()),
             kept: Arc::new(AtomicU64::new(0)),
-            recent: moka::sync::Cache::builder()
-                .max_capacity(RECENT_BYTES)
-                .weigher(|_, r: &Arc<Recorded>| u32::try_from(r.len).unwrap_or(u32::MAX))
-                .time_to_live(max_age.max(Duration::from_millis(1)))
-                .build(),
+            recent: Recent::new(max_age),
         }
     }
 
@@ -178,7 +156,7 @@ impl Flights {
 
     /// Take the recent flight of `key`, if it is still kept.
     pub(crate) fn take_recent(&self, key: &CacheKey) -> Option<Arc<Recorded>> {
-        self.recent.remove(key)
+        self.recent.take(key)
     }
 
     /// The recent flight of `key`, if it is still kept (and it stays kept).
@@ -318,10 +296,7 @@ impl FlightTask {
                 // Kept before the flight leaves the live set, so no identical request
                 // finds neither.
                 if matches!(end, FlightEnd::Done) && self.kept.whole {
-                    let recorded = self.kept.take();
-                    if recorded.len <= RECENT_BYTES {
-                        self.flights.recent.insert(self.key, Arc::new(recorded));
-                    }
+                    self.flights.recent.keep(self.key, self.kept.take());
                 }
                 for joiner in self.flight.close() {
                     let _ = joiner.send(None);
