@@ -236,18 +236,7 @@ impl RemoteNode {
             }
         };
         let resp = self.check(resp, repo).await?;
-        let body = Limited::new(resp.into_body(), 1 << 20);
-        match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) => Err(ClientError::Decode {
-                node: self.name.clone(),
-                reason: err.to_string(),
-            }),
-            Err(_) => Err(ClientError::Unavailable {
-                node: self.name.clone(),
-                reason: "admin answer timed out".into(),
-            }),
-        }
+        self.admin_body(resp, 1 << 20, "admin answer").await
     }
 
     pub(crate) async fn state(&self, repo: &RepoPath) -> Result<RepoState, ClientError> {
@@ -320,18 +309,8 @@ impl RemoteNode {
                 message: "listing repositories failed".into(),
             });
         }
-        let body = Limited::new(resp.into_body(), 64 << 20);
-        match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
-            Ok(Ok(collected)) => self.decode(&collected.to_bytes()),
-            Ok(Err(err)) => Err(ClientError::Decode {
-                node: self.name.clone(),
-                reason: err.to_string(),
-            }),
-            Err(_) => Err(ClientError::Unavailable {
-                node: self.name.clone(),
-                reason: "listing timed out".into(),
-            }),
-        }
+        let body = self.admin_body(resp, 64 << 20, "listing").await?;
+        self.decode(&body)
     }
 
     pub(crate) async fn create(&self, repo: &RepoPath) -> Result<(), ClientError> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use gitgate_proto::RepoPath;
 use gitgate_storage_node::api::{self, GitStream, GitStreamError};
@@ -135,6 +136,28 @@ impl RemoteNode {
                 node: self.name.clone(),
                 reason: err.to_string(),
             })
+    }
+
+    /// The body of an admin answer, at most `limit` bytes, read within
+    /// [`ADMIN_TIMEOUT`]; `what` names it in the timeout error.
+    pub(super) async fn admin_body(
+        &self,
+        resp: Response<Incoming>,
+        limit: usize,
+        what: &str,
+    ) -> Result<Bytes, ClientError> {
+        let body = Limited::new(resp.into_body(), limit);
+        match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) => Err(ClientError::Decode {
+                node: self.name.clone(),
+                reason: err.to_string(),
+            }),
+            Err(_) => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: format!("{what} timed out"),
+            }),
+        }
     }
 
     pub(super) fn build_error(&self, err: http::Error) -> ClientError {
