@@ -30,6 +30,7 @@ use gitgate_proto::{GitProtocol, RepoPath, Service};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
+use tracing::Instrument;
 
 use crate::api::{self, ReplicateRequest};
 use crate::auth::Verifier;
@@ -245,37 +246,44 @@ async fn git(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
+    // The span follows the handler across awaits (`instrument`); a guard from
+    // `span.enter()` held over an await would leave it "current" on whichever worker
+    // thread the task happened to run on, and a later span there could name it as a
+    // parent after it closed (a tracing-subscriber panic).
     let span = tracing::info_span!("git", request_id, repo = %repo, ?endpoint);
-    let _enter = span.enter();
-    match (method, endpoint) {
-        (Method::GET, Endpoint::InfoRefs) => {
-            let Some(service) = smart_http::service_from_query(uri.query()) else {
-                return (StatusCode::FORBIDDEN, "only smart HTTP is served\n").into_response();
-            };
-            let empty_if_missing = service == Service::ReceivePack
-                && headers.contains_key(crate::api::EMPTY_IF_MISSING);
-            let result = if empty_if_missing {
-                s.node
-                    .push_advertisement_or_empty(&repo, protocol.as_ref())
-                    .await
-            } else {
-                s.node.info_refs(&repo, service, protocol.as_ref()).await
-            };
-            respond(result, service.advertisement_content_type()).await
+    async {
+        match (method, endpoint) {
+            (Method::GET, Endpoint::InfoRefs) => {
+                let Some(service) = smart_http::service_from_query(uri.query()) else {
+                    return (StatusCode::FORBIDDEN, "only smart HTTP is served\n").into_response();
+                };
+                let empty_if_missing = service == Service::ReceivePack
+                    && headers.contains_key(crate::api::EMPTY_IF_MISSING);
+                let result = if empty_if_missing {
+                    s.node
+                        .push_advertisement_or_empty(&repo, protocol.as_ref())
+                        .await
+                } else {
+                    s.node.info_refs(&repo, service, protocol.as_ref()).await
+                };
+                respond(result, service.advertisement_content_type()).await
+            }
+            (Method::POST, Endpoint::Rpc(service)) => {
+                let body = req
+                    .into_body()
+                    .into_data_stream()
+                    .map_err(std::io::Error::other);
+                let result = s
+                    .node
+                    .rpc(&repo, service, protocol.as_ref(), Box::pin(body))
+                    .await;
+                respond(result, result_type(service)).await
+            }
+            _ => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response(),
         }
-        (Method::POST, Endpoint::Rpc(service)) => {
-            let body = req
-                .into_body()
-                .into_data_stream()
-                .map_err(std::io::Error::other);
-            let result = s
-                .node
-                .rpc(&repo, service, protocol.as_ref(), Box::pin(body))
-                .await;
-            respond(result, result_type(service)).await
-        }
-        _ => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response(),
     }
+    .instrument(span)
+    .await
 }
 
 fn result_type(service: Service) -> &'static str {
