@@ -37,16 +37,17 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
     let (parts, body) = response.into_parts();
     let logged = LoggedBody {
         inner: body,
-        bytes: 0,
-        placeholder_bytes: 0,
-        file_bytes_before: progress.as_ref().map_or(0, |p| p.file_bytes()),
-        started,
-        status,
-        service,
-        protocol,
-        metrics: state.metrics.clone(),
-        span: tracing::Span::current(),
-        done: false,
+        report: Some(Report {
+            bytes: 0,
+            placeholder_bytes: 0,
+            started,
+            status,
+            service,
+            protocol,
+            metrics: state.metrics.clone(),
+            span: tracing::Span::current(),
+        }),
+        file_start: None,
         progress,
     };
     if let Some(p) = &logged.progress {
@@ -58,32 +59,64 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
 /// A response body that reports itself when it is over.
 struct LoggedBody {
     inner: Body,
+    /// What the line and the metrics will say; taken when reported.
+    report: Option<Report>,
+    /// The connection's queued file-byte count before this body's first file range.
+    file_start: Option<u64>,
+    /// The connection's progress tracker (absent when served without the server loop).
+    progress: Option<Arc<ConnProgress>>,
+}
+
+/// One request's line and metrics, filled in as its body goes out.
+struct Report {
     /// Body bytes handed to hyper, file-range placeholders aside.
     bytes: u64,
     /// Bytes of file-range placeholders handed to hyper (sent by the connection itself).
     placeholder_bytes: u64,
-    /// The connection's `sendfile` count when this body started.
-    file_bytes_before: u64,
     started: Instant,
     status: u16,
     service: &'static str,
     protocol: &'static str,
     metrics: GatewayMetrics,
     span: tracing::Span,
-    done: bool,
-    /// The connection's progress tracker (absent when served without the server loop).
-    progress: Option<Arc<ConnProgress>>,
 }
 
 impl LoggedBody {
     fn finish(&mut self, outcome: &'static str) {
-        if self.done {
+        let Some(report) = self.report.take() else {
             return;
-        }
-        self.done = true;
+        };
         if let Some(p) = &self.progress {
             p.end();
         }
+        let (Some(p), Some(start)) = (&self.progress, self.file_start) else {
+            let all = report.placeholder_bytes;
+            return report.emit(outcome, all);
+        };
+        // File ranges count what actually reached the socket, and the request is over
+        // only when its last range is out: `sendfile` may still be sending it (one
+        // response at a time per HTTP/1.1 connection, so this body's ranges are the
+        // connection's from `start`).
+        let queued = report.placeholder_bytes;
+        let sent_of = move |sent: u64| sent.saturating_sub(start).min(queued);
+        if outcome == "complete" {
+            p.after_file_bytes(start + queued, move |sent| {
+                let sent = sent_of(sent);
+                let outcome = if sent == queued {
+                    "complete"
+                } else {
+                    "client_gone"
+                };
+                report.emit(outcome, sent);
+            });
+        } else {
+            report.emit(outcome, sent_of(p.file_bytes()));
+        }
+    }
+}
+
+impl Report {
+    fn emit(self, outcome: &'static str, file_bytes: u64) {
         let elapsed = self.started.elapsed();
         self.metrics
             .requests
@@ -93,14 +126,6 @@ impl LoggedBody {
             .duration
             .with_label_values(&[self.service])
             .observe(elapsed.as_secs_f64());
-        // File ranges count what actually reached the socket: all of them when the
-        // body completed, else what `sendfile` sent before the response ended (one
-        // response at a time per HTTP/1.1 connection, so the connection's count since
-        // this body started is this body's).
-        let file_bytes = match (&self.progress, outcome) {
-            (_, "complete") | (None, _) => self.placeholder_bytes,
-            (Some(p), _) => (p.file_bytes() - self.file_bytes_before).min(self.placeholder_bytes),
-        };
         let (status, bytes) = (self.status, self.bytes + file_bytes);
         let duration_ms = elapsed.as_millis() as u64;
         self.span.in_scope(|| {
@@ -136,11 +161,16 @@ impl HttpBody for LoggedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                if let (Some(data), Some(report)) = (frame.data_ref(), &mut this.report) {
+                    let n = data.len() as u64;
                     if crate::zero_copy::is_placeholder(data) {
-                        this.placeholder_bytes += data.len() as u64;
+                        report.placeholder_bytes += n;
+                        if let Some(p) = &this.progress {
+                            let queued = p.queued_file_bytes(n);
+                            this.file_start.get_or_insert(queued - n);
+                        }
                     } else {
-                        this.bytes += data.len() as u64;
+                        report.bytes += n;
                     }
                 }
                 if let Some(p) = &this.progress {

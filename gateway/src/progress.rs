@@ -7,9 +7,18 @@
 //! flight, the body is not waiting on its source, and nothing was handed over for
 //! `send_timeout`" means the client stopped reading. The server loop then closes the
 //! connection, which drops the response and with it any git process behind it.
+//!
+//! File ranges (see [`crate::zero_copy`]) leave hyper's hands long before they leave the
+//! process: hyper is done with a body once it has its last placeholder, while up to a
+//! whole range may still wait for the socket. So a connection also counts the file
+//! bytes its responses queued and the ones `sendfile` sent; while some are unsent, a
+//! response is still in flight for the stall check, and a body that ended cleanly has
+//! its access-log line deferred ([`ConnProgress::after_file_bytes`]) until they are out,
+//! or the connection closes short of them.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // tokio's clock, so tests can drive it.
@@ -27,6 +36,25 @@ pub struct ConnProgress {
     waiting_on_source: AtomicBool,
     /// File bytes this connection has sent with `sendfile`, over its life.
     file_bytes: AtomicU64,
+    /// File bytes its responses queued for `sendfile`, over its life.
+    file_queued: AtomicU64,
+    /// What waits for the file bytes queued so far to be sent, oldest first.
+    after_sent: Mutex<VecDeque<AfterSent>>,
+}
+
+/// Something to run once the connection's `sendfile` count reaches `until`, or when
+/// the connection closes; it is given the count then.
+struct AfterSent {
+    until: u64,
+    run: Box<dyn FnOnce(u64) + Send>,
+}
+
+impl std::fmt::Debug for AfterSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfterSent")
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConnProgress {
@@ -37,6 +65,8 @@ impl Default for ConnProgress {
             streaming: AtomicUsize::new(0),
             waiting_on_source: AtomicBool::new(false),
             file_bytes: AtomicU64::new(0),
+            file_queued: AtomicU64::new(0),
+            after_sent: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -71,7 +101,58 @@ impl ConnProgress {
 
     /// `n` bytes of a file range reached the socket.
     pub fn sent_file_bytes(&self, n: u64) {
-        self.file_bytes.fetch_add(n, Ordering::SeqCst);
+        let sent = self.file_bytes.fetch_add(n, Ordering::SeqCst) + n;
+        let due: Vec<AfterSent> = {
+            let mut waiting = self.lock_after_sent();
+            let ready = waiting.iter().take_while(|w| w.until <= sent).count();
+            waiting.drain(..ready).collect()
+        };
+        for waiter in due {
+            (waiter.run)(sent);
+        }
+    }
+
+    /// A response queued `n` file bytes for the connection to send; returns the
+    /// connection's queued total, this range included.
+    pub fn queued_file_bytes(&self, n: u64) -> u64 {
+        self.file_queued.fetch_add(n, Ordering::SeqCst) + n
+    }
+
+    /// Run `run` once `until` file bytes have been sent on this connection (at once if
+    /// they have), or when the connection closes; it gets the count sent by then.
+    pub fn after_file_bytes(&self, until: u64, run: impl FnOnce(u64) + Send + 'static) {
+        {
+            let mut waiting = self.lock_after_sent();
+            // Checked under the lock `sent_file_bytes` drains under: none is missed.
+            if self.file_bytes() < until {
+                waiting.push_back(AfterSent {
+                    until,
+                    run: Box::new(run),
+                });
+                return;
+            }
+        }
+        run(self.file_bytes());
+    }
+
+    /// The connection is closed: whatever waits for file bytes runs now.
+    pub fn closed(&self) {
+        let waiting: Vec<AfterSent> = self.lock_after_sent().drain(..).collect();
+        let sent = self.file_bytes();
+        for waiter in waiting {
+            (waiter.run)(sent);
+        }
+    }
+
+    fn lock_after_sent(&self) -> std::sync::MutexGuard<'_, VecDeque<AfterSent>> {
+        self.after_sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether file bytes queued by a response still wait for the socket.
+    fn file_bytes_unsent(&self) -> bool {
+        self.file_queued.load(Ordering::SeqCst) > self.file_bytes()
     }
 
     /// File bytes sent on this connection so far (see [`Self::sent_file_bytes`]).
@@ -88,7 +169,7 @@ impl ConnProgress {
 
     /// Whether the client has not taken any bytes for `limit` while we had some ready.
     pub fn stalled(&self, limit: Duration) -> bool {
-        self.streaming.load(Ordering::SeqCst) > 0
+        (self.streaming.load(Ordering::SeqCst) > 0 || self.file_bytes_unsent())
             && !self.waiting_on_source.load(Ordering::SeqCst)
             && self
                 .now_ms()
@@ -129,5 +210,38 @@ mod tests {
         p.end();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(!p.stalled(limit), "nothing in flight");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn file_bytes_left_after_the_body_ended_are_still_in_flight() {
+        let p = ConnProgress::default();
+        let limit = Duration::from_secs(5);
+        p.start();
+        let until = p.queued_file_bytes(100);
+        p.progress();
+        p.end();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let log = got.clone();
+        p.after_file_bytes(until, move |sent| log.lock().expect("lock").push(sent));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(p.stalled(limit), "100 bytes wait and the client takes none");
+        p.sent_file_bytes(60);
+        p.wrote();
+        assert!(
+            got.lock().expect("lock").is_empty(),
+            "ran before its bytes were out"
+        );
+        p.sent_file_bytes(40);
+        assert_eq!(*got.lock().expect("lock"), vec![100]);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!p.stalled(limit), "everything was sent");
+        // Already sent: runs at once. Never sent: runs when the connection closes.
+        p.after_file_bytes(100, move |_| {});
+        let log = got.clone();
+        let until = p.queued_file_bytes(50);
+        p.after_file_bytes(until, move |sent| log.lock().expect("lock").push(sent));
+        p.sent_file_bytes(10);
+        p.closed();
+        assert_eq!(*got.lock().expect("lock"), vec![100, 110]);
     }
 }

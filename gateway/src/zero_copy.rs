@@ -28,7 +28,9 @@
 //! - **Z6** file bytes are counted when `sendfile` sends them (the pack cache's served
 //!   bytes through [`FileRegion::sent`], the access log through the connection's
 //!   [`ConnProgress`]), so a response cut off mid-range counts only what reached the
-//!   socket.
+//!   socket. A body is over for hyper once it has handed over its last placeholder,
+//!   but its request is over only when the range is sent: the stall check and the
+//!   access log wait for the connection's `sendfile` count (see [`ConnProgress`]).
 //!
 //! `sendfile` runs on the runtime's worker thread, like a socket write. It blocks only
 //! when the range is not in the page cache; entries are written moments before they are
@@ -257,6 +259,13 @@ fn mismatch(what: &str) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("zero-copy send: {what}"),
     )
+}
+
+impl Drop for ZeroCopyStream {
+    fn drop(&mut self) {
+        // Responses waiting for their last file bytes learn they will not go out.
+        self.progress.closed();
+    }
 }
 
 impl AsyncRead for ZeroCopyStream {

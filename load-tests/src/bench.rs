@@ -37,6 +37,8 @@ pub struct BenchOptions {
     pub command: String,
     /// Run only the hit comparisons.
     pub hits_only: bool,
+    /// Run only the scenarios whose name contains this text.
+    pub only: Option<String>,
     /// Rounds of each hit comparison.
     pub hit_rounds: usize,
 }
@@ -225,7 +227,11 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
     }
     let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     let mut method = String::new();
-    let list = scenarios(opts.clients);
+    let mut list = scenarios(opts.clients);
+    if let Some(only) = &opts.only {
+        list.retain(|s| s.name.contains(only.as_str()));
+        ensure!(!list.is_empty(), "no scenario name contains {only:?}");
+    }
     for rep in 0..opts.repeat {
         for (si, scenario) in list.iter().enumerate() {
             let target = if scenario.kind == Kind::Mixed {
@@ -271,6 +277,10 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
             }
         }
     }
+    if opts.only.is_some() {
+        print_medians(&list, &runs);
+        return ensure_no_failures(runs.values().flatten());
+    }
     let (hits, tls) = both_hit_comparisons(opts, &setup, &corpus)?;
     let fleet = crate::fleet::fleet_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
     let fleet_failures: usize = [&fleet.single, &fleet.fleet]
@@ -286,17 +296,58 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
         println!("written to {}", path.display());
     }
+    ensure!(
+        fleet_failures == 0,
+        "{fleet_failures} fleet requests failed or did not verify"
+    );
+    ensure_no_failures(runs.values().flatten())
+}
+
+fn ensure_no_failures<'a>(runs: impl Iterator<Item = &'a Run>) -> anyhow::Result<()> {
     let failures: usize = runs
-        .values()
-        .flatten()
         .map(|r| r.outcome.errors + r.outcome.verify_failures)
         .sum();
     ensure!(
-        failures + fleet_failures == 0,
-        "{} requests failed or did not verify",
-        failures + fleet_failures
+        failures == 0,
+        "{failures} requests failed or did not verify"
     );
     Ok(())
+}
+
+/// Median wall and server CPU of each (scenario, server), and CPU against nginx's.
+fn print_medians(list: &[Scenario], runs: &BTreeMap<(usize, usize), Vec<Run>>) {
+    let nginx = SERVERS
+        .iter()
+        .position(|k| *k == servers::Kind::Nginx)
+        .unwrap_or(SERVERS.len() - 1);
+    for (si, scenario) in list.iter().enumerate() {
+        let cpu_of = |vi: usize| {
+            median(
+                &runs
+                    .get(&(si, vi))
+                    .map(|r| r.iter().map(|r| r.cpu).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        let base = cpu_of(nginx);
+        for (vi, server) in SERVERS.iter().enumerate() {
+            let Some(rs) = runs.get(&(si, vi)) else {
+                continue;
+            };
+            let wall = median(
+                &rs.iter()
+                    .map(|r| r.outcome.wall.as_secs_f64())
+                    .collect::<Vec<_>>(),
+            );
+            let cpu = cpu_of(vi);
+            println!(
+                "median {:<32} {:<18} wall {wall:>7.2}s cpu {cpu:>7.2}s ({:.3}× nginx)",
+                scenario.name,
+                server.label(),
+                cpu / base
+            );
+        }
+    }
 }
 
 /// Cache hits against nginx serving the same bytes as a static file (with `sendfile`),

@@ -125,6 +125,10 @@ enum Cmd {
         /// Rounds of each hit comparison (default: three per repetition, at least 5).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Run only the scenarios whose name contains this text (e.g. `shallow`), print
+        /// their medians and stop: no hit or fleet comparison, no report file.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -227,6 +231,7 @@ fn main() -> anyhow::Result<()> {
             results,
             hits_only,
             rounds,
+            only,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             let repeat = if smoke { 1 } else { repeat };
@@ -249,6 +254,7 @@ fn main() -> anyhow::Result<()> {
                 results: if smoke { None } else { results },
                 command,
                 hits_only,
+                only,
                 hit_rounds: rounds.unwrap_or((repeat * 3).max(5)),
             };
             bench::bench(&opts)

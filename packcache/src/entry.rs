@@ -67,6 +67,9 @@ pub(crate) enum FailReason {
     Abandoned,
     /// The producer task panicked.
     Panicked,
+    /// The file was changed under the cache while being written (a hole where
+    /// published bytes should be): serving it would send zeros.
+    Damaged,
 }
 
 /// Bytes of entry files in the index, shared by every entry and kept in the
@@ -338,6 +341,9 @@ impl Writer {
         // Closed only after the end is published, so a reader whose channel closes
         // finds the end when it looks.
         shared.spill.clear();
+        // Nothing is written any more: readers read the file (the page cache), and a
+        // finished entry holds no memory for as long as it stays cached.
+        shared.tail = Tail::default();
     }
 }
 
@@ -390,6 +396,24 @@ mod tests {
         // I2: a reader's snapshot of the offset bounds what it gets.
         assert_eq!(tail.get(5, 6).as_deref(), Some(&b"f"[..]));
         assert_eq!(tail.get(8, 8), None);
+    }
+
+    #[test]
+    fn a_finished_entry_keeps_no_tail_in_memory() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let path = dir.path().join("e");
+        let file = std::fs::File::create(&path).expect("create");
+        let gauge = prometheus::IntGauge::new("usage", "usage").expect("gauge");
+        let usage = std::sync::Arc::new(super::DiskUsage::new(gauge));
+        let key = crate::KeyBuilder::new(1).finish();
+        let (entry, writer) = super::Entry::new(key, file, path, usage);
+        writer.wrote(0, Bytes::from_static(b"abcd"), true);
+        assert!(entry.tail(0, 4).is_some(), "the head is served from memory");
+        writer.finish(Ok(()));
+        assert!(
+            entry.tail(0, 4).is_none(),
+            "a finished entry still holds its tail"
+        );
     }
 
     #[test]

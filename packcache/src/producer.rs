@@ -98,6 +98,7 @@ impl Producer {
         if let Err(reason) = &result {
             let label = match reason {
                 FailReason::Abandoned => "abandoned",
+                FailReason::Damaged => "damaged",
                 _ => "failed",
             };
             // I3: out of the index before any reader wakes up to the failure.
@@ -154,6 +155,9 @@ impl Producer {
                 }
             }
             if ended && writing.is_none() && pending.is_empty() {
+                if !spilling {
+                    self.check_whole(writer, offset).await?;
+                }
                 return Ok(());
             }
             tokio::select! {
@@ -188,6 +192,10 @@ impl Producer {
                             if wake {
                                 quiet = 0;
                             }
+                        }
+                        Err(err) if is_cut_short(&err) => {
+                            tracing::warn!(key = %writer.entry().key(), path = %writer.entry().path().display(), offset, "pack cache entry file was cut short while being written; failing it");
+                            return Err(FailReason::Damaged);
                         }
                         Err(err) => {
                             tracing::warn!(key = %writer.entry().key(), offset, error = %err, "pack cache write failed; serving attached readers from memory");
@@ -235,6 +243,28 @@ impl Producer {
         }
     }
 
+    /// Before publishing the end: the file must still hold every byte written, with no
+    /// hole (each write checks the length before it, this covers the last one and a
+    /// truncation between the check and the write). An entry changed under the cache
+    /// fails, so no reader ends it cleanly.
+    async fn check_whole(&self, writer: &Writer, written: u64) -> Result<(), FailReason> {
+        let file = writer.entry().file().clone();
+        let whole =
+            tokio::task::spawn_blocking(move || crate::store::holds_all(&file, written)).await;
+        match whole {
+            Ok(Ok(false)) => {
+                tracing::warn!(key = %writer.entry().key(), path = %writer.entry().path().display(), written, "pack cache entry file was changed while being written; failing it");
+                Err(FailReason::Damaged)
+            }
+            Ok(Ok(true)) => Ok(()),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "cannot look for holes in a pack cache entry file");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
     /// The last reader left: stop, unless someone joined since (I6).
     fn stop_if_unread(&self, writer: &Writer) -> Result<(), FailReason> {
         if self.index.remove_if_unread(writer.entry()) {
@@ -264,8 +294,24 @@ impl Producer {
     ) -> tokio::task::JoinHandle<io::Result<()>> {
         let store = self.store.clone();
         let file = writer.entry().file().clone();
-        tokio::task::spawn_blocking(move || store.write_at(&file, &chunks, offset))
+        tokio::task::spawn_blocking(move || {
+            // Writes are sequential, so the file holds exactly `offset` bytes; fewer
+            // means something truncated it, and this write would leave a hole of zeros.
+            if file.metadata()?.len() < offset {
+                return Err(io::Error::other(CutShort));
+            }
+            store.write_at(&file, &chunks, offset)
+        })
     }
+}
+
+/// The entry file holds fewer bytes than were written to it: changed under the cache.
+#[derive(Debug, thiserror::Error)]
+#[error("pack cache entry file is shorter than what was written to it")]
+struct CutShort;
+
+fn is_cut_short(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<CutShort>())
 }
 
 /// Chunks in arrival order and their total length.

@@ -5,7 +5,9 @@
 //! in it are numbered and never reused (I4). The life holds an exclusive lock on
 //! `<dir>/gitgate-<pid>-<nanos>.lock` while it runs; at start, subdirectories of earlier
 //! lives whose lock is free are removed, so nothing written by a previous life is ever
-//! served, and a live gateway sharing the directory keeps its own. Every operation here blocks; callers run them on `spawn_blocking`. Reading
+//! served, and a live gateway sharing the directory keeps its own; a lock file a start
+//! left under its making name (`.gitgate-….lock`) goes once it is a minute old and
+//! free. Every operation here blocks; callers run them on `spawn_blocking`. Reading
 //! entry files is the reader's job, not this module's. Tests wrap `FileStore` in a
 //! store that fails writes, reports a full disk or signals removals.
 
@@ -80,6 +82,13 @@ impl FileStore {
         {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name
+                .strip_prefix('.')
+                .is_some_and(|n| n.starts_with(LIFE_PREFIX) && n.ends_with(LOCK_SUFFIX))
+            {
+                remove_abandoned_lock(&entry.path());
+                continue;
+            }
             if !name.starts_with(LIFE_PREFIX) {
                 continue;
             }
@@ -137,6 +146,16 @@ impl FileStore {
     }
 }
 
+/// Whether `file` holds its first `written` bytes: it is that long, with no hole
+/// before (as far as the filesystem can tell: holes are whole blocks). Blocking.
+pub(crate) fn holds_all(file: &File, written: u64) -> io::Result<bool> {
+    if file.metadata()?.len() < written {
+        return Ok(false);
+    }
+    let hole = nix::unistd::lseek(file, 0, nix::unistd::Whence::SeekHole)?;
+    Ok(u64::try_from(hole).unwrap_or(0) >= written)
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_owned();
     move |source| StoreError::Io { op, path, source }
@@ -147,6 +166,34 @@ fn ignore_missing(err: io::Error) -> io::Result<()> {
         Ok(())
     } else {
         Err(err)
+    }
+}
+
+/// How long a lock file may sit under its making name before it is taken for the
+/// leftover of a start cut short: far longer than the create-lock-rename that
+/// normally follows its creation within microseconds.
+const MAKING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove a lock file left under its making name (`.gitgate-….lock`) by a start that
+/// died between creating and renaming it, once it is old and nobody holds it.
+fn remove_abandoned_lock(path: &Path) {
+    let old = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > MAKING_GRACE);
+    if !old {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return;
+    };
+    tracing::info!(path = %path.display(), "removing a pack cache lock file left by a start cut short");
+    if let Err(err) = std::fs::remove_file(path).or_else(ignore_missing) {
+        tracing::warn!(path = %path.display(), error = %err, "could not remove leftovers");
     }
 }
 

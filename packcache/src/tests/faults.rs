@@ -1,7 +1,7 @@
 //! One test per failure mode: the producer failing or panicking mid-stream, a write error
 //! (full disk) mid-stream, a full disk before an entry exists, a failed file creation,
 //! the file unlinked under a reader, readers leaving early, an entry file cut short by
-//! something else, and a lowered disk budget.
+//! something else, one truncated while it is written, and a lowered disk budget.
 
 use std::io;
 use std::time::Duration;
@@ -306,4 +306,53 @@ async fn a_lowered_disk_budget_evicts_at_once() {
     // The newest entry is the one kept.
     let (kind, _) = drain(h.cache.fetch(key("c"), || unreachable!("a hit")).await).await;
     assert_eq!(kind, "hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_file_truncated_while_written_fails_instead_of_serving_zeros() {
+    let dir = TempDir::new().expect("tempdir");
+    let h = Harness::new(config(&dir)).await;
+    let (feed, upstream, released) = feed();
+    let fetch = h.cache.fetch(key("k"), || upstream).await;
+    let reader = tokio::spawn(drain(fetch));
+    feed.chunks(0..4, 1000).await;
+    let life = h.cache.life_dir().to_owned();
+    let file = within("the first bytes on disk", async {
+        loop {
+            let found = std::fs::read_dir(&life)
+                .expect("life dir")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 4000));
+            if let Some(path) = found {
+                break path;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Something else cuts the file short; the producer's next writes leave a hole.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(1000))
+        .expect("truncate the entry file");
+    feed.chunks(4..8, 1000).await;
+    drop(feed);
+    released.wait().await;
+    let (kind, result) = within("the first reader's end", reader)
+        .await
+        .expect("reader task");
+    assert_eq!(kind, "miss");
+    assert!(
+        result.is_err(),
+        "a reader ended an entry with a hole cleanly"
+    );
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("damaged")),
+        1
+    );
+    let (kind, result) = drain(h.cache.fetch(key("k"), || fixed(8, 1000)).await).await;
+    assert_eq!(kind, "miss", "the entry with a hole was served");
+    assert_eq!(result, Ok((expected_hash(8, 1000), 8000)));
 }

@@ -207,6 +207,19 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
     // A free lock whose directory is gone.
     let orphan = cache_dir.join("gitgate-4000000002-4.lock");
     std::fs::write(&orphan, b"").expect("write");
+    // Lock files under their making name: an old free one is a start cut short; a
+    // fresh one may be a start under way; an old held one is a start still running.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    let making = |name: &str, modified| {
+        let path = cache_dir.join(name);
+        let file = std::fs::File::create(&path).expect("create making lock");
+        file.set_modified(modified).expect("set mtime");
+        (path, file)
+    };
+    let (abandoned, _) = making(".gitgate-4000000003-5.lock", long_ago);
+    let (starting, _) = making(".gitgate-4000000004-6.lock", std::time::SystemTime::now());
+    let (slow_start, slow_start_lock) = making(".gitgate-4000000005-7.lock", long_ago);
+    slow_start_lock.try_lock().expect("lock");
     let unrelated = cache_dir.join("operator-notes.txt");
     std::fs::write(&unrelated, b"keep").expect("write");
     let registry = Registry::new();
@@ -221,6 +234,18 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
         "a free lock without its directory was kept"
     );
     assert!(held.exists(), "a directory whose lock is held was removed");
+    assert!(
+        !abandoned.exists(),
+        "an old free lock under its making name was kept"
+    );
+    assert!(
+        starting.exists(),
+        "a fresh lock under its making name was removed"
+    );
+    assert!(
+        slow_start.exists(),
+        "a held lock under its making name was removed"
+    );
     assert!(live.exists() && unrelated.exists());
     // This life holds its own lock.
     let mut own_lock = cache.life_dir().as_os_str().to_owned();
