@@ -133,14 +133,15 @@ pub fn tls_hit_comparison(
     );
     let static_url = format!("https://{}/static/{static_file}", nginx.authority);
     // Twice: at the default `min_occurrences` (1) the second occurrence makes the entry.
-    // Its length may differ from `expected` by a few bytes: git's progress messages are
-    // part of the response and this is another production of it.
+    // Its length may differ from `expected` by a few KiB: git's progress messages are
+    // part of the response, how many depends on timing, and this is another
+    // production of it.
     let mut entry = 0;
     for _ in 0..2 {
         (entry, _) = fan_out(1, &tls.cert, &hit_url, Some(&body))?;
     }
     ensure!(
-        entry.abs_diff(expected) < 4096,
+        entry.abs_diff(expected) < 64 * 1024,
         "TLS warm-up: {entry} bytes, expected about {expected}"
     );
     let mut rounds_seen = HitRounds::default();
