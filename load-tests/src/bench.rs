@@ -351,9 +351,9 @@ fn print_medians(list: &[Scenario], runs: &BTreeMap<(usize, usize), Vec<Run>>) {
 }
 
 /// Cache hits against nginx serving the same bytes as a static file (with `sendfile`),
-/// medians of interleaved rounds. A round moves a few GiB in about a second, so one
-/// round is at the mercy of whatever else the machine does: the bench runs three per
-/// repetition, at least five.
+/// medians of interleaved rounds. A round moves 1.5 GiB in under half a second, so one
+/// round is at the mercy of whatever else the machine does (rounds of one server vary
+/// by ±20%): the bench runs five per repetition, at least five.
 #[derive(Debug, Clone, Copy)]
 struct HitFigures {
     /// Aggregate MiB/s-able bytes per second: gitgate hits, nginx static.

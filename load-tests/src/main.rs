@@ -122,7 +122,7 @@ enum Cmd {
         /// TLS), `--rounds` of each, printed; for work on the hit path.
         #[arg(long)]
         hits_only: bool,
-        /// Rounds of each hit comparison (default: three per repetition, at least 5).
+        /// Rounds of each hit comparison (default: five per repetition, at least 5).
         #[arg(long)]
         rounds: Option<usize>,
         /// Run only the scenarios whose name contains this text (e.g. `shallow`), print
@@ -255,7 +255,7 @@ fn main() -> anyhow::Result<()> {
                 command,
                 hits_only,
                 only,
-                hit_rounds: rounds.unwrap_or((repeat * 3).max(5)),
+                hit_rounds: rounds.unwrap_or((repeat * 5).max(5)),
             };
             bench::bench(&opts)
         }
