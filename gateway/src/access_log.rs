@@ -1,6 +1,9 @@
 //! One log line and one set of metrics per request, written when the response body
 //! has ended (or broke, or the client went away), so the line carries the status, the
-//! duration until the last byte, and the bytes sent.
+//! duration until the last byte, and the bytes sent. A body whose last bytes are file
+//! ranges the connection sends itself (`zero_copy`) ends for hyper before they leave:
+//! its line waits until `sendfile` has sent them, or the connection closes short of
+//! them (then it says `client_gone` and counts what was sent).
 //!
 //! The line is emitted inside the request's span, which holds the request id,
 //! repository, service, protocol, user, cache outcome and key.
@@ -82,7 +85,7 @@ struct Report {
 }
 
 impl LoggedBody {
-    fn finish(&mut self, outcome: &'static str) {
+    fn finish(&mut self, outcome: Outcome) {
         let Some(report) = self.report.take() else {
             return;
         };
@@ -99,24 +102,44 @@ impl LoggedBody {
         // connection's from `start`).
         let queued = report.placeholder_bytes;
         let sent_of = move |sent: u64| sent.saturating_sub(start).min(queued);
-        if outcome == "complete" {
-            p.after_file_bytes(start + queued, move |sent| {
+        match outcome {
+            Outcome::Complete => p.after_file_bytes(start + queued, move |sent| {
                 let sent = sent_of(sent);
                 let outcome = if sent == queued {
-                    "complete"
+                    Outcome::Complete
                 } else {
-                    "client_gone"
+                    Outcome::ClientGone
                 };
                 report.emit(outcome, sent);
-            });
-        } else {
-            report.emit(outcome, sent_of(p.file_bytes()));
+            }),
+            Outcome::Aborted | Outcome::ClientGone => report.emit(outcome, sent_of(p.file_bytes())),
+        }
+    }
+}
+
+/// How a response ended, as the access log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every byte reached the socket.
+    Complete,
+    /// The body failed (the connection is aborted, never ended cleanly).
+    Aborted,
+    /// The client went away first.
+    ClientGone,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Aborted => "aborted",
+            Self::ClientGone => "client_gone",
         }
     }
 }
 
 impl Report {
-    fn emit(self, outcome: &'static str, file_bytes: u64) {
+    fn emit(self, outcome: Outcome, file_bytes: u64) {
         let elapsed = self.started.elapsed();
         self.metrics
             .requests
@@ -128,8 +151,10 @@ impl Report {
             .observe(elapsed.as_secs_f64());
         let (status, bytes) = (self.status, self.bytes + file_bytes);
         let duration_ms = elapsed.as_millis() as u64;
+        let complete = outcome == Outcome::Complete;
+        let outcome = outcome.label();
         self.span.in_scope(|| {
-            if status >= 500 || outcome != "complete" {
+            if status >= 500 || !complete {
                 tracing::warn!(
                     status,
                     duration_ms,
@@ -179,11 +204,11 @@ impl HttpBody for LoggedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.finish("aborted");
+                this.finish(Outcome::Aborted);
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
-                this.finish("complete");
+                this.finish(Outcome::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -208,9 +233,9 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         // Bodies that end without a final poll (empty ones) count as complete.
         let outcome = if self.inner.is_end_stream() {
-            "complete"
+            Outcome::Complete
         } else {
-            "client_gone"
+            Outcome::ClientGone
         };
         self.finish(outcome);
     }

@@ -38,8 +38,9 @@ pub struct ConnProgress {
     file_bytes: AtomicU64,
     /// File bytes its responses queued for `sendfile`, over its life.
     file_queued: AtomicU64,
-    /// What waits for the file bytes queued so far to be sent, oldest first.
-    after_sent: Mutex<VecDeque<AfterSent>>,
+    /// What waits for the file bytes queued so far to be sent, oldest first; `None`
+    /// once the connection is closed.
+    after_sent: Mutex<Option<VecDeque<AfterSent>>>,
 }
 
 /// Something to run once the connection's `sendfile` count reaches `until`, or when
@@ -66,7 +67,7 @@ impl Default for ConnProgress {
             waiting_on_source: AtomicBool::new(false),
             file_bytes: AtomicU64::new(0),
             file_queued: AtomicU64::new(0),
-            after_sent: Mutex::new(VecDeque::new()),
+            after_sent: Mutex::new(Some(VecDeque::new())),
         }
     }
 }
@@ -82,8 +83,11 @@ impl ConnProgress {
         self.progress();
     }
 
-    /// A response body is over.
+    /// A response body is over. Its last poll may have waited on its source (an entry
+    /// still being written): it waits on nothing now, and any file bytes it left unsent
+    /// are the client's to take from here on.
     pub fn end(&self) {
+        self.progress();
         self.streaming.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -102,10 +106,12 @@ impl ConnProgress {
     /// `n` bytes of a file range reached the socket.
     pub fn sent_file_bytes(&self, n: u64) {
         let sent = self.file_bytes.fetch_add(n, Ordering::SeqCst) + n;
-        let due: Vec<AfterSent> = {
-            let mut waiting = self.lock_after_sent();
-            let ready = waiting.iter().take_while(|w| w.until <= sent).count();
-            waiting.drain(..ready).collect()
+        let due: Vec<AfterSent> = match self.lock_after_sent().as_mut() {
+            Some(waiting) => {
+                let ready = waiting.iter().take_while(|w| w.until <= sent).count();
+                waiting.drain(..ready).collect()
+            }
+            None => Vec::new(),
         };
         for waiter in due {
             (waiter.run)(sent);
@@ -119,12 +125,14 @@ impl ConnProgress {
     }
 
     /// Run `run` once `until` file bytes have been sent on this connection (at once if
-    /// they have), or when the connection closes; it gets the count sent by then.
+    /// they have, or if the connection is closed), or when the connection closes; it
+    /// gets the count sent by then.
     pub fn after_file_bytes(&self, until: u64, run: impl FnOnce(u64) + Send + 'static) {
         {
             let mut waiting = self.lock_after_sent();
-            // Checked under the lock `sent_file_bytes` drains under: none is missed.
-            if self.file_bytes() < until {
+            // Checked under the lock `sent_file_bytes` and `closed` drain under: none is
+            // missed, none left behind.
+            if let Some(waiting) = waiting.as_mut().filter(|_| self.file_bytes() < until) {
                 waiting.push_back(AfterSent {
                     until,
                     run: Box::new(run),
@@ -135,16 +143,21 @@ impl ConnProgress {
         run(self.file_bytes());
     }
 
-    /// The connection is closed: whatever waits for file bytes runs now.
+    /// The connection is closed: whatever waits for file bytes runs now, and what
+    /// asks to wait from here on runs at once.
     pub fn closed(&self) {
-        let waiting: Vec<AfterSent> = self.lock_after_sent().drain(..).collect();
+        let waiting: Vec<AfterSent> = self
+            .lock_after_sent()
+            .take()
+            .map(Vec::from)
+            .unwrap_or_default();
         let sent = self.file_bytes();
         for waiter in waiting {
             (waiter.run)(sent);
         }
     }
 
-    fn lock_after_sent(&self) -> std::sync::MutexGuard<'_, VecDeque<AfterSent>> {
+    fn lock_after_sent(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<AfterSent>>> {
         self.after_sent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -213,6 +226,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_body_that_last_waited_on_its_source_can_still_stall_on_its_file_bytes() {
+        let p = ConnProgress::default();
+        let limit = Duration::from_secs(5);
+        p.start();
+        p.queued_file_bytes(100);
+        // An entry still being written: the last poll before the end waited on it.
+        p.waiting_on_source();
+        p.end();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!p.stalled(limit), "the end counts as progress");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(p.stalled(limit), "100 bytes wait and the client takes none");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn file_bytes_left_after_the_body_ended_are_still_in_flight() {
         let p = ConnProgress::default();
         let limit = Duration::from_secs(5);
@@ -243,5 +271,10 @@ mod tests {
         p.sent_file_bytes(10);
         p.closed();
         assert_eq!(*got.lock().expect("lock"), vec![100, 110]);
+        // After the close, nothing waits.
+        let log = got.clone();
+        let until = p.queued_file_bytes(50);
+        p.after_file_bytes(until, move |sent| log.lock().expect("lock").push(sent));
+        assert_eq!(*got.lock().expect("lock"), vec![100, 110, 110]);
     }
 }

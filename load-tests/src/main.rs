@@ -127,7 +127,7 @@ enum Cmd {
         rounds: Option<usize>,
         /// Run only the scenarios whose name contains this text (e.g. `shallow`), print
         /// their medians and stop: no hit or fleet comparison, no report file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hits_only")]
         only: Option<String>,
     },
 }

@@ -67,8 +67,8 @@ pub(crate) enum FailReason {
     Abandoned,
     /// The producer task panicked.
     Panicked,
-    /// The file was changed under the cache while being written (a hole where
-    /// published bytes should be): serving it would send zeros.
+    /// The file was cut short under the cache while being written: serving it would
+    /// end short, or send zeros where later writes left a hole.
     Damaged,
 }
 
@@ -342,8 +342,11 @@ impl Writer {
         // finds the end when it looks.
         shared.spill.clear();
         // Nothing is written any more: readers read the file (the page cache), and a
-        // finished entry holds no memory for as long as it stays cached.
-        shared.tail = Tail::default();
+        // finished entry holds no memory for as long as it stays cached. Freed once
+        // the lock is let go.
+        let tail = std::mem::take(&mut shared.tail);
+        drop(shared);
+        drop(tail);
     }
 }
 

@@ -243,25 +243,28 @@ impl Producer {
         }
     }
 
-    /// Before publishing the end: the file must still hold every byte written, with no
-    /// hole (each write checks the length before it, this covers the last one and a
-    /// truncation between the check and the write). An entry changed under the cache
-    /// fails, so no reader ends it cleanly.
+    /// Before publishing the end: the file must still be as long as what was written
+    /// (each write checks the length before it; this covers a truncation after the
+    /// last). An entry cut short under the cache fails, so no reader ends it cleanly.
+    /// A truncation between a write's check and the write itself is not seen here:
+    /// the write extends the file again over zeros.
     async fn check_whole(&self, writer: &Writer, written: u64) -> Result<(), FailReason> {
         let file = writer.entry().file().clone();
-        let whole =
-            tokio::task::spawn_blocking(move || crate::store::holds_all(&file, written)).await;
+        let whole = tokio::task::spawn_blocking(move || crate::store::holds(&file, written)).await;
         match whole {
+            Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => {
-                tracing::warn!(key = %writer.entry().key(), path = %writer.entry().path().display(), written, "pack cache entry file was changed while being written; failing it");
+                tracing::warn!(key = %writer.entry().key(), path = %writer.entry().path().display(), written, "pack cache entry file was cut short while being written; failing it");
                 Err(FailReason::Damaged)
             }
-            Ok(Ok(true)) => Ok(()),
             Ok(Err(err)) => {
-                tracing::debug!(error = %err, "cannot look for holes in a pack cache entry file");
-                Ok(())
+                tracing::warn!(key = %writer.entry().key(), error = %err, "cannot check the length of a pack cache entry file; failing it");
+                Err(FailReason::Damaged)
             }
-            Err(_) => Ok(()),
+            Err(err) => {
+                tracing::warn!(key = %writer.entry().key(), error = %err, "the length check of a pack cache entry file did not run; failing it");
+                Err(FailReason::Damaged)
+            }
         }
     }
 
@@ -297,7 +300,7 @@ impl Producer {
         tokio::task::spawn_blocking(move || {
             // Writes are sequential, so the file holds exactly `offset` bytes; fewer
             // means something truncated it, and this write would leave a hole of zeros.
-            if file.metadata()?.len() < offset {
+            if !crate::store::holds(&file, offset)? {
                 return Err(io::Error::other(CutShort));
             }
             store.write_at(&file, &chunks, offset)

@@ -146,14 +146,10 @@ impl FileStore {
     }
 }
 
-/// Whether `file` holds its first `written` bytes: it is that long, with no hole
-/// before (as far as the filesystem can tell: holes are whole blocks). Blocking.
-pub(crate) fn holds_all(file: &File, written: u64) -> io::Result<bool> {
-    if file.metadata()?.len() < written {
-        return Ok(false);
-    }
-    let hole = nix::unistd::lseek(file, 0, nix::unistd::Whence::SeekHole)?;
-    Ok(u64::try_from(hole).unwrap_or(0) >= written)
+/// Whether `file` is still at least `written` bytes long: entry files only grow, so a
+/// shorter one was truncated by something else. One `fstat`. Blocking.
+pub(crate) fn holds(file: &File, written: u64) -> io::Result<bool> {
+    Ok(file.metadata()?.len() >= written)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
