@@ -77,6 +77,9 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Bytes of a response the kernel may hold unsent (`TCP_NOTSENT_LOWAT`).
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 /// Connection settings.
 #[derive(Clone)]
 pub struct ServerSettings {
@@ -139,6 +142,14 @@ pub async fn run(
         };
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+        // The kernel holds at most this much of a response not yet sent: a write
+        // happens, and counts as progress, each time a reading client takes that much,
+        // so `send_timeout` judges the client within it instead of within a send
+        // buffer that autotuning grows to megabytes (drained by a slow reader in longer
+        // than the timeout, with no write meanwhile).
+        if let Err(err) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+            tracing::debug!(error = %err, "TCP_NOTSENT_LOWAT not set");
         }
         // Every request on this connection reports its response progress here.
         let progress = Arc::new(ConnProgress::default());

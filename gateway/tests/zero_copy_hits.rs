@@ -1,6 +1,7 @@
 //! Pack cache responses sent with `sendfile`, with real git clients and raw HTTP/1.1:
 //! a hit on an entry still being written, `Content-Length` and keep-alive after a hit,
-//! a producer failing under its readers, a client that stops reading or leaves, an
+//! a producer failing under its readers, a client that stops reading or leaves (and one
+//! that reads slowly but steadily, which must not be cut off), an
 //! entry evicted while it is sent, a node whose output stalls mid-pack, and one that
 //! never answers a fetch. (The TLS hit is in `operations.rs`, with the HTTPS setup.)
 //!
@@ -661,6 +662,39 @@ fn stops_reading(mib: usize, read: usize, live: bool) {
         .expect("wait")
         .success());
     s.git.fsck(&dir);
+}
+
+/// A client that keeps reading, only slowly (a few KiB every 20 ms through a 4 KiB
+/// receive buffer), is not taken for one that stopped, though the send buffer the
+/// kernel would grow for it (megabytes) takes it far longer than `send_timeout` to
+/// drain.
+#[test]
+fn a_slow_but_steady_reader_of_a_hit_is_not_cut_off() {
+    let s = setup(3, "", "send_timeout = \"2s\"");
+    let len = warm(&s);
+    let mut tcp = connect_small_window(s.gw.server.authority());
+    tcp.write_all(&fetch_request(&s.head, true)).expect("send");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let started = Instant::now();
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("reading the hit: {err}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("read {} bytes in {:?}", all.len(), started.elapsed());
+    assert!(
+        !s.gw.server.log_text().contains("client stopped reading"),
+        "a reading client was cut off"
+    );
+    let body = read_answer(&mut BufReader::new(&all[..])).body;
+    assert_eq!(body.len(), len, "the whole answer arrived");
+    assert_valid_pack(&s.git, s.tmp.path(), &body, &s.head);
 }
 
 #[test]
