@@ -11,6 +11,7 @@
 //! | `want-ref` (v2) | yes, sorted, de-duplicated | as `want` |
 //! | `have` with `done` | yes, sorted, de-duplicated | decides what is left out; order does not |
 //! | `have` without `done` | not cacheable | a negotiation round, answered with ACK/NAK |
+//! | a repeated `have` in v0 without `multi_ack` / `multi_ack_detailed` | not cacheable | git sends a plain `ACK` per repeat of the first common have, and a client that sent it once reads the second as the pack |
 //! | `shallow` | yes, sorted, de-duplicated | decides the shallow boundary |
 //! | `deepen`, `deepen-since`, `deepen-not` | yes, in order | decide the shallow boundary |
 //! | `filter` | yes | decides which objects are sent |
@@ -81,7 +82,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                 .iter()
                 .any(|c| c == "side-band" || c == "side-band-64k");
             let expected = object_format(&req.capabilities)
-                .filter(|_| req.ends_negotiation())
+                .filter(|_| req.ends_negotiation() && !req.acks_follow_repeated_haves())
                 .map(|format| Expected {
                     framing: Framing::V0 { sideband },
                     format,
@@ -301,6 +302,26 @@ mod tests {
         assert!(!upload_pack(ProtocolVersion::V2, &ls.encode())
             .expect("valid")
             .cacheable());
+    }
+
+    #[test]
+    fn a_repeated_have_is_cacheable_only_with_multi_ack() {
+        let request = |caps: &[&str], haves: Vec<ObjectId>| {
+            let req = UploadRequest {
+                wants: vec![oid('a')],
+                capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                haves,
+                done: true,
+                ..Default::default()
+            };
+            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
+        };
+        let plain = &["side-band-64k"];
+        assert!(request(plain, vec![oid('b'), oid('c')]).cacheable());
+        assert!(!request(plain, vec![oid('b'), oid('c'), oid('b')]).cacheable());
+        for multi in ["multi_ack", "multi_ack_detailed"] {
+            assert!(request(&["side-band-64k", multi], vec![oid('b'), oid('b')]).cacheable());
+        }
     }
 
     #[test]

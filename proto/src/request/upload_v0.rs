@@ -59,6 +59,23 @@ impl UploadRequest {
     pub fn ends_negotiation(&self) -> bool {
         self.done && self.flushes_in_haves == 0 && !self.wants.is_empty()
     }
+
+    /// Whether the `ACK` lines git sends before the pack can depend on how often a have
+    /// is repeated, in a way a client reads. Without `multi_ack` or `multi_ack_detailed`,
+    /// git sends a plain `ACK <oid>` for every have line while it knows exactly one
+    /// common object, so a repeated first common have gets two plain `ACK`s; a client
+    /// that sent it once expects the pack right after the first.
+    pub fn acks_follow_repeated_haves(&self) -> bool {
+        let multi_ack = self
+            .capabilities
+            .iter()
+            .any(|c| c == "multi_ack" || c == "multi_ack_detailed");
+        if multi_ack {
+            return false;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.haves.len());
+        !self.haves.iter().all(|h| seen.insert(h))
+    }
 }
 
 /// Parse a whole v0 upload-pack request body.
