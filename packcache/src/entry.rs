@@ -212,7 +212,7 @@ impl Entry {
             }
             progress.written
         };
-        self.file.metadata().is_ok_and(|m| m.len() < written)
+        crate::store::holds(&self.file, written).is_ok_and(|whole| !whole)
     }
 
     /// Readers attached now.

@@ -7,7 +7,8 @@
 //! lives whose lock is free are removed, so nothing written by a previous life is ever
 //! served, and a live gateway sharing the directory keeps its own; a lock file a start
 //! left under its making name (`.gitgate-….lock`) goes once it is a minute old and
-//! free. Every operation here blocks; callers run them on `spawn_blocking`. Reading
+//! free. If this life's directory is removed while it runs (an operator clearing the
+//! cache), the next entry makes it, and its lock, again. Every operation here blocks; callers run them on `spawn_blocking`. Reading
 //! entry files is the reader's job, not this module's. Tests wrap `FileStore` in a
 //! store that fails writes, reports a full disk or signals removals.
 
@@ -17,6 +18,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use nix::fcntl::{Flock, FlockArg};
@@ -65,10 +67,15 @@ pub(crate) trait EntryStore: fmt::Debug + Send + Sync + 'static {
 /// The real store: files in this life's directory.
 #[derive(Debug)]
 pub(crate) struct FileStore {
+    /// The configured `dir`, holding every life's directory and lock.
+    root: PathBuf,
+    /// This life's name, `gitgate-<pid>-<nanos>`.
+    name: String,
     life_dir: PathBuf,
     counter: AtomicU64,
-    /// Held for as long as this process runs (see [`ended_life`]).
-    _life_lock: Flock<File>,
+    /// Held for as long as this process runs (see [`ended_life`]); replaced when the
+    /// directory is made again.
+    life_lock: Mutex<Flock<File>>,
 }
 
 impl FileStore {
@@ -117,33 +124,86 @@ impl FileStore {
             .unwrap_or(0);
         let name = format!("{LIFE_PREFIX}{}-{nanos}", std::process::id());
         // The lock first, then the directory: a directory without a lock is never one
-        // of this version's live ones. The lock file is made and locked under a name
-        // the scan above ignores and only then renamed into place, so another gateway
-        // starting meanwhile never finds it unlocked and removes it.
-        let lock_path = dir.join(format!("{name}{LOCK_SUFFIX}"));
-        let making = dir.join(format!(".{name}{LOCK_SUFFIX}"));
-        let lock = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&making)
-            .map_err(io_err("creating", &making))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            StoreError::Io {
-                op: "locking",
-                path: making.clone(),
-                source: errno.into(),
-            }
-        })?;
-        std::fs::rename(&making, &lock_path).map_err(io_err("renaming", &making))?;
+        // of this version's live ones.
+        let lock = lock_life(dir, &name)?;
         let life_dir = dir.join(&name);
         // I4: `create_dir` fails rather than adopt a directory that already exists.
         std::fs::create_dir(&life_dir).map_err(io_err("creating", &life_dir))?;
         Ok(Self {
+            root: dir.to_owned(),
+            name,
             life_dir,
             counter: AtomicU64::new(0),
-            _life_lock: lock,
+            life_lock: Mutex::new(lock),
         })
     }
+
+    /// Make this life's directory and lock again after something removed the
+    /// directory. Entry numbers go on from the counter, so no name is reused (I4).
+    fn remake_life(&self) -> Result<(), StoreError> {
+        let mut held = self
+            .life_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.life_dir.is_dir() {
+            // Another entry made it meanwhile.
+            return Ok(());
+        }
+        tracing::warn!(dir = %self.life_dir.display(), "this process's pack cache directory was removed; making it again");
+        std::fs::create_dir_all(&self.root).map_err(io_err("creating", &self.root))?;
+        // A new lock first (the old one may have gone with the directory's
+        // neighbours), then the directory.
+        *held = lock_life(&self.root, &self.name)?;
+        match std::fs::create_dir(&self.life_dir) {
+            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
+                Err(io_err("creating", &self.life_dir)(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn create_numbered(&self) -> Result<(File, PathBuf), StoreError> {
+        // I4: a counter within a directory private to this life, and `create_new`.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.life_dir.join(format!("{n:08}.entry"));
+        // No atime updates: readers copy entries with non-blocking reads on the
+        // runtime's threads (see `reader`), and an atime update would dirty the inode
+        // and could wait on the filesystem's journal there.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOATIME)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                op: "creating",
+                path: path.clone(),
+                source,
+            })?;
+        Ok((file, path))
+    }
+}
+
+/// Make `<dir>/<name>.lock` and lock it. It is made and locked under a name the
+/// start-up scan ignores (`.<name>.lock`) and only then renamed into place, so another
+/// gateway starting meanwhile never finds it unlocked and removes the life it guards.
+fn lock_life(dir: &Path, name: &str) -> Result<Flock<File>, StoreError> {
+    let lock_path = dir.join(format!("{name}{LOCK_SUFFIX}"));
+    let making = dir.join(format!(".{name}{LOCK_SUFFIX}"));
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&making)
+        .map_err(io_err("creating", &making))?;
+    let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        StoreError::Io {
+            op: "locking",
+            path: making.clone(),
+            source: errno.into(),
+        }
+    })?;
+    std::fs::rename(&making, &lock_path).map_err(io_err("renaming", &making))?;
+    Ok(lock)
 }
 
 /// Whether `file` is still at least `written` bytes long: entry files only grow, so a
@@ -233,24 +293,13 @@ impl EntryStore for FileStore {
     }
 
     fn create(&self) -> Result<(File, PathBuf), StoreError> {
-        // I4: a counter within a directory private to this life, and `create_new`.
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.life_dir.join(format!("{n:08}.entry"));
-        // No atime updates: readers copy entries with non-blocking reads on the
-        // runtime's threads (see `reader`), and an atime update would dirty the inode
-        // and could wait on the filesystem's journal there.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(nix::libc::O_NOATIME)
-            .open(&path)
-            .map_err(|source| StoreError::Io {
-                op: "creating",
-                path: path.clone(),
-                source,
-            })?;
-        Ok((file, path))
+        match self.create_numbered() {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                self.remake_life()?;
+                self.create_numbered()
+            }
+            made => made,
+        }
     }
 
     /// One `pwritev` for the lot where it can: the page cache then holds the range in

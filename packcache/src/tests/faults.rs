@@ -146,9 +146,14 @@ async fn failed_file_creation_is_a_bypass() {
     let registry = Registry::new();
     let metrics = crate::CacheMetrics::register(&registry).expect("register");
     let cache = PackCache::open(config(&dir), metrics).await.expect("open");
+    // A file where the life's directory was: creating an entry fails (a removed
+    // directory would be made again).
     tokio::fs::remove_dir_all(cache.life_dir())
         .await
         .expect("remove life dir");
+    tokio::fs::write(cache.life_dir(), b"")
+        .await
+        .expect("a file in its place");
     let fetch = cache
         .fetch(key("k"), || unreachable!("no entry is made"))
         .await;

@@ -269,6 +269,48 @@ async fn leftovers_of_dead_processes_are_removed_at_start() {
     );
 }
 
+#[tokio::test]
+async fn a_cache_directory_removed_while_running_is_made_again() {
+    let dir = TempDir::new().expect("tempdir");
+    let registry = Registry::new();
+    let metrics = crate::CacheMetrics::register(&registry).expect("register");
+    let cache = PackCache::open(config(&dir), metrics).await.expect("open");
+    let (kind, first) = drain(cache.fetch(key("a"), || fixed(4, 100)).await).await;
+    assert_eq!(kind, "miss");
+    // An operator clears the cache: every life's directory and lock go.
+    let cache_dir = dir.path().join("cache");
+    std::fs::remove_dir_all(&cache_dir).expect("rm -rf");
+    // The entry made before still serves from its open file.
+    let (kind, again) = drain(cache.fetch(key("a"), || fixed(4, 100)).await).await;
+    assert_eq!((kind, again.clone()), ("hit", first));
+    // A new key makes its entry in a directory made again, under a held lock.
+    let (kind, made) = drain(cache.fetch(key("b"), || fixed(3, 100)).await).await;
+    assert_eq!(kind, "miss", "the cache was bypassed: {made:?}");
+    assert!(made.is_ok());
+    assert!(
+        cache.life_dir().is_dir(),
+        "the directory was not made again"
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.life_dir())
+            .expect("life dir")
+            .count(),
+        1
+    );
+    let (kind, hit) = drain(cache.fetch(key("b"), || fixed(3, 100)).await).await;
+    assert_eq!((kind, hit), ("hit", made));
+    let mut own_lock = cache.life_dir().as_os_str().to_owned();
+    own_lock.push(".lock");
+    let own_lock = std::fs::File::open(&own_lock).expect("the lock file made again");
+    assert!(
+        matches!(
+            Flock::lock(own_lock, FlockArg::LockExclusiveNonblock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK))
+        ),
+        "the lock made again is not held"
+    );
+}
+
 /// Read `n` bytes from `stream` (failing on an error or an early end).
 async fn read_n(
     stream: &mut (impl futures_util::Stream<Item = Result<Bytes, crate::ReadError>> + Unpin),
