@@ -225,6 +225,16 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
     if opts.hits_only {
         return print_hits(opts, &setup, &corpus);
     }
+    if opts.only.as_deref() == Some("fleet") {
+        let fleet = crate::fleet::fleet_comparison(&setup, &corpus, opts.clients, opts.repeat)?;
+        for (label, runs) in [("one gateway", &fleet.single), ("fleet of 3", &fleet.fleet)] {
+            let (procs, node, gateways, wall) = crate::fleet::FleetFigures::medians(runs);
+            println!(
+                "median {label}: node git processes {procs} node CPU {node:.2}s gateways CPU {gateways:.2}s wall {wall:.2}s"
+            );
+        }
+        return Ok(());
+    }
     let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     let mut method = String::new();
     let mut list = scenarios(opts.clients);
@@ -629,19 +639,20 @@ fn report(
         "\n## Fleet: {} git clones spread round-robin over gateways sharing PostgreSQL and three `gitgate-node`s\n",
         opts.clients
     );
-    let _ = writeln!(out, "Each run starts from scratch (new PostgreSQL, nodes holding a copy of the corpus each, new gateways), so each fan-out pays for its pack generation and advertisements. Medians of {} runs per setup, interleaved. Node CPU includes the nodes' git processes; server CPU is nodes + gateways.\n", fleet.single.len());
-    let _ = writeln!(out, "| setup | node git processes | node CPU s | gateways CPU s | server CPU s | server CPU vs nginx + http-backend | wall s |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "Each run starts from scratch (new PostgreSQL, nodes holding a copy of the corpus each, new gateways), so each fan-out pays for its pack generation and advertisements. Medians of {} runs per setup, interleaved. Node CPU includes the nodes' git processes; server CPU is nodes + gateways. Idle is the gateways' own CPU per second, measured for a few seconds before the fan-out (health checks, heartbeats, timers); it is part of the gateways' CPU over the fan-out's wall time.\n", fleet.single.len());
+    let _ = writeln!(out, "| setup | node git processes | node CPU s | gateways CPU s | gateways idle CPU s/s | server CPU s | server CPU vs nginx + http-backend | wall s |\n|---|---|---|---|---|---|---|---|");
     for (label, runs) in [
         ("one gateway", &fleet.single),
         ("fleet of 3 gateways", &fleet.fleet),
     ] {
         let (procs, node, gw, wall) = crate::fleet::FleetFigures::medians(runs);
+        let idle = crate::fleet::FleetFigures::idle(runs);
         let vs_nginx = medians.get(&(FANOUT_GIT, 2)).map_or("-".to_owned(), |n| {
             format!("{:.3}×", (node + gw) / n.1.max(1e-9))
         });
         let _ = writeln!(
             out,
-            "| {label} | {procs:.0} | {node:.2} | {gw:.2} | {:.2} | {vs_nginx} | {wall:.2} |",
+            "| {label} | {procs:.0} | {node:.2} | {gw:.2} | {idle:.3} | {:.2} | {vs_nginx} | {wall:.2} |",
             node + gw
         );
     }

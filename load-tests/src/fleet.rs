@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use gitgate_storage_client::throwaway_postgres::ThrowawayPostgres;
 
-use crate::measure::Accounting;
+use crate::measure::{self, Accounting};
 use crate::scenarios::{self, Corpus, Kind, Mode, Outcome, Scenario};
 use crate::servers::{self, Server, Setup};
 use crate::stats::median;
 
 const NODE_TOKEN: &str = "bench-node-token-0123456789";
 const FLEET_SECRET: &str = "bench-fleet-secret-0123456789";
+/// How long the gateways' idle CPU is measured before each fan-out.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 /// One fan-out's figures.
 pub struct FleetRun {
@@ -30,6 +32,10 @@ pub struct FleetRun {
     pub node_cpu: f64,
     /// The gateways' CPU seconds.
     pub gateway_cpu: f64,
+    /// Each gateway's CPU seconds (utime + stime of its process), in start order.
+    pub per_gateway: Vec<f64>,
+    /// The gateways' CPU seconds per second while idle, before the fan-out.
+    pub idle_per_second: f64,
     /// The clients' view.
     pub outcome: Outcome,
 }
@@ -52,6 +58,11 @@ impl FleetFigures {
             m(|r| r.gateway_cpu),
             m(|r| r.outcome.wall.as_secs_f64()),
         )
+    }
+
+    /// Median of the gateways' idle CPU seconds per second of `runs`.
+    pub fn idle(runs: &[FleetRun]) -> f64 {
+        median(&runs.iter().map(|r| r.idle_per_second).collect::<Vec<_>>())
     }
 }
 
@@ -79,11 +90,16 @@ pub fn fleet_comparison(
             let gateways = if (k + round) % 2 == 0 { 1 } else { 3 };
             let run = one_run(setup, corpus, &scenario, gateways)?;
             println!(
-                "round {round} fleet of {gateways}: wall {:>6.2}s node git processes {:>3} node CPU {:>6.2}s gateway CPU {:>6.2}s errors {} unverified {}{}",
+                "round {round} fleet of {gateways}: wall {:>6.2}s node git processes {:>3} node CPU {:>6.2}s gateway CPU {:>6.2}s (each {}) errors {} unverified {}{}",
                 run.outcome.wall.as_secs_f64(),
                 run.git_processes,
                 run.node_cpu,
                 run.gateway_cpu,
+                run.per_gateway
+                    .iter()
+                    .map(|c| format!("{c:.2}"))
+                    .collect::<Vec<_>>()
+                    .join("/"),
                 run.outcome.errors,
                 run.outcome.verify_failures,
                 run.outcome
@@ -135,21 +151,40 @@ fn one_run(
             })?;
         }
     }
-    // Let start-up work (discovery of the copies on the nodes) settle.
+    // Let start-up work (discovery of the copies on the nodes) settle, then see what
+    // the gateways cost while idle (health checks, heartbeats, timers).
     std::thread::sleep(Duration::from_secs(1));
+    let idle_before: f64 = gws.iter().map(|g| measure::own_cpu(g.main_pid)).sum();
+    std::thread::sleep(IDLE_WINDOW);
+    let idle_per_second = (gws
+        .iter()
+        .map(|g| measure::own_cpu(g.main_pid))
+        .sum::<f64>()
+        - idle_before)
+        / IDLE_WINDOW.as_secs_f64();
+    println!("  idle: {gateways} gateway(s) used {idle_per_second:.3}s of CPU per second");
     let git_before = node_git_processes(&nodes)?;
     let node_pids: Vec<u32> = nodes.iter().flat_map(|n| n.pids.clone()).collect();
     let gw_pids: Vec<u32> = gws.iter().flat_map(|g| g.pids.clone()).collect();
     let node_acct = Accounting::attach(&format!("fleet{gateways}-nodes"), &node_pids);
     let gw_acct = Accounting::attach(&format!("fleet{gateways}-gateways"), &gw_pids);
     let (node_before, gw_before) = (node_acct.cpu_seconds(), gw_acct.cpu_seconds());
+    let each_before: Vec<f64> = gws.iter().map(|g| measure::own_cpu(g.main_pid)).collect();
     let outcome =
         scenarios::run_spread(scenario, &authorities, corpus, &dir.join("clients"), "git")?;
     let node_cpu = node_acct.cpu_seconds() - node_before;
     let gateway_cpu = gw_acct.cpu_seconds() - gw_before;
+    let per_gateway = gws
+        .iter()
+        .zip(each_before)
+        .map(|(g, before)| measure::own_cpu(g.main_pid) - before)
+        .collect();
     node_acct.detach();
     gw_acct.detach();
     let git_processes = node_git_processes(&nodes)? - git_before;
+    for (i, gw) in gws.iter().enumerate() {
+        println!("  gateway {}: {}", i + 1, gateway_summary(gw)?);
+    }
     drop(gws);
     drop(nodes);
     drop(pg);
@@ -158,6 +193,8 @@ fn one_run(
         git_processes,
         node_cpu,
         gateway_cpu,
+        per_gateway,
+        idle_per_second,
         outcome,
     })
 }
@@ -261,6 +298,33 @@ fn node_git_processes(nodes: &[Server]) -> anyhow::Result<f64> {
         );
     }
     Ok(total)
+}
+
+/// What one gateway did, from its metrics: pack-cache lookups by result, bytes it
+/// generated (took from a node or an owner) and served, and its peer requests.
+fn gateway_summary(gw: &Server) -> anyhow::Result<String> {
+    let resp = crate::http::request(&gw.authority, "GET", "/-/metrics", &[], &[])?;
+    let text = String::from_utf8_lossy(&resp.body);
+    let lookups = ["hit", "miss", "bypass", "error"].map(|r| {
+        let series = format!("gitgate_pack_cache_lookups_total{{result=\"{r}\"}}");
+        format!("{r} {}", metric(&text, &series))
+    });
+    let peers = [
+        ("forwarder", "ok"),
+        ("forwarder", "fallback"),
+        ("owner", "ok"),
+    ]
+    .map(|(role, result)| {
+        let series = format!("gitgate_peer_requests_total{{result=\"{result}\",role=\"{role}\"}}");
+        format!("{role} {result} {}", metric(&text, &series))
+    });
+    Ok(format!(
+        "lookups {}; generated {:.1} MiB, served {:.1} MiB; peer requests {}",
+        lookups.join(", "),
+        metric(&text, "gitgate_pack_cache_generated_bytes_total") / (1 << 20) as f64,
+        metric(&text, "gitgate_pack_cache_served_bytes_total") / (1 << 20) as f64,
+        peers.join(", ")
+    ))
 }
 
 /// The sum of the series whose name (with labels) starts with `series` in a scrape.

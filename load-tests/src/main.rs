@@ -127,6 +127,7 @@ enum Cmd {
         rounds: Option<usize>,
         /// Run only the scenarios whose name contains this text (e.g. `shallow`), print
         /// their medians and stop: no hit or fleet comparison, no report file.
+        /// `--only fleet` runs only the fleet comparison.
         #[arg(long, conflicts_with = "hits_only")]
         only: Option<String>,
     },

@@ -62,6 +62,18 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+/// CPU seconds `pid` itself has used so far (utime + stime, not its children's).
+pub fn own_cpu(pid: u32) -> f64 {
+    stat_fields(pid).map_or(0.0, |f| {
+        f.iter()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>() as f64
+            / 100.0
+    })
+}
+
 impl Accounting {
     /// Start accounting for a server whose processes are `roots` (and their children).
     pub fn attach(name: &str, roots: &[u32]) -> Self {
