@@ -11,7 +11,7 @@
 //! | `want-ref` (v2) | yes, sorted, de-duplicated | as `want` |
 //! | `have` with `done` | yes, sorted, de-duplicated | decides what is left out; order does not |
 //! | `have` without `done` | not cacheable | a negotiation round, answered with ACK/NAK |
-//! | a repeated `have` in v0 without `multi_ack` / `multi_ack_detailed` | not cacheable | git sends a plain `ACK` per repeat of the first common have, and a client that sent it once reads the second as the pack |
+//! | two or more `have`s in v0 without `multi_ack` / `multi_ack_detailed` | not cacheable | git sends a plain `ACK` for each have it already counts as common while it knows one common commit (a repeat of it, or its parent), so how many `ACK`s precede the pack depends on the history, and a client expecting one reads the next as the pack |
 //! | `shallow` | yes, sorted, de-duplicated | decides the shallow boundary |
 //! | `deepen`, `deepen-since`, `deepen-not` | yes, in order | decide the shallow boundary |
 //! | `filter` | yes | decides which objects are sent |
@@ -82,7 +82,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                 .iter()
                 .any(|c| c == "side-band" || c == "side-band-64k");
             let expected = object_format(&req.capabilities)
-                .filter(|_| req.ends_negotiation() && !req.acks_follow_repeated_haves())
+                .filter(|_| req.ends_negotiation() && !req.acks_depend_on_history())
                 .map(|format| Expected {
                     framing: Framing::V0 { sideband },
                     format,
@@ -305,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_have_is_cacheable_only_with_multi_ack() {
+    fn several_haves_are_cacheable_only_with_multi_ack() {
         let request = |caps: &[&str], haves: Vec<ObjectId>| {
             let req = UploadRequest {
                 wants: vec![oid('a')],
@@ -317,10 +317,15 @@ mod tests {
             upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
         };
         let plain = &["side-band-64k"];
-        assert!(request(plain, vec![oid('b'), oid('c')]).cacheable());
-        assert!(!request(plain, vec![oid('b'), oid('c'), oid('b')]).cacheable());
+        assert!(request(plain, vec![]).cacheable());
+        assert!(request(plain, vec![oid('b')]).cacheable());
+        // Whether `c` is `b`'s parent (two ACKs) or not (one) only the repository knows.
+        assert!(!request(plain, vec![oid('b'), oid('c')]).cacheable());
+        assert!(!request(plain, vec![oid('b'), oid('b')]).cacheable());
         for multi in ["multi_ack", "multi_ack_detailed"] {
-            assert!(request(&["side-band-64k", multi], vec![oid('b'), oid('b')]).cacheable());
+            let caps = &["side-band-64k", multi];
+            assert!(request(caps, vec![oid('b'), oid('b')]).cacheable());
+            assert!(request(caps, vec![oid('b'), oid('c')]).cacheable());
         }
     }
 

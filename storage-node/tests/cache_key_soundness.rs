@@ -724,3 +724,46 @@ fn requests_that_share_a_key_get_the_same_answer_from_git() {
         );
     }
 }
+
+/// Without `multi_ack`, git acknowledges a have of the first common commit's parent
+/// with a second plain `ACK`: the answer's framing depends on the history, so the
+/// gateway must not key such a request (and git's answer shows why).
+#[test]
+fn a_have_of_the_first_common_commits_parent_gets_a_second_plain_ack() {
+    let root = TempDir::new().expect("tempdir");
+    let (repo, _) = repository(root.path());
+    let ids = git(&repo, &["rev-parse", "main", "main~1", "main~2"], 0);
+    let [tip, child, parent]: [&str; 3] = ids
+        .lines()
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("three commits");
+    let body = encode(&[
+        Pkt::Data(format!(
+            "want {tip} side-band-64k ofs-delta agent=other/1.0"
+        )),
+        Pkt::Flush,
+        Pkt::Data(format!("have {child}")),
+        Pkt::Data(format!("have {parent}")),
+        Pkt::Data("done".into()),
+    ]);
+    let normalized = normalize::upload_pack(ProtocolVersion::V0, &body).expect("valid");
+    assert_eq!(normalized.expected, None, "must pass through, not be keyed");
+
+    // git's own answer: two plain ACKs, then the pack.
+    let git = GitBinary::locate(Path::new("git")).expect("git on PATH");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let expected = Expected {
+        framing: Framing::V0 { sideband: true },
+        format: gitgate_proto::response::ObjectFormat::Sha1,
+    };
+    let answer = runtime.block_on(answer(&git, &repo, ProtocolVersion::V0, expected, body));
+    let refusal = answer.expect_err("one plain ACK is what a keyed answer may hold");
+    assert!(
+        refusal.contains(&format!("ACK {child}")) && refusal.contains(&format!("ACK {parent}")),
+        "git should acknowledge both haves: {refusal}"
+    );
+}

@@ -60,21 +60,20 @@ impl UploadRequest {
         self.done && self.flushes_in_haves == 0 && !self.wants.is_empty()
     }
 
-    /// Whether the `ACK` lines git sends before the pack can depend on how often a have
-    /// is repeated, in a way a client reads. Without `multi_ack` or `multi_ack_detailed`,
-    /// git sends a plain `ACK <oid>` for every have line while it knows exactly one
-    /// common object, so a repeated first common have gets two plain `ACK`s; a client
-    /// that sent it once expects the pack right after the first.
-    pub fn acks_follow_repeated_haves(&self) -> bool {
+    /// Whether the number of `ACK` lines git sends before the pack depends on the
+    /// repository's history, in a way a client reads. Without `multi_ack` or
+    /// `multi_ack_detailed`, git sends a plain `ACK <oid>` for every have line it
+    /// already counts as common while it knows exactly one common commit: a repeat of
+    /// the first common have, and also a have of that commit's parent (git marks the
+    /// parents of each have as known). Only the repository can tell which haves those
+    /// are, so with two or more haves the answer's framing is not predictable from the
+    /// request, and a client that expects one `ACK` would read the next as the pack.
+    pub fn acks_depend_on_history(&self) -> bool {
         let multi_ack = self
             .capabilities
             .iter()
             .any(|c| c == "multi_ack" || c == "multi_ack_detailed");
-        if multi_ack {
-            return false;
-        }
-        let mut seen = std::collections::HashSet::with_capacity(self.haves.len());
-        !self.haves.iter().all(|h| seen.insert(h))
+        !multi_ack && self.haves.len() > 1
     }
 }
 
