@@ -195,15 +195,21 @@ fn lock_life(dir: &Path, name: &str) -> Result<Flock<File>, StoreError> {
         .create_new(true)
         .open(&making)
         .map_err(io_err("creating", &making))?;
-    let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        StoreError::Io {
+    let locked = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| StoreError::Io {
             op: "locking",
             path: making.clone(),
             source: errno.into(),
-        }
-    })?;
-    std::fs::rename(&making, &lock_path).map_err(io_err("renaming", &making))?;
-    Ok(lock)
+        })
+        .and_then(|lock| {
+            std::fs::rename(&making, &lock_path).map_err(io_err("renaming", &making))?;
+            Ok(lock)
+        });
+    if locked.is_err() {
+        // Otherwise the next attempt (the directory made again) finds it and fails.
+        let _ = std::fs::remove_file(&making);
+    }
+    locked
 }
 
 /// Whether `file` is still at least `written` bytes long: entry files only grow, so a
@@ -332,11 +338,22 @@ impl EntryStore for FileStore {
     }
 
     fn free_bytes(&self) -> Result<u64, StoreError> {
-        let stat = nix::sys::statvfs::statvfs(&self.life_dir).map_err(|errno| StoreError::Io {
-            op: "statvfs",
-            path: self.life_dir.clone(),
-            source: io::Error::from(errno),
-        })?;
+        let statvfs = || {
+            nix::sys::statvfs::statvfs(&self.life_dir).map_err(|errno| StoreError::Io {
+                op: "statvfs",
+                path: self.life_dir.clone(),
+                source: io::Error::from(errno),
+            })
+        };
+        let stat = match statvfs() {
+            // Removed under us: made again here, as the entry about to be created
+            // needs it anyway (the free-space check runs first).
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                self.remake_life()?;
+                statvfs()?
+            }
+            stat => stat?,
+        };
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
     }
 }
