@@ -151,23 +151,18 @@ fn one_run(
             })?;
         }
     }
-    // Let start-up work (discovery of the copies on the nodes) settle, then see what
-    // the gateways cost while idle (health checks, heartbeats, timers).
+    // Let start-up work (discovery of the copies on the nodes) settle.
     std::thread::sleep(Duration::from_secs(1));
-    let idle_before: f64 = gws.iter().map(|g| measure::own_cpu(g.main_pid)).sum();
-    std::thread::sleep(IDLE_WINDOW);
-    let idle_per_second = (gws
-        .iter()
-        .map(|g| measure::own_cpu(g.main_pid))
-        .sum::<f64>()
-        - idle_before)
-        / IDLE_WINDOW.as_secs_f64();
-    println!("  idle: {gateways} gateway(s) used {idle_per_second:.3}s of CPU per second");
-    let git_before = node_git_processes(&nodes)?;
     let node_pids: Vec<u32> = nodes.iter().flat_map(|n| n.pids.clone()).collect();
     let gw_pids: Vec<u32> = gws.iter().flat_map(|g| g.pids.clone()).collect();
     let node_acct = Accounting::attach(&format!("fleet{gateways}-nodes"), &node_pids);
     let gw_acct = Accounting::attach(&format!("fleet{gateways}-gateways"), &gw_pids);
+    // What the gateways cost while idle (health checks, heartbeats, timers).
+    let idle_before = gw_acct.cpu_seconds();
+    std::thread::sleep(IDLE_WINDOW);
+    let idle_per_second = (gw_acct.cpu_seconds() - idle_before) / IDLE_WINDOW.as_secs_f64();
+    println!("  idle: {gateways} gateway(s) used {idle_per_second:.4}s of CPU per second");
+    let git_before = node_git_processes(&nodes)?;
     let (node_before, gw_before) = (node_acct.cpu_seconds(), gw_acct.cpu_seconds());
     let each_before: Vec<f64> = gws.iter().map(|g| measure::own_cpu(g.main_pid)).collect();
     let outcome =
