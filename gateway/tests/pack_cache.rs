@@ -351,6 +351,57 @@ fn a_flush_before_done_never_poisons_clones() {
     }
 }
 
+/// A client without `multi_ack` (go-git) that sends a commit and then its parent as
+/// haves gets a plain `ACK` for each from git; the gateway must pass that answer
+/// through, not hold it to the one-`ACK` shape of a keyed answer and cut it off.
+#[test]
+fn a_fetch_without_multi_ack_gets_every_ack_git_sends() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seeded(&gw, &git, tmp.path(), "p");
+    let ids = git.ok(Some(&work), &["rev-parse", "main", "main~1", "main~2"]);
+    let ids: Vec<&str> = ids.lines().map(str::trim).collect();
+    let (tip, child, parent) = (ids[0], ids[1], ids[2]);
+    let mut body = Vec::new();
+    pkt(
+        &mut body,
+        &format!("want {tip} side-band-64k ofs-delta agent=go-git/5.x\n"),
+    );
+    body.extend_from_slice(b"0000");
+    pkt(&mut body, &format!("have {child}\n"));
+    pkt(&mut body, &format!("have {parent}\n"));
+    pkt(&mut body, "done\n");
+    let headers = ["Content-Type: application/x-git-upload-pack-request"];
+    for round in 0..2 {
+        let runs = gw.upload_pack_runs();
+        let answer = http::post(
+            gw.server.authority(),
+            "/p.git/git-upload-pack",
+            &headers,
+            &body,
+        )
+        .expect("post");
+        assert_eq!(answer.status, 200);
+        let acks = format!("0031ACK {child}\n0031ACK {parent}\n");
+        assert!(
+            answer.body.starts_with(acks.as_bytes()),
+            "round {round}: git's two ACKs, then the pack: {:?}",
+            String::from_utf8_lossy(&answer.body[..answer.body.len().min(120)])
+        );
+        let rest = &answer.body[acks.len()..];
+        assert!(
+            rest.windows(4).any(|w| w == b"PACK") && rest.ends_with(b"0000"),
+            "round {round}: a whole side-band pack follows"
+        );
+        assert_eq!(
+            gw.upload_pack_runs(),
+            runs + 1,
+            "round {round}: passed through to git, not answered from the cache"
+        );
+    }
+}
+
 #[test]
 fn other_agent_and_gzip_hit_the_same_entry() {
     let gw = gateway(false, "min_occurrences = 0");
