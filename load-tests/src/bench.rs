@@ -126,6 +126,9 @@ fn scenarios(n: usize) -> Vec<Scenario> {
 }
 
 /// Indices into [`scenarios`], for the targets.
+/// Samples of each single-clone scenario per repetition and server.
+const SINGLE_CLONE_SAMPLES: usize = 3;
+
 const FANOUT_REPLAY: usize = 0;
 const FANOUT_GIT: usize = 1;
 const SHALLOW_REPLAY: usize = 2;
@@ -249,8 +252,15 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<()> {
             } else {
                 &corpus
             };
+            // One clone varies by ±15% from run to run: single-clone scenarios take
+            // several samples per repetition (each on a fresh server), interleaved.
+            let samples = if scenario.clients == 1 {
+                SINGLE_CLONE_SAMPLES
+            } else {
+                1
+            };
             // Interleave: a different server goes first in each repetition.
-            for k in 0..SERVERS.len() {
+            for k in (0..SERVERS.len()).cycle().take(samples * SERVERS.len()) {
                 let vi = (k + rep + si) % SERVERS.len();
                 let server = servers::start(SERVERS[vi], &setup)?;
                 let acct = Accounting::attach(SERVERS[vi].label(), &server.pids);
@@ -528,7 +538,7 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(out, "# gitgate load test results\n");
     let _ = writeln!(out, "Command: `{}`  ", opts.command);
-    let _ = writeln!(out, "Corpus: {} MiB of pack (seed {}{}); {} clients; {} repetitions, interleaved; medians shown.  ", pack >> 20, opts.seed, opts.repo.as_ref().map(|r| format!(", from {}", r.display())).unwrap_or_default(), opts.clients, opts.repeat);
+    let _ = writeln!(out, "Corpus: {} MiB of pack (seed {}{}); {} clients; {} repetitions, interleaved (single clones: {SINGLE_CLONE_SAMPLES} per repetition, each on a fresh server); medians shown.  ", pack >> 20, opts.seed, opts.repo.as_ref().map(|r| format!(", from {}", r.display())).unwrap_or_default(), opts.clients, opts.repeat);
     let _ = writeln!(
         out,
         "Server CPU measured with {method}; gitgate peak RSS is VmHWM of the gitgate process.  "

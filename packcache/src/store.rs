@@ -354,6 +354,8 @@ impl EntryStore for FileStore {
             }
             stat => stat?,
         };
+        // Both are u64 here; other targets have narrower types.
+        #[allow(clippy::unnecessary_cast)]
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
     }
 }
