@@ -28,9 +28,14 @@ use crate::nodes::NodeId;
 /// How long a claimed job belongs to this gateway before others may take it over;
 /// renewed every third of it while the job runs.
 const LEASE: Duration = Duration::from_secs(60);
-/// How often workers look for due jobs when nothing woke them (jobs queued by another
-/// gateway are found this way).
+/// How soon workers look for due jobs again when nothing woke them (jobs queued by
+/// another gateway, and retries coming due, are found this way).
 const POLL: Duration = Duration::from_millis(200);
+/// The longest pause between looks: each look that finds nothing doubles the pause up
+/// to this, and any job or wake-up brings it back to [`POLL`]. An idle gateway asks the
+/// metadata store about once a second instead of five times, which matters to a shared
+/// PostgreSQL under a fleet.
+const POLL_IDLE_MAX: Duration = Duration::from_secs(2);
 /// How often the job counts and the replication lag are published.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// The first retry delay; doubled per attempt up to `max_retry_delay`.
@@ -213,7 +218,8 @@ impl Cluster {
     }
 
     /// Run replication jobs until the handle is dropped: up to `settings.workers` at
-    /// once, woken by new jobs, by nodes coming back, or every second.
+    /// once, woken by new jobs, by nodes coming back, or by a poll (every 200 ms, backing
+    /// off to every 2 s while there is nothing to do).
     pub fn spawn_workers(self: &Arc<Self>) -> AbortOnDropHandle<()> {
         let cluster = self.clone();
         AbortOnDropHandle::new(tokio::spawn(async move { cluster.work().await }))
@@ -226,6 +232,7 @@ impl Cluster {
         let mut health = self.health.subscribe();
         let mut was_healthy: Vec<bool> = self.nodes.ids().map(|i| self.healthy(i)).collect();
         let mut counted = tokio::time::Instant::now() - COUNT_EVERY;
+        let mut pause = POLL;
         loop {
             let now = Self::now_ms();
             if counted.elapsed() >= COUNT_EVERY {
@@ -274,9 +281,12 @@ impl Cluster {
                 }
             }
             tokio::select! {
-                () = self.replication.jobs_queued.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+                () = self.replication.jobs_queued.notified() => pause = POLL,
+                () = tokio::time::sleep(pause) => {
+                    pause = if idle { (pause * 2).min(POLL_IDLE_MAX) } else { POLL };
+                }
                 changed = health.changed() => {
+                    pause = POLL;
                     if changed.is_ok() {
                         self.wake_recovered(&mut was_healthy).await;
                     }
