@@ -849,3 +849,89 @@ fn reads_skip_a_replica_whose_git_never_answers() {
     assert!(gave_up, "no read reached the hung replica in 8 clones");
     assert!(gw.healthy("n1"), "a hung git made its node count as down");
 }
+
+/// While a write is in flight, a fetch that names a ref (`deepen-not`) is not cached:
+/// git resolves the name against refs the write is changing, so the answer may belong
+/// to neither generation. The same fetch is cached once the write is over.
+#[test]
+fn a_fetch_naming_a_ref_is_not_cached_while_a_write_is_in_flight() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gw = Gateway::start_full(
+        &nodes.storage_toml(),
+        "replication_factor = 3\n",
+        "",
+        "",
+        "[cache]\ndir = \"pack-cache\"\nmin_occurrences = 0\n",
+        "127.0.0.1:0",
+    );
+    let (work, acked) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "naming");
+    let url = gw.url("naming");
+    let first = git
+        .ok(Some(&work), &["rev-list", "--max-parents=0", "HEAD"])
+        .trim()
+        .to_owned();
+    // deepen-not names the first commit's tag: history up to it is left out.
+    git.ok(Some(&work), &["tag", "base", &first]);
+    git.ok(Some(&work), &["push", "-q", &url, "base"]);
+    let mut body = Vec::new();
+    for line in [
+        format!("want {acked} side-band-64k ofs-delta shallow deepen-not agent=x\n"),
+        "deepen-not refs/tags/base\n".to_owned(),
+    ] {
+        body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    body.extend_from_slice(b"00000009done\n");
+    let lookups = || metric(&gw.scrape(), "gitgate_pack_cache_lookups_total", &[]);
+    let fetch = || {
+        let answer = support::http::post(
+            gw.server.authority(),
+            "/naming.git/git-upload-pack",
+            &["Content-Type: application/x-git-upload-pack-request"],
+            &body,
+        )
+        .expect("post");
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.body.windows(4).any(|w| w == b"PACK"),
+            "a pack: {:?}",
+            String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)])
+        );
+    };
+
+    // A push whose refs are updated on the nodes but not yet acknowledged.
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let reached = tmp.path().join("refs-updated");
+    for i in 0..3 {
+        let hook = nodes.repo_dir(i, "naming").join("hooks/post-receive");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\ntouch '{}'\nwhile [ -e '{}' ]; do sleep 0.05; done\n",
+                reached.display(),
+                hold.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    git.commit_file(&work, "next.txt", "x\n", "in flight");
+    let mut push = push_until_stalled(&git, &work, &url, &reached);
+    let before = lookups();
+    fetch();
+    fetch();
+    assert_eq!(
+        lookups(),
+        before,
+        "a fetch naming a ref used the cache mid-write"
+    );
+
+    std::fs::remove_file(&hold).unwrap();
+    assert!(push.wait().unwrap().success(), "the push failed");
+    // Now it is cached like any other.
+    let before = lookups();
+    fetch();
+    assert_eq!(lookups(), before + 1.0, "the same fetch after the write");
+}

@@ -14,6 +14,7 @@
 //! | two or more `have`s in v0 without `multi_ack` / `multi_ack_detailed` | not cacheable | git sends a plain `ACK` for each have it already counts as common while it knows one common commit (a repeat of it, or its parent), so how many `ACK`s precede the pack depends on the history, and a client expecting one reads the next as the pack |
 //! | `shallow` | yes, sorted, de-duplicated | decides the shallow boundary |
 //! | `deepen`, `deepen-since`, `deepen-not` | yes, in order | decide the shallow boundary |
+//! | `deepen-not <ref>`, `want-ref <ref>` while a write to the repository is in flight | not cached (the gateway's choice, from [`Normalized::names_refs`]) | git resolves the names against refs that the write may be changing, so the answer may belong to neither generation |
 //! | `filter` | yes | decides which objects are sent |
 //! | capabilities / flags (`side-band-64k`, `ofs-delta`, `thin-pack`, `no-progress`, `include-tag`, `multi_ack_detailed`, `object-format`, `server-option`, ...) | yes, sorted | change the framing or content of the response |
 //! | `agent=` | no | identifies the client software only |
@@ -52,6 +53,11 @@ pub struct Normalized {
     pub command: Option<String>,
     /// Unambiguous (length-prefixed) encoding of every field that can change the response.
     pub canonical: Vec<u8>,
+    /// Whether git resolves ref names of the request (`deepen-not <ref>`, v2
+    /// `want-ref`) against the repository's refs: the answer then depends on them, not
+    /// only on objects, so a replica in the middle of a write may answer differently
+    /// from the state its generation names.
+    pub names_refs: bool,
 }
 
 /// Normalize an inflated upload-pack request body spoken in `version`.
@@ -91,6 +97,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                 expected,
                 command: None,
                 canonical: enc.out,
+                names_refs: req.deepen.iter().any(|d| matches!(d, Deepen::Not(_))),
             })
         }
         ProtocolVersion::V2 => {
@@ -112,6 +119,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                     expected: None,
                     command: Some(req.command),
                     canonical: enc.out,
+                    names_refs: false,
                 });
             }
             let f = req.fetch_args()?;
@@ -137,6 +145,8 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
                 expected,
                 command: Some(req.command),
                 canonical: enc.out,
+                names_refs: !f.want_refs.is_empty()
+                    || f.deepen.iter().any(|d| matches!(d, Deepen::Not(_))),
             })
         }
     }
@@ -327,6 +337,24 @@ mod tests {
             assert!(request(caps, vec![oid('b'), oid('b')]).cacheable());
             assert!(request(caps, vec![oid('b'), oid('c')]).cacheable());
         }
+    }
+
+    #[test]
+    fn deepen_not_names_a_ref_and_other_deepening_does_not() {
+        let request = |deepen: Vec<Deepen>| {
+            let req = UploadRequest {
+                wants: vec![oid('a')],
+                capabilities: vec!["side-band-64k".into()],
+                deepen,
+                done: true,
+                ..Default::default()
+            };
+            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
+        };
+        assert!(!request(vec![]).names_refs);
+        assert!(!request(vec![Deepen::Depth(1), Deepen::Since(1_600_000_000)]).names_refs);
+        let naming = request(vec![Deepen::Not("refs/heads/main".into())]);
+        assert!(naming.names_refs && naming.cacheable());
     }
 
     #[test]

@@ -55,13 +55,17 @@ pub async fn upload_pack(
         }
     }
     let route = state.cluster.read_route(repo).await?;
+    // A pack depends on the generation; ls-refs, and a fetch naming refs, on the refs
+    // too, which a write in flight may be changing: such answers are not cached then.
+    let refs_matter = normalized.command.as_deref() == Some("ls-refs") || normalized.names_refs;
     if let Some(forwarded) = &git.forwarded {
-        // A pack depends on the generation; ls-refs on the refs too.
-        let refs_matter = normalized.command.as_deref() == Some("ls-refs");
         forwarded.check(&route, refs_matter)?;
     }
     let span = tracing::Span::current();
-    if let (Some(cache), Some(expected)) = (&state.cache, normalized.expected) {
+    let expected = normalized
+        .expected
+        .filter(|_| !(refs_matter && route.write_in_flight));
+    if let (Some(cache), Some(expected)) = (&state.cache, expected) {
         let key = cache_key(
             repo,
             Service::UploadPack,

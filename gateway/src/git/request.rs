@@ -49,8 +49,9 @@ pub struct Forwarded {
 
 impl Forwarded {
     /// Refuse (409) when this gateway's route is not the state the forwarder keys the
-    /// answer under: another generation, or for advertisements (whose refs a write in
-    /// flight may already show) a write in flight.
+    /// answer under: another generation, or, for answers that depend on refs (which a
+    /// write in flight may already show: advertisements, fetches naming refs), a write
+    /// in flight.
     pub fn check(
         &self,
         route: &gitgate_storage_client::cluster::ReadRoute,
