@@ -15,7 +15,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -44,6 +44,10 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The cache directory is on another filesystem than when the process started (its
+    /// volume was unmounted, say): entries are not made on whatever is underneath.
+    #[error("{0} is on another filesystem than at start (unmounted?); not making pack cache entries there")]
+    Moved(PathBuf),
 }
 
 /// Where entry files are made, written and removed. Every method blocks.
@@ -71,6 +75,8 @@ pub(crate) struct FileStore {
     root: PathBuf,
     /// This life's name, `gitgate-<pid>-<nanos>`.
     name: String,
+    /// The device `root` was on at start.
+    root_dev: u64,
     life_dir: PathBuf,
     counter: AtomicU64,
     /// Held for as long as this process runs (see [`ended_life`]); replaced when the
@@ -129,9 +135,13 @@ impl FileStore {
         let life_dir = dir.join(&name);
         // I4: `create_dir` fails rather than adopt a directory that already exists.
         std::fs::create_dir(&life_dir).map_err(io_err("creating", &life_dir))?;
+        let root_dev = std::fs::metadata(dir)
+            .map_err(io_err("reading", dir))?
+            .dev();
         Ok(Self {
             root: dir.to_owned(),
             name,
+            root_dev,
             life_dir,
             counter: AtomicU64::new(0),
             life_lock: Mutex::new(lock),
@@ -151,6 +161,10 @@ impl FileStore {
         }
         tracing::warn!(dir = %self.life_dir.display(), "this process's pack cache directory was removed; making it again");
         std::fs::create_dir_all(&self.root).map_err(io_err("creating", &self.root))?;
+        let root = std::fs::metadata(&self.root).map_err(io_err("reading", &self.root))?;
+        if root.dev() != self.root_dev {
+            return Err(StoreError::Moved(self.root.clone()));
+        }
         // A new lock first (the old one may have gone with the directory's
         // neighbours), then the directory.
         *held = lock_life(&self.root, &self.name)?;
@@ -357,5 +371,25 @@ impl EntryStore for FileStore {
         // Both are u64 here; other targets have narrower types.
         #[allow(clippy::unnecessary_cast)]
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EntryStore, FileStore, StoreError};
+
+    #[test]
+    fn a_removed_directory_is_not_made_again_on_another_filesystem() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let mut store = FileStore::open_blocking(dir.path()).expect("open");
+        std::fs::remove_dir_all(store.life_dir()).expect("rm -rf");
+        // As if the cache's volume had been unmounted, leaving its mount point.
+        store.root_dev ^= 1;
+        assert!(matches!(store.create(), Err(StoreError::Moved(_))));
+        assert!(matches!(store.free_bytes(), Err(StoreError::Moved(_))));
+        assert!(!store.life_dir().exists());
+        // On the same filesystem it is made again.
+        store.root_dev ^= 1;
+        assert!(store.create().is_ok());
     }
 }

@@ -368,6 +368,7 @@ impl Cluster {
                 self.store
                     .enqueue(repo, name, JobKind::Update, now, QueueMode::IfMissing)
                     .await?;
+                self.replication.jobs_queued.notify_one();
             }
         }
         self.verify_checksums(&record).await

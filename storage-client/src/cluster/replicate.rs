@@ -195,6 +195,8 @@ impl Cluster {
                 if let Err(err) = self.store.retry(&job, owner, &err.to_string(), due).await {
                     tracing::warn!(error = %err, "could not hand a failed copy back to the workers");
                 }
+                // Looking again soon finds it when it comes due.
+                self.replication.jobs_queued.notify_one();
             }
         }
         result
@@ -237,10 +239,7 @@ impl Cluster {
             let now = Self::now_ms();
             if counted.elapsed() >= COUNT_EVERY {
                 counted = tokio::time::Instant::now();
-                match self.store.job_counts(now).await {
-                    Ok(counts) => self.metrics.set_jobs(counts, now),
-                    Err(err) => tracing::warn!(error = %err, "could not count replication jobs"),
-                }
+                self.publish_counts().await;
             }
             let free = slots.available_permits();
             let claimed = if free == 0 {
@@ -280,18 +279,41 @@ impl Cluster {
                     tracing::error!(error = %err, "replication job task failed");
                 }
             }
-            tokio::select! {
-                () = self.replication.jobs_queued.notified() => pause = POLL,
-                () = tokio::time::sleep(pause) => {
-                    pause = if idle { (pause * 2).min(POLL_IDLE_MAX) } else { POLL };
-                }
-                changed = health.changed() => {
-                    pause = POLL;
-                    if changed.is_ok() {
-                        self.wake_recovered(&mut was_healthy).await;
+            // Wait for a reason to look again, publishing the counts every
+            // COUNT_EVERY meanwhile, however long the pause.
+            let look = tokio::time::Instant::now() + pause;
+            loop {
+                tokio::select! {
+                    () = self.replication.jobs_queued.notified() => {
+                        pause = POLL;
+                        break;
+                    }
+                    () = tokio::time::sleep_until(look) => {
+                        pause = if idle { (pause * 2).min(POLL_IDLE_MAX) } else { POLL };
+                        break;
+                    }
+                    () = tokio::time::sleep_until(counted + COUNT_EVERY) => {
+                        counted = tokio::time::Instant::now();
+                        self.publish_counts().await;
+                    }
+                    changed = health.changed() => {
+                        pause = POLL;
+                        if changed.is_ok() {
+                            self.wake_recovered(&mut was_healthy).await;
+                        }
+                        break;
                     }
                 }
             }
+        }
+    }
+
+    /// Publish the job counts and the replication lag.
+    async fn publish_counts(&self) {
+        let now = Self::now_ms();
+        match self.store.job_counts(now).await {
+            Ok(counts) => self.metrics.set_jobs(counts, now),
+            Err(err) => tracing::warn!(error = %err, "could not count replication jobs"),
         }
     }
 
