@@ -23,9 +23,12 @@ pub enum AppError {
     /// `info/refs` without a smart `service` parameter (dumb HTTP).
     #[error("only smart HTTP is supported; use a git client newer than 1.6.6")]
     DumbHttp,
-    /// Wrong method for the endpoint.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// Wrong method for the endpoint, which allows only `allow`.
+    #[error("method not allowed (use {allow})")]
+    MethodNotAllowed {
+        /// The method the endpoint takes (sent in `Allow`).
+        allow: &'static str,
+    },
     /// The repository does not exist.
     #[error("repository not found")]
     RepoNotFound,
@@ -147,7 +150,7 @@ impl AppError {
             Self::Unauthenticated | Self::PeerRefused(_) => StatusCode::UNAUTHORIZED,
             Self::QueueFull | Self::ClientQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::QueueTimeout | Self::ClientQueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) | Self::NoReplica(_) | Self::Busy | Self::FetchBodyBudget => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -195,6 +198,10 @@ impl IntoResponse for AppError {
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Self::MethodNotAllowed { allow } = &self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if status == StatusCode::UNAUTHORIZED {
             // Lets git's credential helpers ask for a user name and token.

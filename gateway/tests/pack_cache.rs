@@ -402,6 +402,71 @@ fn a_fetch_without_multi_ack_gets_every_ack_git_sends() {
     }
 }
 
+/// git reads `side-band-64k=x` as `side-band-64k`; so does the gateway, so the answer
+/// is checked (and cached) as the side-band answer it is, not cut off. A wrong method
+/// is refused with the one the endpoint takes in `Allow`.
+#[test]
+fn a_feature_with_a_value_is_read_as_git_reads_it() {
+    let gw = gateway(false, "min_occurrences = 0");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = seeded(&gw, &git, tmp.path(), "p");
+    let ids = git.ok(Some(&work), &["rev-parse", "main", "main~3"]);
+    let ids: Vec<&str> = ids.lines().map(str::trim).collect();
+    let mut body = Vec::new();
+    pkt(
+        &mut body,
+        &format!("want {} side-band-64k=x ofs-delta no-progress\n", ids[0]),
+    );
+    body.extend_from_slice(b"0000");
+    pkt(&mut body, &format!("have {}\n", ids[1]));
+    pkt(&mut body, "done\n");
+    let headers = ["Content-Type: application/x-git-upload-pack-request"];
+    let runs = gw.upload_pack_runs();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let answer = http::post(
+            gw.server.authority(),
+            "/p.git/git-upload-pack",
+            &headers,
+            &body,
+        )
+        .expect("post");
+        assert_eq!(answer.status, 200);
+        let mut check =
+            gitgate_proto::response::ResponseCheck::new(gitgate_proto::response::Expected {
+                framing: gitgate_proto::response::Framing::V0 { sideband: true },
+                format: gitgate_proto::response::ObjectFormat::Sha1,
+            });
+        check.feed(&answer.body).expect("a side-band answer");
+        assert!(check.finish().expect("a whole pack").objects > 0);
+        answers.push(answer.body);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(gw.upload_pack_runs(), runs + 1, "the second is a hit");
+
+    let wrong = http::get(gw.server.authority(), "/p.git/git-upload-pack").expect("get");
+    assert_eq!(wrong.status, 405);
+    assert!(
+        wrong
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nallow: post\r\n"),
+        "{}",
+        wrong.head
+    );
+    let wrong = http::post(gw.server.authority(), "/p.git/info/refs", &[], b"").expect("post");
+    assert_eq!(wrong.status, 405);
+    assert!(
+        wrong
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get\r\n"),
+        "{}",
+        wrong.head
+    );
+}
+
 #[test]
 fn other_agent_and_gzip_hit_the_same_entry() {
     let gw = gateway(false, "min_occurrences = 0");

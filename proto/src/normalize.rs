@@ -83,10 +83,7 @@ pub fn upload_pack(version: ProtocolVersion, body: &[u8]) -> Result<Normalized, 
             enc.list(b"have", sorted_oids(&req.haves));
             enc.field(&req.flushes_in_haves.to_be_bytes());
             enc.field(if req.done { b"done" } else { b"open" });
-            let sideband = req
-                .capabilities
-                .iter()
-                .any(|c| c == "side-band" || c == "side-band-64k");
+            let sideband = req.has_feature("side-band") || req.has_feature("side-band-64k");
             let expected = object_format(&req.capabilities)
                 .filter(|_| req.ends_negotiation() && !req.acks_depend_on_history())
                 .map(|format| Expected {
@@ -355,6 +352,35 @@ mod tests {
         assert!(!request(vec![Deepen::Depth(1), Deepen::Since(1_600_000_000)]).names_refs);
         let naming = request(vec![Deepen::Not("refs/heads/main".into())]);
         assert!(naming.names_refs && naming.cacheable());
+    }
+
+    #[test]
+    fn a_feature_with_a_value_is_the_feature_as_git_reads_it() {
+        let request = |caps: &[&str], haves: Vec<ObjectId>| {
+            let req = UploadRequest {
+                wants: vec![oid('a')],
+                capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                haves,
+                done: true,
+                ..Default::default()
+            };
+            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
+        };
+        for caps in [&["side-band-64k=x"][..], &["side-band=1", "ofs-delta"]] {
+            let n = request(caps, vec![]);
+            assert_eq!(
+                n.expected.map(|e| e.framing),
+                Some(Framing::V0 { sideband: true })
+            );
+        }
+        // Not a prefix match: git needs `=` or the end after the name.
+        let n = request(&["side-band-64kx"], vec![]);
+        assert_eq!(
+            n.expected.map(|e| e.framing),
+            Some(Framing::V0 { sideband: false })
+        );
+        assert!(request(&["multi_ack=1"], vec![oid('b'), oid('c')]).cacheable());
+        assert!(!request(&["multi_ackx"], vec![oid('b'), oid('c')]).cacheable());
     }
 
     #[test]

@@ -83,6 +83,16 @@ pub async fn handle(
                 }
             }
         }
-        _ => Err(AppError::MethodNotAllowed),
+        (_, endpoint) => Err(AppError::MethodNotAllowed {
+            allow: allowed(endpoint),
+        }),
+    }
+}
+
+/// The one method `endpoint` takes.
+pub(crate) fn allowed(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::InfoRefs => "GET",
+        Endpoint::Rpc(_) => "POST",
     }
 }

@@ -38,7 +38,11 @@ pub async fn serve(
     let method = req.method().clone();
     match (&method, endpoint) {
         (&Method::POST, Endpoint::Rpc(_)) | (&Method::GET, Endpoint::InfoRefs) => {}
-        _ => return Err(AppError::MethodNotAllowed),
+        (_, endpoint) => {
+            return Err(AppError::MethodNotAllowed {
+                allow: crate::git::allowed(endpoint),
+            })
+        }
     }
     // Checked before anything else; the header borrows end here (the body is not Sync).
     let forwarded = {

@@ -69,11 +69,17 @@ impl UploadRequest {
     /// are, so with two or more haves the answer's framing is not predictable from the
     /// request, and a client that expects one `ACK` would read the next as the pack.
     pub fn acks_depend_on_history(&self) -> bool {
-        let multi_ack = self
-            .capabilities
-            .iter()
-            .any(|c| c == "multi_ack" || c == "multi_ack_detailed");
+        let multi_ack = self.has_feature("multi_ack") || self.has_feature("multi_ack_detailed");
         !multi_ack && self.haves.len() > 1
+    }
+
+    /// Whether git turns on feature `name` for this request: a capability that is the
+    /// name, or the name with a value (`side-band-64k=x`), as git reads them.
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| {
+            c.strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        })
     }
 }
 
