@@ -311,18 +311,22 @@ mod tests {
             .cacheable());
     }
 
+    /// A v0 request for one object that ends with `done`, normalized.
+    fn v0_done(caps: &[&str], haves: Vec<ObjectId>, deepen: Vec<Deepen>) -> Normalized {
+        let req = UploadRequest {
+            wants: vec![oid('a')],
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            haves,
+            deepen,
+            done: true,
+            ..Default::default()
+        };
+        upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
+    }
+
     #[test]
     fn several_haves_are_cacheable_only_with_multi_ack() {
-        let request = |caps: &[&str], haves: Vec<ObjectId>| {
-            let req = UploadRequest {
-                wants: vec![oid('a')],
-                capabilities: caps.iter().map(|c| c.to_string()).collect(),
-                haves,
-                done: true,
-                ..Default::default()
-            };
-            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
-        };
+        let request = |caps: &[&str], haves| v0_done(caps, haves, vec![]);
         let plain = &["side-band-64k"];
         assert!(request(plain, vec![]).cacheable());
         assert!(request(plain, vec![oid('b')]).cacheable());
@@ -338,16 +342,7 @@ mod tests {
 
     #[test]
     fn deepen_not_names_a_ref_and_other_deepening_does_not() {
-        let request = |deepen: Vec<Deepen>| {
-            let req = UploadRequest {
-                wants: vec![oid('a')],
-                capabilities: vec!["side-band-64k".into()],
-                deepen,
-                done: true,
-                ..Default::default()
-            };
-            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
-        };
+        let request = |deepen| v0_done(&["side-band-64k"], vec![], deepen);
         assert!(!request(vec![]).names_refs);
         assert!(!request(vec![Deepen::Depth(1), Deepen::Since(1_600_000_000)]).names_refs);
         let naming = request(vec![Deepen::Not("refs/heads/main".into())]);
@@ -356,16 +351,7 @@ mod tests {
 
     #[test]
     fn a_feature_with_a_value_is_the_feature_as_git_reads_it() {
-        let request = |caps: &[&str], haves: Vec<ObjectId>| {
-            let req = UploadRequest {
-                wants: vec![oid('a')],
-                capabilities: caps.iter().map(|c| c.to_string()).collect(),
-                haves,
-                done: true,
-                ..Default::default()
-            };
-            upload_pack(ProtocolVersion::V0, &req.encode()).expect("valid")
-        };
+        let request = |caps: &[&str], haves| v0_done(caps, haves, vec![]);
         for caps in [&["side-band-64k=x"][..], &["side-band=1", "ofs-delta"]] {
             let n = request(caps, vec![]);
             assert_eq!(
