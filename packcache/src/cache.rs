@@ -399,6 +399,7 @@ impl Inner {
             {
                 Ok(inserted) => inserted,
                 Err(answer) => {
+                    writer.discard();
                     self.index.unlink_later(path);
                     return match answer.await {
                         Ok(Some((entry, follower))) => Ok(Created::Joined(entry, follower)),
@@ -410,6 +411,7 @@ impl Inner {
         };
         Ok(match inserted {
             Insert::Joined(existing, follower) => {
+                writer.discard();
                 self.index.unlink_later(path);
                 Created::Joined(existing, follower)
             }

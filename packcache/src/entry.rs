@@ -70,6 +70,8 @@ pub(crate) enum FailReason {
     /// The file was cut short under the cache while being written: serving it would
     /// end short, or send zeros where later writes left a hole.
     Damaged,
+    /// The [`Writer`] went away without publishing an end (its task was dropped).
+    Dropped,
 }
 
 /// Bytes of entry files in the index, shared by every entry and kept in the
@@ -171,6 +173,7 @@ impl Entry {
         });
         let writer = Writer {
             entry: entry.clone(),
+            finished: false,
         };
         (entry, writer)
     }
@@ -268,9 +271,14 @@ impl Entry {
 }
 
 /// The producer's handle on an entry: the only way to change its published state.
+///
+/// Dropped without [`Writer::finish`] (a producer task cancelled, say, at runtime
+/// shutdown), it fails the entry, so no reader waits for bytes that will never come;
+/// the index replaces the failed entry (unlinking its file) or evicts it at `max_age`.
 #[derive(Debug)]
 pub(crate) struct Writer {
     entry: Arc<Entry>,
+    finished: bool,
 }
 
 impl Writer {
@@ -329,11 +337,22 @@ impl Writer {
     }
 
     /// Publish the end: `Done` on `Ok`, `Failed` otherwise.
-    pub(crate) fn finish(self, result: Result<(), FailReason>) {
+    pub(crate) fn finish(mut self, result: Result<(), FailReason>) {
         let phase = match result {
             Ok(()) => Phase::Done,
             Err(reason) => Phase::Failed(reason),
         };
+        self.publish_end(phase);
+    }
+
+    /// Give up on an entry that never went into the index (another one for its key
+    /// did): nobody can have attached to it.
+    pub(crate) fn discard(mut self) {
+        self.publish_end(Phase::Failed(FailReason::Abandoned));
+    }
+
+    fn publish_end(&mut self, phase: Phase) {
+        self.finished = true;
         let mut shared = self.entry.lock();
         self.entry
             .progress
@@ -347,6 +366,15 @@ impl Writer {
         let tail = std::mem::take(&mut shared.tail);
         drop(shared);
         drop(tail);
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::error!(key = %self.entry.key(), "pack cache writer dropped before the end");
+            self.publish_end(Phase::Failed(FailReason::Dropped));
+        }
     }
 }
 
@@ -417,6 +445,39 @@ mod tests {
             entry.tail(0, 4).is_none(),
             "a finished entry still holds its tail"
         );
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_before_the_end_fails_its_readers() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let path = dir.path().join("e");
+        let file = std::fs::File::create(&path).expect("create");
+        let gauge = prometheus::IntGauge::new("usage", "usage").expect("gauge");
+        let usage = std::sync::Arc::new(super::DiskUsage::new(gauge));
+        let key = crate::KeyBuilder::new(1).finish();
+        let (entry, writer) = super::Entry::new(key, file, path, usage);
+        let mut follower = entry.attach();
+        writer.wrote(0, Bytes::from_static(b"abcd"), true);
+        let task = tokio::spawn(async move {
+            let _writer = writer;
+            std::future::pending::<()>().await;
+        });
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        let ended = follower
+            .progress
+            .wait_for(|p| !matches!(p.phase, super::Phase::Writing));
+        let phase = tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+            .await
+            .expect("a reader would wait forever")
+            .expect("the entry outlives its writer")
+            .phase
+            .clone();
+        assert!(
+            matches!(phase, super::Phase::Failed(super::FailReason::Dropped)),
+            "a reader would wait forever: {phase:?}"
+        );
+        assert!(!entry.joinable(), "a dropped entry is joinable");
     }
 
     #[test]

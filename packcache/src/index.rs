@@ -70,10 +70,12 @@ impl Index {
     /// entry for the key while its file was being created: then join that one (I1).
     pub(crate) fn insert(&self, entry: Arc<Entry>) -> Insert {
         let mut index = self.lock();
-        if let Some(existing) = index.get(&entry.key()) {
+        if let Some(existing) = index.get(&entry.key()).cloned() {
             if existing.joinable() {
                 return Insert::Joined(existing.clone(), existing.attach());
             }
+            // A failed entry its producer could not take out (see `Writer`'s drop).
+            self.remove_locked(&mut index, &existing, "failed");
         }
         let follower = entry.attach();
         index.insert(entry.key(), entry);
