@@ -446,6 +446,17 @@ fn empty_missing_and_hostile_paths(remote: bool) {
     )
     .expect("response");
     assert_eq!(resp.status, 400);
+    // A depth git refuses is the client's error too, not the node's.
+    let want = format!("want {} side-band-64k\n", "1".repeat(40));
+    let deepen_zero = format!("{:04x}{want}000ddeepen 0\n00000009done\n", want.len() + 4);
+    let resp = http::post(
+        gw.server.authority(),
+        "/empty.git/git-upload-pack",
+        &[],
+        deepen_zero.as_bytes(),
+    )
+    .expect("response");
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
     // Dumb HTTP is refused clearly.
     let resp = http::get(gw.server.authority(), "/empty.git/info/refs").expect("response");
     assert_eq!(resp.status, 403);

@@ -12,7 +12,7 @@
 //! ([`FetchArgs`], [`LsRefsArgs`], [`ObjectInfoArgs`]) are parsed from them so callers
 //! can reason about a fetch without re-parsing lines.
 
-use super::upload_v0::{parse_number, Deepen};
+use super::upload_v0::{parse_depth, parse_number, Deepen};
 use super::{filter_spec, keyword, oid_arg, push_bounded, show, text, value, ParseError};
 use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
 use crate::oid::ObjectId;
@@ -194,8 +194,7 @@ impl CommandRequest {
                     MAX_WANTS,
                 )?,
                 b"deepen" => {
-                    let n = u32::try_from(parse_number(line, rest)?)
-                        .map_err(|_| ParseError::BadNumber { line: show(line) })?;
+                    let n = parse_depth(line, rest)?;
                     push_bounded(&mut f.deepen, Deepen::Depth(n), "deepen", MAX_REPEATED_ARGS)?
                 }
                 b"deepen-since" => push_bounded(

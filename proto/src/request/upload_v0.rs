@@ -135,8 +135,7 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
                 push_bounded(&mut req.shallows, oid, "shallow", MAX_SHALLOWS)?;
             }
             b"deepen" => {
-                let n = parse_number(data, rest)?;
-                let n = u32::try_from(n).map_err(|_| ParseError::BadNumber { line: show(data) })?;
+                let n = parse_depth(data, rest)?;
                 push_bounded(
                     &mut req.deepen,
                     Deepen::Depth(n),
@@ -227,6 +226,16 @@ pub(crate) fn parse_number(line: &[u8], raw: &[u8]) -> Result<i64, ParseError> {
         .ok()
         .filter(|_| canonical)
         .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ParseError::BadNumber { line: show(line) })
+}
+
+/// A `deepen` depth: git refuses anything outside 1 to `i32::MAX` (what `--unshallow`
+/// sends), so such a request is the client's error, not the node's.
+pub(crate) fn parse_depth(line: &[u8], raw: &[u8]) -> Result<u32, ParseError> {
+    let n = parse_number(line, raw)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=i32::MAX as u32).contains(n))
         .ok_or_else(|| ParseError::BadNumber { line: show(line) })
 }
 
@@ -334,6 +343,18 @@ mod tests {
         }
         assert_eq!(parse_number(b"deepen", b"0"), Ok(0));
         assert_eq!(parse_number(b"deepen", b"105"), Ok(105));
+    }
+
+    #[test]
+    fn depths_are_those_git_accepts() {
+        for bad in ["0", "2147483648", "4294967297"] {
+            assert!(
+                parse_depth(b"deepen", bad.as_bytes()).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(parse_depth(b"deepen", b"1"), Ok(1));
+        assert_eq!(parse_depth(b"deepen", b"2147483647"), Ok(2147483647));
     }
 
     fn arb_oid() -> impl Strategy<Value = ObjectId> {
