@@ -347,22 +347,25 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
     let git = default_client();
     let tmp = TempDir::new().expect("tempdir");
     seed(&git, &fleet.gateways[0], tmp.path(), "open/a");
-    seed(&git, &fleet.gateways[0], tmp.path(), "open/b");
+    let work_b = seed(&git, &fleet.gateways[0], tmp.path(), "open/b");
     let gw = &fleet.gateways[1];
     let authority = gw.server.authority().to_owned();
     let advert = |repo: &str| format!("/-/peer/{repo}/info/refs?service=git-upload-pack");
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     // A token as a fleet member mints it: bound to the owner's address, the method, the
     // path, the client, the protocol and the generation.
-    let token = |path: &str, client: &str, generation: i64, secret: &str| {
+    let signed = |method: &str, path: &str, client: &str, generation: i64, secret: &str| {
         gitgate_storage_client::tokens::Secret::for_peers(secret).token(
             &authority,
             gitgate_storage_client::tokens::TokenScope::Request {
-                method: "GET",
+                method,
                 path_and_query: &format!("{path}\n{}\n\n{generation}", hex(client)),
             },
             std::time::SystemTime::now(),
         )
+    };
+    let token = |path: &str, client: &str, generation: i64, secret: &str| {
+        signed("GET", path, client, generation, secret)
     };
     let get = |path: &str, client: &str, generation: i64, token: Option<&str>| {
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -422,4 +425,35 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
         &["role=\"owner\"", "result=\"refused\""],
     );
     assert!(refused >= 6.0, "{refused} refusals counted");
+    // A fetch answered from the owner's pack cache says its pack hash was checked
+    // there, so a forwarder need not hash its copy again; the answer is whole.
+    let head = git.ok(Some(&work_b), &["rev-parse", "HEAD"]);
+    let want = format!("want {} side-band-64k\n", head.trim());
+    let body = format!("{:04x}{want}00000009done\n", want.len() + 4);
+    let fetch = "/-/peer/open/b/git-upload-pack";
+    let auth = format!(
+        "Authorization: Bearer {}",
+        signed("POST", fetch, me, generation, SECRET)
+    );
+    let resp = http::post(
+        &authority,
+        fetch,
+        &[
+            &format!("X-Gitgate-Client: {}", hex(me)),
+            &format!("X-Gitgate-Generation: {generation}"),
+            &auth,
+            "Content-Type: application/x-git-upload-pack-request",
+        ],
+        body.as_bytes(),
+    )
+    .expect("fetch");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(
+        resp.head
+            .to_ascii_lowercase()
+            .contains("x-gitgate-pack-checked: 1"),
+        "a cached answer is not marked checked: {}",
+        resp.head
+    );
+    assert!(resp.body.ends_with(b"0000"), "the answer is cut short");
 }

@@ -20,7 +20,8 @@
 //!
 //! Memory is bounded: at most one pkt-line (64 KiB) is buffered, plus the pack's
 //! trailer. The hash runs incrementally over the bytes as they pass, once per
-//! generated response.
+//! generated response: a copy of an answer that another gateway of the fleet already
+//! checked is checked without it ([`ResponseCheck::without_hash`]).
 
 use sha1::Digest;
 
@@ -161,6 +162,21 @@ struct Machine {
 impl ResponseCheck {
     /// A checker for the response to a request that expects `expected`.
     pub fn new(expected: Expected) -> Self {
+        Self::with_pack_check(expected, PackCheck::new(expected.format))
+    }
+
+    /// A checker of everything but the trailer's hash, for a copy of an answer whose
+    /// hash was checked where it was generated (a fleet owner's cache entry). The
+    /// framing, the pack header and the trailer's presence are still checked, and a
+    /// copy cut short still fails: the owner ends its answer cleanly only when its own
+    /// check passed.
+    pub fn without_hash(expected: Expected) -> Self {
+        let mut pack = PackCheck::new(expected.format);
+        pack.hasher = Hasher::Skipped;
+        Self::with_pack_check(expected, pack)
+    }
+
+    fn with_pack_check(expected: Expected, pack: PackCheck) -> Self {
         let phase = match expected.framing {
             Framing::V0 { .. } => Phase::V0Lines {
                 acked: false,
@@ -173,7 +189,7 @@ impl ResponseCheck {
             machine: Machine {
                 expected,
                 phase,
-                pack: PackCheck::new(expected.format),
+                pack,
             },
         }
     }
@@ -375,6 +391,8 @@ struct PackCheck {
 enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
+    /// The hash was checked where the answer was generated.
+    Skipped,
 }
 
 const PACK_HEADER_LEN: usize = 12;
@@ -428,6 +446,7 @@ impl PackCheck {
         match &mut self.hasher {
             Hasher::Sha1(h) => h.update(bytes),
             Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Skipped => {}
         }
     }
 
@@ -460,11 +479,12 @@ impl PackCheck {
             self.header[10],
             self.header[11],
         ]);
-        let digest: Vec<u8> = match self.hasher {
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
+        let digest: Option<Vec<u8>> = match self.hasher {
+            Hasher::Sha1(h) => Some(h.finalize().to_vec()),
+            Hasher::Sha256(h) => Some(h.finalize().to_vec()),
+            Hasher::Skipped => None,
         };
-        if digest != self.tail {
+        if digest.is_some_and(|digest| digest != self.tail) {
             return Err(ResponseError::BadPack {
                 reason: "the trailer does not match the pack's hash",
             });
@@ -598,6 +618,33 @@ mod tests {
             check(V0_SB, &extra, 100),
             Err(ResponseError::TrailingData { .. })
         ));
+    }
+
+    #[test]
+    fn a_copy_checked_without_the_hash_still_fails_when_cut_or_malformed() {
+        let unhashed = |response: &[u8]| {
+            let mut c = ResponseCheck::without_hash(V0_SB);
+            c.feed(response)?;
+            c.finish()
+        };
+        let response = v0_sideband(&pack(5000));
+        assert_eq!(unhashed(&response).map(|c| c.pack_bytes), Ok(5000 + 32));
+        // Only the hash goes unchecked.
+        let mut p = pack(5000);
+        p[100] ^= 1;
+        assert!(unhashed(&v0_sideband(&p)).is_ok());
+        assert!(unhashed(&response[..response.len() - 4]).is_err());
+        let mut no_signature = pack(5000);
+        no_signature[0] = b'K';
+        assert!(unhashed(&v0_sideband(&no_signature)).is_err());
+        let mut extra = response.clone();
+        extra.extend_from_slice(b"0000");
+        assert!(unhashed(&extra).is_err());
+        let mut short = Vec::new();
+        pktline::encode_text(&mut short, b"NAK").expect("fits");
+        pktline::encode_band(&mut short, Channel::Data, b"PACK\0\0\0\x02\0\0\0\x01").expect("fits");
+        pktline::encode_flush(&mut short);
+        assert!(unhashed(&short).is_err(), "no room for a trailer");
     }
 
     #[test]

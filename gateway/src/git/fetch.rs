@@ -163,8 +163,8 @@ pub(super) async fn from_owner(
     what: Forward,
 ) -> Result<Option<BodyStream>, AppError> {
     match owner.ask(git, repo, what).await {
-        Ok(OwnerAnswer::Stream(stream)) => {
-            Ok(Some(Box::pin(stream.map_err(|e| Box::new(e) as BoxError))))
+        Ok(OwnerAnswer::Stream { body, .. }) => {
+            Ok(Some(Box::pin(body.map_err(|e| Box::new(e) as BoxError))))
         }
         Ok(OwnerAnswer::Limited(limit)) => Err(limit.into()),
         Err(_produce_here) => Ok(None),
@@ -210,12 +210,14 @@ impl Producer {
                     };
                     match owner.ask(&git, &repo, what).await {
                         // The owner holds the node slots; its answer is checked here
-                        // as a node's would be.
-                        Ok(OwnerAnswer::Stream(stream)) => {
-                            return Ok(checked(
-                                Box::pin(stream.map_err(UpstreamError::new)),
-                                expected,
-                            ))
+                        // as a node's would be, but for a hash the owner checked.
+                        Ok(OwnerAnswer::Stream { body, pack_checked }) => {
+                            let check = if pack_checked {
+                                ResponseCheck::without_hash(expected)
+                            } else {
+                                ResponseCheck::new(expected)
+                            };
+                            return Ok(checked(Box::pin(body.map_err(UpstreamError::new)), check));
                         }
                         Ok(OwnerAnswer::Limited(limit)) => return Err(UpstreamError::new(limit)),
                         // Counted and logged: produce it here.
@@ -238,22 +240,23 @@ impl Producer {
                     let _held_until_the_stream_ends = &slot;
                     item.map_err(UpstreamError::new)
                 });
-                Ok(checked(Box::pin(stream), expected))
+                Ok(checked(Box::pin(stream), ResponseCheck::new(expected)))
             })
         }
     }
 }
 
-/// Pass `stream` through, checking that it is a complete final response; if it is not,
-/// end with an error instead of a clean end, so the entry fails and is never served.
-fn checked(stream: ByteStream, expected: Expected) -> ByteStream {
+/// Pass `stream` through, checking with `check` that it is a complete final response;
+/// if it is not, end with an error instead of a clean end, so the entry fails and is
+/// never served.
+fn checked(stream: ByteStream, check: ResponseCheck) -> ByteStream {
     struct Checking {
         stream: ByteStream,
         check: Option<ResponseCheck>,
     }
     let state = Checking {
         stream,
-        check: Some(ResponseCheck::new(expected)),
+        check: Some(check),
     };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         let check = s.check.as_mut()?;
@@ -285,6 +288,12 @@ fn incomplete(err: ResponseError) -> UpstreamError {
     UpstreamError::new(err)
 }
 
+/// Marks a response served from the pack cache: its bytes passed the completeness
+/// check, pack hash included, as they were produced (a fleet owner says so to the
+/// forwarding gateway).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PackChecked;
+
 /// Answer from a cache reader: wait for the first bytes so a failure before any output
 /// still gets a proper status. An entry already complete is announced with its length;
 /// on a plaintext connection its bytes go out with `sendfile` ([`crate::zero_copy`]).
@@ -303,12 +312,14 @@ async fn cached_response(
     let rest = stream.map_err(|e| Box::new(e) as BoxError);
     let body: BodyStream =
         Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
-    Ok(git_response_of_len(
+    let mut resp = git_response_of_len(
         body,
         Service::UploadPack.result_content_type(),
         generated,
         len,
-    ))
+    );
+    resp.extensions_mut().insert(PackChecked);
+    Ok(resp)
 }
 
 fn read_error(err: ReadError) -> AppError {

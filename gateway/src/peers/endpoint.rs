@@ -91,5 +91,13 @@ pub async fn serve(
     peers
         .metrics
         .count("owner", if answer.is_ok() { "ok" } else { "error" });
-    answer
+    answer.map(|mut resp| {
+        if resp.extensions().get::<fetch::PackChecked>().is_some() {
+            resp.headers_mut().insert(
+                super::PACK_CHECKED_HEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    })
 }

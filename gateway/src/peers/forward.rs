@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{
     encode_client, scope_subject, Peers, CLIENT_HEADER, GENERATION_HEADER, LIMIT_HEADER,
-    PEER_PREFIX,
+    PACK_CHECKED_HEADER, PEER_PREFIX,
 };
 use crate::git::GitRequest;
 
@@ -131,7 +131,12 @@ impl Forward {
 /// The owner's answer, before its body.
 pub enum OwnerAnswer {
     /// The owner is sending the answer: its body, as it arrives.
-    Stream(PeerStream),
+    Stream {
+        /// The body.
+        body: PeerStream,
+        /// Whether the owner checked its pack's hash ([`PACK_CHECKED_HEADER`]).
+        pack_checked: bool,
+    },
     /// The owner's limits refused the forwarded client: the fleet's answer, passed on.
     Limited(crate::limits::LimitError),
 }
@@ -163,7 +168,7 @@ impl Peers {
     ) -> Result<OwnerAnswer, Fallback> {
         let answer = self.send(owner, git, repo, what).await;
         let label = match &answer {
-            Ok(OwnerAnswer::Stream(_)) => "ok",
+            Ok(OwnerAnswer::Stream { .. }) => "ok",
             Ok(OwnerAnswer::Limited(_)) => "limited",
             Err(fallback) => {
                 match fallback {
@@ -240,7 +245,11 @@ impl Peers {
             StatusCode::CONFLICT => return Err(Fallback::Stale),
             other => return Err(Fallback::Status(other)),
         }
-        Ok(OwnerAnswer::Stream(self.watched(owner, resp.into_body())))
+        let pack_checked = resp.headers().contains_key(PACK_CHECKED_HEADER);
+        Ok(OwnerAnswer::Stream {
+            body: self.watched(owner, resp.into_body()),
+            pack_checked,
+        })
     }
 
     /// The owner's body as a stream that fails (P3) when the connection breaks or

@@ -25,7 +25,10 @@
 //!   logged.
 //! - P3. A forwarded answer that breaks after its first byte fails the local entry it
 //!   feeds, and so every response reading it (never a clean end of a truncated pack);
-//!   the pack cache's completeness check applies to forwarded answers too.
+//!   the pack cache's completeness check applies to forwarded answers too. The pack
+//!   hash in that check runs once per generated answer: an owner marks an answer from
+//!   its own pack cache, whose check covered the hash ([`PACK_CHECKED_HEADER`]), and
+//!   the forwarder checks such a copy without recomputing it.
 //! - P4. An owner that could not be reached is skipped for one expiry period, so a
 //!   dead gateway costs each survivor one failed connection, not one per request.
 
@@ -56,6 +59,10 @@ pub const CLIENT_HEADER: &str = "x-gitgate-client";
 
 /// The header carrying the generation the forwarding gateway keys the request under.
 pub const GENERATION_HEADER: &str = "x-gitgate-generation";
+
+/// The header on an owner's answer that comes from its pack cache, so its pack's hash
+/// was checked as the node produced it; the forwarder checks the rest (P3).
+pub const PACK_CHECKED_HEADER: &str = "x-gitgate-pack-checked";
 
 /// The header on a 429 or 503 that a limit (not the storage tier) caused: `client` or
 /// `repository`, so a forwarding gateway passes it on instead of producing locally.
