@@ -218,6 +218,11 @@ impl Entry {
         crate::store::holds(&self.file, written).is_ok_and(|whole| !whole)
     }
 
+    /// Whether the producer failed.
+    pub(crate) fn is_failed(&self) -> bool {
+        matches!(self.progress.borrow().phase, Phase::Failed(_))
+    }
+
     /// Readers attached now.
     pub(crate) fn readers(&self) -> usize {
         self.progress.receiver_count()
@@ -372,7 +377,8 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         if !self.finished {
-            tracing::error!(key = %self.entry.key(), "pack cache writer dropped before the end");
+            // At runtime shutdown, for every producer still running.
+            tracing::warn!(key = %self.entry.key(), "pack cache writer dropped before the end");
             self.publish_end(Phase::Failed(FailReason::Dropped));
         }
     }

@@ -114,13 +114,19 @@ impl Index {
         }
     }
 
-    /// Evict the oldest complete entry; false if there is none.
+    /// Evict a failed entry its producer could not take out (see `Writer`'s drop), else
+    /// the oldest complete entry; false if there is neither.
     pub(crate) fn evict_oldest(&self, reason: &'static str) -> bool {
         let mut index = self.lock();
         let oldest = index
             .values()
-            .filter(|e| e.is_done())
-            .min_by_key(|e| e.created())
+            .find(|e| e.is_failed())
+            .or_else(|| {
+                index
+                    .values()
+                    .filter(|e| e.is_done())
+                    .min_by_key(|e| e.created())
+            })
             .cloned();
         match oldest {
             Some(entry) => {

@@ -14,7 +14,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use gitgate_packcache::{ByteStream, Fetch, ReadError, Reader, UpstreamError};
-use gitgate_proto::response::{Expected, ResponseCheck, ResponseError};
+use gitgate_proto::response::{Expected, Framing, ResponseCheck, ResponseError};
 use gitgate_proto::{normalize, RepoPath, Service};
 use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
 
@@ -210,9 +210,12 @@ impl Producer {
                     };
                     match owner.ask(&git, &repo, what).await {
                         // The owner holds the node slots; its answer is checked here
-                        // as a node's would be, but for a hash the owner checked.
+                        // as a node's would be, but for a hash the owner checked. A
+                        // raw pack (v0 without side-band) has no framing to end it, so
+                        // only its hash shows that a copy is whole.
                         Ok(OwnerAnswer::Stream { body, pack_checked }) => {
-                            let check = if pack_checked {
+                            let raw = expected.framing == Framing::V0 { sideband: false };
+                            let check = if pack_checked && !raw {
                                 ResponseCheck::without_hash(expected)
                             } else {
                                 ResponseCheck::new(expected)
@@ -289,8 +292,11 @@ fn incomplete(err: ResponseError) -> UpstreamError {
 }
 
 /// Marks a response served from the pack cache: its bytes passed the completeness
-/// check, pack hash included, as they were produced (a fleet owner says so to the
-/// forwarding gateway).
+/// check as they were produced, pack hash included, here or (for an entry made from
+/// a peer's copy) at the gateway that generated them. A fleet owner says so to the
+/// forwarding gateway. It vouches for the bytes as produced: a copy corrupted later
+/// (on disk, or on the wire past TCP's checksum) is caught by the client's own pack
+/// check, not by the forwarder's.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PackChecked;
 

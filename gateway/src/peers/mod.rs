@@ -28,7 +28,8 @@
 //!   the pack cache's completeness check applies to forwarded answers too. The pack
 //!   hash in that check runs once per generated answer: an owner marks an answer from
 //!   its own pack cache, whose check covered the hash ([`PACK_CHECKED_HEADER`]), and
-//!   the forwarder checks such a copy without recomputing it.
+//!   the forwarder checks such a copy's framing without recomputing it (a raw v0 pack,
+//!   which has no framing to end it, is hashed again).
 //! - P4. An owner that could not be reached is skipped for one expiry period, so a
 //!   dead gateway costs each survivor one failed connection, not one per request.
 
