@@ -169,7 +169,8 @@ pub async fn serve(
     // serving (config validation guarantees the store is PostgreSQL).
     let peers = match (&config.cluster, shared_store) {
         (Some(settings), Some(store)) => {
-            Some(peers::Peers::join(settings.clone(), store, &registry).await?)
+            let max_age = config.cache.cache.max_age;
+            Some(peers::Peers::join(settings.clone(), store, max_age, &registry).await?)
         }
         _ => None,
     };

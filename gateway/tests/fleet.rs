@@ -354,15 +354,19 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     // A token as a fleet member mints it: bound to the owner's address, the method, the
     // path, the client, the protocol and the generation.
+    let signed_for =
+        |authority: &str, method: &str, path: &str, client: &str, generation: i64, secret: &str| {
+            gitgate_storage_client::tokens::Secret::for_peers(secret).token(
+                authority,
+                gitgate_storage_client::tokens::TokenScope::Request {
+                    method,
+                    path_and_query: &format!("{path}\n{}\n\n{generation}", hex(client)),
+                },
+                std::time::SystemTime::now(),
+            )
+        };
     let signed = |method: &str, path: &str, client: &str, generation: i64, secret: &str| {
-        gitgate_storage_client::tokens::Secret::for_peers(secret).token(
-            &authority,
-            gitgate_storage_client::tokens::TokenScope::Request {
-                method,
-                path_and_query: &format!("{path}\n{}\n\n{generation}", hex(client)),
-            },
-            std::time::SystemTime::now(),
-        )
+        signed_for(&authority, method, path, client, generation, secret)
     };
     let token = |path: &str, client: &str, generation: i64, secret: &str| {
         signed("GET", path, client, generation, secret)
@@ -456,4 +460,75 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
         resp.head
     );
     assert!(resp.body.ends_with(b"0000"), "the answer is cut short");
+    // A gateway that went to another owner for a key does not vouch for its own entry
+    // for it (that entry is the owner's copy, unhashed here) should it be asked as the
+    // owner later; for a key it produced itself, it does. Sixteen keys, so both kinds
+    // come up however the two gateways share them.
+    let first = &fleet.gateways[0];
+    let (mut copied, mut produced) = (0, 0);
+    for variant in 0..16u32 {
+        let caps: Vec<&str> = ["no-progress", "ofs-delta", "thin-pack", "include-tag"]
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| variant & (1 << bit) != 0)
+            .map(|(_, cap)| *cap)
+            .collect();
+        let want = format!("want {} side-band-64k {}\n", head.trim(), caps.join(" "));
+        let body = format!("{:04x}{want}00000009done\n", want.len() + 4);
+        let forwarded = || {
+            metric(
+                &first.scrape(),
+                "gitgate_peer_requests_total",
+                &["role=\"forwarder\"", "result=\"ok\""],
+            )
+        };
+        let before = forwarded();
+        let resp = http::post(
+            first.server.authority(),
+            "/open/b.git/git-upload-pack",
+            &["Content-Type: application/x-git-upload-pack-request"],
+            body.as_bytes(),
+        )
+        .expect("client fetch");
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        let went_to_owner = forwarded() > before;
+        let token = signed_for(
+            first.server.authority(),
+            "POST",
+            fetch,
+            me,
+            generation,
+            SECRET,
+        );
+        let resp = http::post(
+            first.server.authority(),
+            fetch,
+            &[
+                &format!("X-Gitgate-Client: {}", hex(me)),
+                &format!("X-Gitgate-Generation: {generation}"),
+                &format!("Authorization: Bearer {token}"),
+                "Content-Type: application/x-git-upload-pack-request",
+            ],
+            body.as_bytes(),
+        )
+        .expect("peer fetch");
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        let marked = resp
+            .head
+            .to_ascii_lowercase()
+            .contains("x-gitgate-pack-checked");
+        assert_eq!(
+            marked, !went_to_owner,
+            "variant {variant}: forwarded {went_to_owner}, marked {marked}"
+        );
+        if went_to_owner {
+            copied += 1;
+        } else {
+            produced += 1;
+        }
+    }
+    assert!(
+        copied > 0 && produced > 0,
+        "{copied} copied, {produced} produced"
+    );
 }

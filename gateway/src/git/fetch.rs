@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use gitgate_packcache::{ByteStream, Fetch, ReadError, Reader, UpstreamError};
+use gitgate_packcache::{ByteStream, CacheKey, Fetch, ReadError, Reader, UpstreamError};
 use gitgate_proto::response::{Expected, Framing, ResponseCheck, ResponseError};
 use gitgate_proto::{normalize, RepoPath, Service};
 use gitgate_storage_client::cluster::{Cluster, ClusterError, ReadRoute};
@@ -89,7 +89,7 @@ pub async fn upload_pack(
         match cache.fetch(key, upstream).await {
             Fetch::Hit(reader) => {
                 span.record("cache", "hit");
-                return cached_response(reader, send_queue, false).await;
+                return cached_response(reader, send_queue, false, key).await;
             }
             Fetch::Miss(reader) => {
                 span.record("cache", "miss");
@@ -97,7 +97,7 @@ pub async fn upload_pack(
                 if let Some(&first) = route.candidates().first() {
                     span.record("node", state.cluster.node_name(first));
                 }
-                return cached_response(reader, send_queue, true).await;
+                return cached_response(reader, send_queue, true, key).await;
             }
             Fetch::Bypass(reason) => {
                 span.record("cache", "bypass");
@@ -291,14 +291,14 @@ fn incomplete(err: ResponseError) -> UpstreamError {
     UpstreamError::new(err)
 }
 
-/// Marks a response served from the pack cache: its bytes passed the completeness
-/// check as they were produced, pack hash included, here or (for an entry made from
-/// a peer's copy) at the gateway that generated them. A fleet owner says so to the
-/// forwarding gateway. It vouches for the bytes as produced: a copy corrupted later
-/// (on disk, or on the wire past TCP's checksum) is caught by the client's own pack
-/// check, not by the forwarder's.
+/// Marks a response served from the pack cache for `key`: its bytes passed the
+/// completeness check as they were produced, pack hash included, unless the entry was
+/// made from a fleet owner's copy (the peer layer knows which keys those can be, see
+/// `Peers::vouches_for`). A fleet owner tells the forwarding gateway so. It vouches
+/// for the bytes as produced: a copy corrupted later (on disk, or on the wire past
+/// TCP's checksum) is caught by the client's own pack check, not by the forwarder's.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct PackChecked;
+pub(crate) struct PackChecked(pub(crate) CacheKey);
 
 /// Answer from a cache reader: wait for the first bytes so a failure before any output
 /// still gets a proper status. An entry already complete is announced with its length;
@@ -307,6 +307,7 @@ async fn cached_response(
     reader: Reader,
     send_queue: Option<Arc<SendQueue>>,
     generated: bool,
+    key: CacheKey,
 ) -> Result<Response, AppError> {
     let len = reader.complete_len();
     let mut stream = Box::pin(zero_copy::body(reader, send_queue));
@@ -324,7 +325,7 @@ async fn cached_response(
         generated,
         len,
     );
-    resp.extensions_mut().insert(PackChecked);
+    resp.extensions_mut().insert(PackChecked(key));
     Ok(resp)
 }
 

@@ -92,7 +92,8 @@ pub async fn serve(
         .metrics
         .count("owner", if answer.is_ok() { "ok" } else { "error" });
     answer.map(|mut resp| {
-        if resp.extensions().get::<fetch::PackChecked>().is_some() {
+        let checked = resp.extensions().get::<fetch::PackChecked>();
+        if checked.is_some_and(|fetch::PackChecked(key)| peers.vouches_for(key)) {
             resp.headers_mut().insert(
                 super::PACK_CHECKED_HEADER,
                 axum::http::HeaderValue::from_static("1"),

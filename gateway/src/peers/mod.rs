@@ -27,7 +27,8 @@
 //!   feeds, and so every response reading it (never a clean end of a truncated pack);
 //!   the pack cache's completeness check applies to forwarded answers too. The pack
 //!   hash in that check runs once per generated answer: an owner marks an answer from
-//!   its own pack cache, whose check covered the hash ([`PACK_CHECKED_HEADER`]), and
+//!   its own pack cache, whose check covered the hash ([`PACK_CHECKED_HEADER`]; not
+//!   for a key it lately went to another owner for: its entry may be that copy), and
 //!   the forwarder checks such a copy's framing without recomputing it (a raw v0 pack,
 //!   which has no framing to end it, is hashed again).
 //! - P4. An owner that could not be reached is skipped for one expiry period, so a
@@ -100,7 +101,15 @@ pub struct Peers {
     client: forward::PeerClient,
     store: PostgresStore,
     metrics: PeerMetrics,
+    /// Pack cache keys this gateway lately went to an owner for, kept for the cache's
+    /// `max_age`: its entries for them may be copies it did not hash, so it does not
+    /// vouch for them ([`PACK_CHECKED_HEADER`]) when it owns them itself (after the
+    /// live set changed). Bounded; a key forgotten early only costs a forwarder a hash.
+    copied: moka::sync::Cache<CacheKey, ()>,
 }
+
+/// How many recently copied keys a gateway remembers (about 100 bytes each).
+const COPIED_KEYS: u64 = 100_000;
 
 /// `gitgate_peer_requests_total{role,result}`, `gitgate_peers{state}` and
 /// `gitgate_peer_heartbeat_failures_total`.
@@ -160,9 +169,11 @@ impl PeerMetrics {
 impl Peers {
     /// Join the fleet: register this gateway and read the live set once, so the first
     /// request already sees it. Registration failing here fails the start.
+    /// `max_age` is the pack cache's: how long an entry made from an owner's copy lives.
     pub async fn join(
         settings: ClusterConfig,
         store: PostgresStore,
+        max_age: std::time::Duration,
         registry: &Registry,
     ) -> Result<Arc<Self>, crate::ServeError> {
         let (metrics, tokens) = PeerMetrics::register(registry)?;
@@ -184,6 +195,10 @@ impl Peers {
             store,
             metrics,
             settings,
+            copied: moka::sync::Cache::builder()
+                .max_capacity(COPIED_KEYS)
+                .time_to_live(max_age.max(std::time::Duration::from_millis(1)))
+                .build(),
         });
         peers.set_live(live);
         tracing::info!(url = %peers.settings.advertise_url, live = ?peers.live(), "joined the fleet");
@@ -258,6 +273,15 @@ pub struct Owner {
     span: tracing::Span,
 }
 
+impl Peers {
+    /// Whether this gateway, as `key`'s owner, vouches that its cached answer's pack
+    /// hash was checked: not when it went to another owner for the key within the
+    /// cache's `max_age` (its entry may be that owner's copy).
+    pub fn vouches_for(&self, key: &CacheKey) -> bool {
+        !self.copied.contains_key(key)
+    }
+}
+
 impl Owner {
     /// The owner's URL.
     pub fn url(&self) -> &str {
@@ -286,6 +310,7 @@ impl Owner {
 
 /// The owner of `key` when another gateway owns it; `None` when this gateway produces
 /// it (it owns the key, the request was forwarded here already, or it serves alone).
+/// Remembers the key as one this gateway's cache may hold a copy of.
 pub fn owner_of(
     peers: Option<&Arc<Peers>>,
     git: &crate::git::GitRequest,
@@ -293,6 +318,7 @@ pub fn owner_of(
 ) -> Option<Owner> {
     let peers = peers.filter(|_| git.forwarded.is_none())?;
     let url = peers.owner(key)?;
+    peers.copied.insert(*key, ());
     Some(Owner {
         peers: peers.clone(),
         url,
