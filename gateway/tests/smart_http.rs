@@ -457,6 +457,19 @@ fn empty_missing_and_hostile_paths(remote: bool) {
     )
     .expect("response");
     assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    // So is a depth with deepen-since, which git refuses to combine.
+    let both = format!(
+        "{:04x}{want}000ddeepen 1\n001cdeepen-since 1600000000\n00000009done\n",
+        want.len() + 4
+    );
+    let resp = http::post(
+        gw.server.authority(),
+        "/empty.git/git-upload-pack",
+        &[],
+        both.as_bytes(),
+    )
+    .expect("response");
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
     // Dumb HTTP is refused clearly.
     let resp = http::get(gw.server.authority(), "/empty.git/info/refs").expect("response");
     assert_eq!(resp.status, 403);

@@ -12,7 +12,7 @@
 //! ([`FetchArgs`], [`LsRefsArgs`], [`ObjectInfoArgs`]) are parsed from them so callers
 //! can reason about a fetch without re-parsing lines.
 
-use super::upload_v0::{parse_depth, parse_number, Deepen};
+use super::upload_v0::{check_deepen, parse_depth, parse_number, Deepen};
 use super::{filter_spec, keyword, oid_arg, push_bounded, show, text, value, ParseError};
 use crate::limits::{MAX_CAPABILITIES, MAX_HAVES, MAX_REPEATED_ARGS, MAX_SHALLOWS, MAX_WANTS};
 use crate::oid::ObjectId;
@@ -232,6 +232,7 @@ impl CommandRequest {
                 }
             }
         }
+        check_deepen(&f.deepen)?;
         Ok(f)
     }
 

@@ -75,6 +75,12 @@ pub enum ParseError {
         /// How many bytes.
         len: usize,
     },
+    /// Arguments git refuses to combine.
+    #[error("{what} cannot be used together")]
+    Conflicting {
+        /// Which arguments.
+        what: &'static str,
+    },
     /// A valid request that gitgate does not handle.
     #[error("{what} is not supported")]
     Unsupported {

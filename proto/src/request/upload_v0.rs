@@ -211,6 +211,7 @@ pub fn parse(body: &[u8]) -> Result<UploadRequest, ParseError> {
     if !rest.is_empty() {
         return Err(ParseError::TrailingData { len: rest.len() });
     }
+    check_deepen(&req.deepen)?;
     Ok(req)
 }
 
@@ -237,6 +238,19 @@ pub(crate) fn parse_depth(line: &[u8], raw: &[u8]) -> Result<u32, ParseError> {
         .ok()
         .filter(|n| (1..=i32::MAX as u32).contains(n))
         .ok_or_else(|| ParseError::BadNumber { line: show(line) })
+}
+
+/// git's upload-pack dies on a `deepen` depth together with `deepen-since` or
+/// `deepen-not`: the client's error, refused before any node sees it.
+pub(crate) fn check_deepen(deepen: &[Deepen]) -> Result<(), ParseError> {
+    let depth = deepen.iter().any(|d| matches!(d, Deepen::Depth(_)));
+    let rev_list = deepen.iter().any(|d| !matches!(d, Deepen::Depth(_)));
+    if depth && rev_list {
+        return Err(ParseError::Conflicting {
+            what: "deepen and deepen-since (or deepen-not)",
+        });
+    }
+    Ok(())
 }
 
 impl UploadRequest {
@@ -343,6 +357,32 @@ mod tests {
         }
         assert_eq!(parse_number(b"deepen", b"0"), Ok(0));
         assert_eq!(parse_number(b"deepen", b"105"), Ok(105));
+    }
+
+    #[test]
+    fn a_depth_with_deepen_since_or_not_is_refused_as_git_refuses_it() {
+        let oid = "1".repeat(40);
+        let v0 = |lines: &[&str]| {
+            let mut body = Vec::new();
+            for line in [format!("want {oid}\n")]
+                .into_iter()
+                .chain(lines.iter().map(|l| format!("{l}\n")))
+            {
+                body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+            }
+            body.extend_from_slice(b"00000009done\n");
+            parse(&body)
+        };
+        assert!(matches!(
+            v0(&["deepen 1", "deepen-since 1600000000"]),
+            Err(ParseError::Conflicting { .. })
+        ));
+        assert!(matches!(
+            v0(&["deepen-not refs/heads/x", "deepen 2"]),
+            Err(ParseError::Conflicting { .. })
+        ));
+        assert!(v0(&["deepen-since 1600000000", "deepen-not refs/heads/x"]).is_ok());
+        assert!(v0(&["deepen 3"]).is_ok());
     }
 
     #[test]
