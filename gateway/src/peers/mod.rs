@@ -104,7 +104,9 @@ pub struct Peers {
     /// Pack cache keys this gateway lately went to an owner for, kept for the cache's
     /// `max_age`: its entries for them may be copies it did not hash, so it does not
     /// vouch for them ([`PACK_CHECKED_HEADER`]) when it owns them itself (after the
-    /// live set changed). Bounded; a key forgotten early only costs a forwarder a hash.
+    /// live set changed). Bounded: past [`COPIED_KEYS`] keys copied within `max_age`, a
+    /// key forgotten early may be vouched for while its entry is still a copy (whose
+    /// bytes the generating gateway hashed).
     copied: moka::sync::Cache<CacheKey, ()>,
 }
 
