@@ -108,10 +108,11 @@ impl PackCache {
             .set(1);
         let admission = Admission::new(config.min_occurrences, config.max_age);
         let max_age = config.max_age;
+        let max_bytes = config.max_bytes;
         Self {
             inner: Arc::new(Inner {
                 config: RwLock::new(config),
-                index: Arc::new(Index::new(store.clone(), metrics.clone())),
+                index: Arc::new(Index::new(store.clone(), metrics.clone(), max_bytes)),
                 store,
                 admission: RwLock::new(Arc::new(admission)),
                 flights: Arc::new(Flights::new(max_age)),
@@ -223,8 +224,9 @@ impl PackCache {
         self.inner.evict_expired();
     }
 
-    /// Start a background task that evicts expired entries every `every`; it stops
-    /// when the returned handle is dropped.
+    /// Start a background task that, every `every`, evicts expired entries and, while
+    /// the filesystem has less than `min_free_bytes` free, the oldest complete one; it
+    /// stops when the returned handle is dropped.
     pub fn spawn_evictor(&self, every: Duration) -> EvictorHandle {
         let inner = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
@@ -232,10 +234,9 @@ impl PackCache {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match inner.upgrade() {
-                    Some(inner) => inner.evict_expired(),
-                    None => return,
-                }
+                let Some(inner) = inner.upgrade() else { return };
+                inner.evict_expired();
+                inner.keep_free_space().await;
             }
         });
         EvictorHandle(task)
@@ -278,7 +279,7 @@ impl PackCache {
         config.min_free_bytes = min_free_bytes;
         drop(config);
         // A lower budget applies now, not when the next entry is made.
-        while inner.index.usage().get() > max_bytes && inner.index.evict_oldest("max_bytes") {}
+        inner.index.set_budget(max_bytes);
         inner.metrics.enabled.reset();
         let dir = inner
             .store
@@ -299,10 +300,8 @@ impl PackCache {
     /// (I7: a full disk or budget is a bypass, never a failed fetch).
     async fn make_room(&self) -> Option<BypassReason> {
         let inner = &self.inner;
-        let (max_bytes, min_free_bytes) = {
-            let c = inner.config();
-            (c.max_bytes, c.min_free_bytes)
-        };
+        let max_bytes = inner.index.budget();
+        let min_free_bytes = inner.config().min_free_bytes;
         while inner.index.usage().get() >= max_bytes {
             if !inner.index.evict_oldest("max_bytes") {
                 return Some(BypassReason::OverBudget);
@@ -432,6 +431,29 @@ impl Inner {
 
     fn evict_expired(&self) {
         self.index.evict_expired(self.config().max_age);
+    }
+
+    /// Below `min_free_bytes` free, evict the oldest complete entry (one per call: the
+    /// space comes back once its file is unlinked, in the background). Entries being
+    /// written are not cut; new ones are not made meanwhile (`make_room`).
+    async fn keep_free_space(&self) {
+        let min_free_bytes = self.config().min_free_bytes;
+        if min_free_bytes == 0 || self.index.len() == 0 {
+            return;
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.free_bytes()).await {
+            Ok(Ok(free)) if free < min_free_bytes => {
+                self.index.evict_oldest("low_disk");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot check the pack cache's free space")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the pack cache's free space check did not run")
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(crate) struct Index {
     /// Lock order: this lock, then an entry's lock. Never held across `.await`.
     entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
     usage: Arc<DiskUsage>,
+    /// The disk budget (`max_bytes`) that [`Index::enforce_budget`] keeps `usage` to.
+    budget: AtomicU64,
     store: Arc<dyn EntryStore>,
     metrics: CacheMetrics,
 }
@@ -39,10 +42,11 @@ pub(crate) enum Insert {
 }
 
 impl Index {
-    pub(crate) fn new(store: Arc<dyn EntryStore>, metrics: CacheMetrics) -> Self {
+    pub(crate) fn new(store: Arc<dyn EntryStore>, metrics: CacheMetrics, budget: u64) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             usage: Arc::new(DiskUsage::new(metrics.disk_usage.clone())),
+            budget: AtomicU64::new(budget),
             store,
             metrics,
         }
@@ -51,6 +55,26 @@ impl Index {
     /// The disk usage new entries add to.
     pub(crate) fn usage(&self) -> &Arc<DiskUsage> {
         &self.usage
+    }
+
+    /// The disk budget.
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Set the disk budget, and keep to it now.
+    pub(crate) fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+        self.enforce_budget();
+    }
+
+    /// While usage is over the budget, evict the oldest complete (or failed) entry.
+    /// Entries still being written are never cut: while they alone are over the budget
+    /// it stays over, no new entry is made ([`crate::PackCache`] checks before making
+    /// one), and the excess goes as soon as they complete. Cheap when under budget; the
+    /// producer calls it as its entry grows and when it ends.
+    pub(crate) fn enforce_budget(&self) {
+        while self.usage.get() > self.budget() && self.evict_oldest("max_bytes") {}
     }
 
     /// Number of live entries.

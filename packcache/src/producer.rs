@@ -104,7 +104,12 @@ impl Producer {
             // I3: out of the index before any reader wakes up to the failure.
             self.index.remove(writer.entry(), label);
         }
+        let done = result.is_ok();
         writer.finish(result);
+        if done {
+            // Complete now, so it can be evicted itself if it alone is over the budget.
+            self.index.enforce_budget();
+        }
     }
 
     async fn drive(&self, writer: &Writer, mut upstream: Upstream) -> Result<(), FailReason> {
@@ -192,6 +197,10 @@ impl Producer {
                             if wake {
                                 quiet = 0;
                             }
+                            // The entry grew: older complete entries make room (the
+                            // budget holds while entries are written, not only when
+                            // they are made).
+                            self.index.enforce_budget();
                         }
                         Err(err) if is_cut_short(&err) => {
                             tracing::warn!(key = %writer.entry().key(), path = %writer.entry().path().display(), offset, "pack cache entry file was cut short while being written; failing it");

@@ -135,17 +135,79 @@ async fn max_bytes_evicts_oldest_first() {
         assert_eq!(kind, "miss");
         assert!(result.is_ok());
     }
-    // 30 000 bytes were written against a 25 000 budget: making room for d evicts a (only).
-    let (kind, _) = drain(h.cache.fetch(key("d"), || fixed(10, 1000)).await).await;
-    assert_eq!(kind, "miss");
+    // c took the total to 30 000 bytes against a 25 000 budget: as it grew, the oldest
+    // complete entry (a, only) made room.
     assert_eq!(
         h.metric("gitgate_pack_cache_evictions_total", Some("max_bytes")),
         1
     );
+    assert_eq!(h.cache.entries(), 2);
+    assert_eq!(h.cache.usage(), 20_000);
     let (kind, _) = drain(h.cache.fetch(key("c"), || fixed(10, 1000)).await).await;
     assert_eq!(kind, "hit", "the newest entry survives");
+    let (kind, _) = drain(h.cache.fetch(key("b"), || fixed(10, 1000)).await).await;
+    assert_eq!(kind, "hit");
     let (kind, _) = drain(h.cache.fetch(key("a"), || fixed(10, 1000)).await).await;
     assert_eq!(kind, "miss", "the oldest entry was evicted");
+    assert!(h.cache.usage() <= 25_000);
+}
+
+#[tokio::test]
+async fn entries_made_at_once_keep_to_the_budget_once_they_end() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.max_bytes = 25_000;
+    let h = Harness::new(cfg).await;
+    // Three entries made before any of them wrote a byte: each fits the budget when it
+    // is made, and together they write 30 000 bytes.
+    let mut feeds = Vec::new();
+    let mut readers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (feed, upstream, _released) = super::feed();
+        let fetch = h.cache.fetch(key(name), move || upstream).await;
+        assert!(matches!(fetch, Fetch::Miss(_)), "{name} makes an entry");
+        feeds.push(feed);
+        readers.push(tokio::spawn(drain(fetch)));
+    }
+    for feed in &feeds {
+        within("feeding", feed.chunks(0..10, 1000)).await;
+    }
+    drop(feeds);
+    for reader in readers {
+        let (kind, result) = within("a reader's end", reader).await.expect("reader task");
+        assert_eq!(kind, "miss");
+        // Entries being written are never cut: every reader got the whole stream.
+        assert_eq!(result, Ok((expected_hash(10, 1000), 10_000)));
+    }
+    // As they completed, the excess went: back within the budget, one entry evicted.
+    assert!(h.cache.usage() <= 25_000, "usage {}", h.cache.usage());
+    assert_eq!(h.cache.entries(), 2);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("max_bytes")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_evictor_keeps_min_free_bytes_after_entries_are_made() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.min_free_bytes = 1 << 20;
+    let h = Harness::new(cfg).await;
+    h.store.set_free_bytes(1 << 30);
+    for name in ["a", "b"] {
+        let (kind, _) = drain(h.cache.fetch(key(name), || fixed(10, 1000)).await).await;
+        assert_eq!(kind, "miss");
+    }
+    // Something else fills the disk after the entries were made.
+    h.store.set_free_bytes(1000);
+    let _evictor = h.cache.spawn_evictor(Duration::from_millis(10));
+    within("eviction for free space", h.store.removed(2)).await;
+    assert_eq!(h.cache.entries(), 0);
+    assert_eq!(
+        h.metric("gitgate_pack_cache_evictions_total", Some("low_disk")),
+        2
+    );
 }
 
 #[tokio::test(start_paused = true)]
