@@ -86,6 +86,11 @@ pub enum AppError {
     /// Another write holds the repository.
     #[error("repository is busy with another write; try again shortly")]
     Busy,
+    /// git refused the fetch before answering (upload-pack died on the request: a
+    /// `deepen-not` naming no ref, a `want` no replica has): what git said. Answered
+    /// the way git answers it, as an `ERR` pkt-line its client shows as "remote error".
+    #[error("{0}")]
+    Refused(String),
     /// The storage node failed before answering.
     #[error("storage node failed")]
     NodeFailed(#[source] BoxError),
@@ -104,6 +109,10 @@ impl From<ClientError> for AppError {
     fn from(err: ClientError) -> Self {
         if err.is_not_found() {
             Self::RepoNotFound
+        } else if let Some(message) = err.refusal() {
+            Self::Refused(message.to_owned())
+        } else if let ClientError::RequestBody { reason, .. } = &err {
+            Self::BodyRead(reason.clone())
         } else if err.is_unavailable() {
             Self::Unavailable(Box::new(err))
         } else {
@@ -156,6 +165,8 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NodeFailed(_) => StatusCode::BAD_GATEWAY,
+            // The answer git gives: a response whose body is its `ERR` line.
+            Self::Refused(_) => StatusCode::OK,
             Self::PeerStale => StatusCode::CONFLICT,
         }
     }
@@ -163,6 +174,9 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        if let Self::Refused(message) = &self {
+            return refusal_response(message);
+        }
         let status = self.status();
         match &self {
             Self::Unavailable(source) | Self::NodeFailed(source) => {
@@ -212,4 +226,31 @@ impl IntoResponse for AppError {
         }
         resp
     }
+}
+
+/// git's refusal of a fetch, as git's own upload-pack answers it: one `ERR` pkt-line,
+/// which git clients report as "remote error: <message>" in protocol v0 and v2.
+fn refusal_response(message: &str) -> Response {
+    tracing::info!(%message, "git refused the request");
+    let mut body = Vec::new();
+    let text = format!("ERR {message}\n");
+    if gitgate_proto::pktline::encode_text(&mut body, text.as_bytes()).is_err() {
+        body.clear();
+        let _ = gitgate_proto::pktline::encode_text(&mut body, b"ERR request refused\n");
+    }
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                gitgate_proto::Service::UploadPack.result_content_type(),
+            ),
+            (
+                header::CACHE_CONTROL,
+                "no-cache, max-age=0, must-revalidate",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1511,3 +1511,65 @@ fn one_client_cannot_starve_another() {
         ) >= 26.0
     );
 }
+
+/// A push over `limits.max_push_bytes` is a 413 whether git declares its length or
+/// streams it chunked (past `http.postBuffer`), nothing of it is applied, and a remote
+/// node it was streaming to is not taken for down (the body failing is the client's
+/// doing): pushes within the limit and clones go on.
+#[test]
+fn a_push_over_max_push_bytes_is_a_413_chunked_or_not_and_no_node_failure() {
+    let gw = TestGateway::start(
+        true,
+        GatewayOptions {
+            storage: "health_failures = 2\n".into(),
+            ..GatewayOptions::default().with_limits("max_push_bytes = \"1MiB\"\n")
+        },
+    );
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    let work = make_source(&git, tmp.path(), 3);
+    seed_bare(&git, &work, &gw.repo_dir("r"));
+    let url = gw.repo_url("r");
+    std::fs::write(work.join("big.bin"), support::noise(3 << 20, 7)).expect("big file");
+    git.ok(Some(&work), &["add", "big.bin"]);
+    git.ok(Some(&work), &["commit", "-q", "-m", "too big"]);
+    for (i, post_buffer) in ["1048576", "1048576", "1048576", "16777216"]
+        .iter()
+        .enumerate()
+    {
+        let out = git.output(
+            Some(&work),
+            &[
+                "-c",
+                &format!("http.postBuffer={post_buffer}"),
+                "push",
+                "-q",
+                &url,
+                &format!("HEAD:refs/heads/big{i}"),
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "push {i} over the limit failed");
+        assert!(
+            stderr.contains("413"),
+            "push {i} (postBuffer {post_buffer}): {stderr}"
+        );
+    }
+    assert!(
+        !git.refs(&gw.repo_dir("r")).contains("big"),
+        "nothing of a refused push was applied"
+    );
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric(&scrape, "gitgate_node_healthy", &[]),
+        1.0,
+        "three chunked pushes cut at the limit did not take the node down:\n{scrape}"
+    );
+    git.ok(Some(&work), &["reset", "-q", "--hard", "HEAD~1"]);
+    git.commit_file(&work, "small.txt", "small\n", "small");
+    git.ok(Some(&work), &["push", "-q", &url, "HEAD:refs/heads/small"]);
+    let clone = tmp.path().join("clone");
+    git.ok(None, &["clone", "-q", "--bare", &url, path_str(&clone)]);
+    assert!(git.refs(&clone).contains("refs/heads/small"));
+}

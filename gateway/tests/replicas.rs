@@ -935,3 +935,59 @@ fn a_fetch_naming_a_ref_is_not_cached_while_a_write_is_in_flight() {
     fetch();
     assert_eq!(lookups(), before + 1.0, "the same fetch after the write");
 }
+
+/// A fetch git refuses (a `deepen-not` naming no ref: upload-pack dies on it before
+/// answering) reaches the client as git's own message, in v0 and v2, costs at most two
+/// replicas' git runs (one more in case a copy is damaged, not one per replica), and
+/// counts as `refused`, not as a node error; the nodes stay up and serve.
+#[test]
+fn a_fetch_git_refuses_gets_its_message_and_tries_two_replicas_at_most() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "refuse");
+    // All three replicas up to date in the gateway's view: three to try.
+    gw.wait_jobs_done();
+    let url = gw.url("refuse");
+    for version in ["0", "2"] {
+        let dir = tmp.path().join(format!("refused-v{version}"));
+        let out = git.output(
+            None,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                "--shallow-exclude=no-such-ref",
+                &url,
+                path_str(&dir),
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "v{version}: the clone was refused");
+        assert!(
+            stderr.contains("remote error: git upload-pack: ambiguous deepen-not"),
+            "v{version}: git's message reaches the client: {stderr}"
+        );
+    }
+    let scrape = gw.scrape();
+    let refused = metric(
+        &scrape,
+        "gitgate_backend_requests_total",
+        &["result=\"refused\""],
+    );
+    assert_eq!(refused, 4.0, "two replicas per refused clone:\n{scrape}");
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_backend_requests_total",
+            &["result=\"error\""]
+        ),
+        0.0
+    );
+    assert!(NAMES.iter().all(|n| gw.healthy(n)));
+    let dir = tmp.path().join("after");
+    assert_eq!(clone(&git, &url, &dir).expect("clone"), head);
+}

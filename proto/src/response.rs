@@ -500,14 +500,15 @@ impl PackCheck {
 /// it does not have (`ERR upload-pack: not our ref <oid>`, in v0 and v2 alike). A
 /// replica still catching up answers this for a tip another replica advertised moments
 /// before, so the request is worth sending to another replica. Only a whole first
-/// pkt-line counts.
-pub fn refuses_unknown_want(start: &[u8]) -> bool {
+/// pkt-line counts; `Some` holds git's message (after `ERR `).
+pub fn unknown_want_refusal(start: &[u8]) -> Option<String> {
     match pktline::decode(start) {
-        Ok(Decoded::Complete { line, .. }) => line.as_slice().is_some_and(|data| {
-            data.strip_prefix(b"ERR ")
-                .is_some_and(|msg| msg.starts_with(b"upload-pack: not our ref"))
-        }),
-        _ => false,
+        Ok(Decoded::Complete { line, .. }) => line
+            .as_slice()
+            .and_then(|data| data.strip_prefix(b"ERR "))
+            .filter(|msg| msg.starts_with(b"upload-pack: not our ref"))
+            .map(|msg| String::from_utf8_lossy(msg.trim_ascii_end()).into_owned()),
+        _ => None,
     }
 }
 
@@ -529,17 +530,20 @@ mod tests {
             format!("ERR upload-pack: not our ref {oid}").as_bytes(),
         )
         .expect("fits");
-        assert!(refuses_unknown_want(&refused));
+        assert_eq!(
+            unknown_want_refusal(&refused).as_deref(),
+            Some(format!("upload-pack: not our ref {oid}").as_str())
+        );
         assert!(
-            !refuses_unknown_want(&refused[..refused.len() - 1]),
+            unknown_want_refusal(&refused[..refused.len() - 1]).is_none(),
             "cut short"
         );
         let mut other = Vec::new();
         pktline::encode_text(&mut other, b"ERR upload-pack: something else").expect("fits");
-        assert!(!refuses_unknown_want(&other));
-        assert!(!refuses_unknown_want(&v0_sideband(&pack(10))));
-        assert!(!refuses_unknown_want(b"PACK"));
-        assert!(!refuses_unknown_want(b""));
+        assert!(unknown_want_refusal(&other).is_none());
+        assert!(unknown_want_refusal(&v0_sideband(&pack(10))).is_none());
+        assert!(unknown_want_refusal(b"PACK").is_none());
+        assert!(unknown_want_refusal(b"").is_none());
     }
 
     /// A pack with `n` bytes of (meaningless) object data and a correct trailer.

@@ -98,7 +98,21 @@ impl NodeClient {
                     .rpc(call.repo, call.service, call.protocol, body)
                     .await
                     .map_err(|e| Self::local_error(name, call.repo, e))?;
-                peek_local(name, stream).await
+                match api::peek(stream).await {
+                    Ok(stream) => Ok(stream),
+                    Err(err) => Err(match err.refusal() {
+                        Some(message) if call.service == gitgate_proto::Service::UploadPack => {
+                            ClientError::Refused {
+                                node: name.clone(),
+                                message,
+                            }
+                        }
+                        _ => ClientError::Local {
+                            node: name.clone(),
+                            source: gitgate_storage_node::NodeError::Git(err),
+                        },
+                    }),
+                }
             }
             Self::Remote(r) => r.rpc(call, body).await,
         }

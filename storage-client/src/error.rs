@@ -53,6 +53,24 @@ pub enum ClientError {
     /// The operation is not possible with this configuration.
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// git refused the request before answering anything (upload-pack died on it):
+    /// the request's fault, not the node's. `message` is what git said.
+    #[error("node {node}: git refused the request: {message}")]
+    Refused {
+        /// The node's name.
+        node: String,
+        /// git's message.
+        message: String,
+    },
+    /// The request's own body failed while it was sent to the node (the client went
+    /// away, or sent more than allowed): not the node's fault.
+    #[error("node {node}: the request body failed: {reason}")]
+    RequestBody {
+        /// The node's name.
+        node: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An in-process node failed.
     #[error("node {node}: {source}")]
     Local {
@@ -73,6 +91,14 @@ impl ClientError {
     /// The node is down, unreachable or not answering (another replica might serve).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::Silent { .. })
+    }
+
+    /// What git said when it refused the request ([`ClientError::Refused`]).
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Self::Refused { message, .. } => Some(message),
+            _ => None,
+        }
     }
 
     /// The node itself could not be reached: what the health monitor counts.

@@ -10,7 +10,8 @@
 //!   returns ([`RepoState`]);
 //! - the byte streams of git services ([`GitStream`], [`RequestBody`],
 //!   [`GitStreamError`]) and [`peek`], which waits for a stream's first bytes so a
-//!   failure before any output can still get a proper status.
+//!   failure before any output can still get a proper status ([`REFUSED`] when git
+//!   refused the request).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,11 @@ use serde::{Deserialize, Serialize};
 /// answer with an empty repository's advertisement (a push will create it) instead of
 /// 404. Nothing is created.
 pub const EMPTY_IF_MISSING: &str = "gitgate-empty-if-missing";
+
+/// The status of an upload-pack call git refused before answering anything (it died on
+/// the request: a `deepen-not` naming no ref, a filter it cannot apply). The body is
+/// git's message ([`GitStreamError::refusal`]). The node did not fail.
+pub const REFUSED: http::StatusCode = http::StatusCode::UNPROCESSABLE_ENTITY;
 
 pub use crate::process::{peek, GitStream, GitStreamError, RequestBody};
 pub use crate::refstate::RepoState;

@@ -266,7 +266,7 @@ async fn git(
                 } else {
                     s.node.info_refs(&repo, service, protocol.as_ref()).await
                 };
-                respond(result, service.advertisement_content_type()).await
+                respond(result, service.advertisement_content_type(), false).await
             }
             (Method::POST, Endpoint::Rpc(service)) => {
                 let body = req
@@ -277,7 +277,7 @@ async fn git(
                     .node
                     .rpc(&repo, service, protocol.as_ref(), Box::pin(body))
                     .await;
-                respond(result, result_type(service)).await
+                respond(result, result_type(service), service == Service::UploadPack).await
             }
             _ => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response(),
         }
@@ -290,7 +290,14 @@ fn result_type(service: Service) -> &'static str {
     service.result_content_type()
 }
 
-async fn respond(result: Result<GitStream, NodeError>, content_type: &'static str) -> Response {
+/// Answer with git's output, or with why there is none. `refusals`: git dying before
+/// its first byte is it refusing the request (upload-pack), answered with
+/// [`crate::api::REFUSED`] and git's message rather than as a failure.
+async fn respond(
+    result: Result<GitStream, NodeError>,
+    content_type: &'static str,
+    refusals: bool,
+) -> Response {
     let stream = match result {
         Ok(stream) => stream,
         Err(err) => return error_response(&err),
@@ -298,6 +305,10 @@ async fn respond(result: Result<GitStream, NodeError>, content_type: &'static st
     match process::peek(stream).await {
         Ok(stream) => git_response(stream, content_type),
         Err(err) => {
+            if let Some(message) = err.refusal().filter(|_| refusals) {
+                tracing::info!(%message, "git refused the request");
+                return (crate::api::REFUSED, format!("{message}\n")).into_response();
+            }
             tracing::warn!(error = %err, "git failed before answering");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()
         }

@@ -99,6 +99,7 @@ pub fn run(
         stdin_task,
         stderr_task: Some(tokio::spawn(drain(stderr))),
         finished: false,
+        answered: false,
         guard,
     };
     Ok(Box::pin(futures_util::stream::unfold(
@@ -156,6 +157,8 @@ struct GitRun {
     stderr_task: Option<JoinHandle<Vec<u8>>>,
     /// Set once git has been waited for; after that nothing is killed on drop.
     finished: bool,
+    /// git wrote something to stdout.
+    answered: bool,
     /// Released when git is done (waited for, or killed on drop).
     guard: Option<Box<dyn Send + Sync>>,
 }
@@ -179,7 +182,10 @@ impl GitRun {
                 }
                 chunk = self.stdout.next() => {
                     return match chunk {
-                        Some(Ok(bytes)) => Some(Ok(bytes)),
+                        Some(Ok(bytes)) => {
+                            self.answered = true;
+                            Some(Ok(bytes))
+                        }
                         Some(Err(err)) => Some(Err(self.abort(GitStreamError::Read(err)))),
                         None => self.finish().await,
                     };
@@ -206,7 +212,13 @@ impl GitRun {
                 None
             }
             Ok(status) => {
-                tracing::warn!(git = self.what, %status, %stderr, "git failed");
+                if !self.answered && status.code() == Some(128) {
+                    // git died before answering: most often on the request itself
+                    // (callers tell, see `GitStreamError::refusal`, and log it).
+                    tracing::debug!(git = self.what, %status, %stderr, "git failed before answering");
+                } else {
+                    tracing::warn!(git = self.what, %status, %stderr, "git failed");
+                }
                 Some(Err(GitStreamError::Exit {
                     what: self.what,
                     status,
@@ -246,6 +258,37 @@ impl Drop for GitRun {
         if let Some(task) = self.stdin_task.take() {
             task.abort();
         }
+    }
+}
+
+impl GitStreamError {
+    /// When git ran and died (exit 128, git's `die()`) before writing anything: the
+    /// message it died with, for the client (`fatal: ` dropped, one line, at most 512
+    /// bytes, no control characters). For upload-pack this is git refusing the request
+    /// (a `deepen-not` naming no ref, a filter it cannot apply), not the node failing.
+    pub fn refusal(&self) -> Option<String> {
+        let Self::Exit { status, stderr, .. } = self else {
+            return None;
+        };
+        if status.code() != Some(128) {
+            return None;
+        }
+        let line = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("fatal: "))
+            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))?;
+        let mut message: String = line
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if message.len() > 512 {
+            let mut end = 512;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Some(message.trim().to_owned()).filter(|m| !m.is_empty())
     }
 }
 

@@ -342,6 +342,9 @@ fn read_error(err: ReadError) -> AppError {
     {
         Some(ClusterError::NotFound(_)) => AppError::RepoNotFound,
         Some(ClusterError::Node(client)) if client.is_not_found() => AppError::RepoNotFound,
+        Some(ClusterError::Node(client)) if client.refusal().is_some() => {
+            AppError::Refused(client.refusal().unwrap_or_default().to_owned())
+        }
         Some(ClusterError::Unavailable(message)) => AppError::NoReplica(message.clone()),
         Some(ClusterError::Node(client)) if client.is_unavailable() => {
             AppError::Unavailable(Box::new(err))

@@ -2,6 +2,9 @@
 //! (never held whole), under the repository's write lock, and acknowledged only once the
 //! cluster has recorded it (and in `sync` mode replicated it to a majority).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
@@ -34,29 +37,84 @@ pub async fn receive_pack(
         return Err(AppError::BodyTooLarge { limit });
     }
     // Chunked pushes are counted as they stream; past the limit the body fails, git is
-    // killed before it can apply anything, and the connection is aborted.
-    let mut seen = 0u64;
-    let counted = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        seen += chunk.len() as u64;
-        if seen > limit {
-            return Err(std::io::Error::other(format!(
-                "push larger than limits.max_push_bytes ({limit} bytes)"
-            )));
-        }
-        Ok(chunk)
-    });
-    let request: RequestBody = Box::pin(counted);
+    // killed before it can apply anything, and the client gets a 413 (git answers
+    // nothing before it has read the whole pack, so no response has started).
+    let over = Arc::new(AtomicBool::new(false));
+    let request = limited(body, limit, over.clone());
     // Holds the repository's lock and its write marker until the outcome is recorded.
     let push = state.cluster.begin_push(repo).await?;
-    let stream = push
+    let stream = match push
         .send(git.call(repo, Service::ReceivePack), request)
-        .await?;
+        .await
+    {
+        Ok(stream) => stream,
+        Err(_) if over.load(Ordering::Relaxed) => return Err(AppError::BodyTooLarge { limit }),
+        Err(err) => return Err(err.into()),
+    };
     Ok(git_response(
         acknowledged_after(boxed(stream), push),
         Service::ReceivePack.result_content_type(),
         true,
     ))
+}
+
+/// What a client over the push limit may still send, and for how long, while it is
+/// read and dropped before the 413 goes out (a "lingering" read, as web servers do): a
+/// client cut off mid-upload sees a broken pipe instead of the status.
+const LINGER_BYTES: u64 = 64 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `body`, counted: past `limit` bytes it sets `over`, reads and drops what the client
+/// still sends (up to [`LINGER_BYTES`] / [`LINGER_TIME`]), then fails.
+fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> RequestBody {
+    struct Counting {
+        body: axum::body::BodyDataStream,
+        seen: u64,
+        failed: bool,
+    }
+    let state = Counting {
+        body: body.into_data_stream(),
+        seen: 0,
+        failed: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, move |mut s| {
+        let over = over.clone();
+        async move {
+            if s.failed {
+                return None;
+            }
+            let chunk = match s.body.next().await? {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    s.failed = true;
+                    return Some((Err(std::io::Error::other(err)), s));
+                }
+            };
+            s.seen += chunk.len() as u64;
+            if s.seen <= limit {
+                return Some((Ok(chunk), s));
+            }
+            over.store(true, Ordering::Relaxed);
+            let body = &mut s.body;
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                let mut dropped = 0u64;
+                while let Some(Ok(more)) = body.next().await {
+                    dropped += more.len() as u64;
+                    if dropped > LINGER_BYTES {
+                        break;
+                    }
+                }
+            })
+            .await;
+            s.failed = true;
+            Some((
+                Err(std::io::Error::other(format!(
+                    "push larger than limits.max_push_bytes ({limit} bytes)"
+                ))),
+                s,
+            ))
+        }
+    }))
 }
 
 /// The push response, with its last chunk held back until the push is recorded (and,

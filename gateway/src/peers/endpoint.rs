@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use gitgate_storage_client::tokens::AuthError;
@@ -91,6 +91,15 @@ pub async fn serve(
     peers
         .metrics
         .count("owner", if answer.is_ok() { "ok" } else { "error" });
+    if let Err(AppError::Refused(message)) = &answer {
+        // Not an answer to keep: the forwarding gateway asks its own nodes, which
+        // refuse the same way (it sees a status other than 200, see `forward`).
+        return Ok((
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("git refused the request: {message}\n"),
+        )
+            .into_response());
+    }
     answer.map(|mut resp| {
         let checked = resp.extensions().get::<fetch::PackChecked>();
         if checked.is_some_and(|fetch::PackChecked(key)| peers.vouches_for(key)) {

@@ -100,8 +100,11 @@ impl Cluster {
     /// Run upload-pack with `body` on the first of `route`'s replicas that answers: a
     /// node that fails before its first byte is reported and the next one is tried, and
     /// so is one that refuses a `want` as "not our ref" (a replica catching up may lack
-    /// a tip that another one advertised to the same client moments before); when every
-    /// replica refuses, the client gets git's refusal.
+    /// a tip that another one advertised to the same client moments before). git dying
+    /// on the request itself before answering ([`ClientError::Refused`]) is tried on one
+    /// more replica only (in case one copy is damaged): a bad request costs two short
+    /// git runs, not one per replica. When the replicas tried all refuse, the error is
+    /// that refusal, with git's message for the client.
     pub async fn upload_pack(
         &self,
         route: &ReadRoute,
@@ -109,7 +112,7 @@ impl Cluster {
         body: &Bytes,
     ) -> Result<GitStream, ClusterError> {
         let mut last = None;
-        let mut refused = None;
+        let mut refusals = 0;
         for &node in route.candidates() {
             let client = self.node(node);
             let request: RequestBody = Box::pin(futures_util::stream::once({
@@ -117,24 +120,40 @@ impl Cluster {
                 async move { Ok(body) }
             }));
             let answer = self.first_answer(node, client.rpc(call, request)).await;
+            let mut unknown_want = false;
+            let answer = match answer {
+                Ok(stream) => match split_refusal(stream).await {
+                    Ok(stream) => Ok(stream),
+                    Err(message) => {
+                        tracing::debug!(
+                            node = client.name(),
+                            "replica does not have a wanted object; trying another replica"
+                        );
+                        unknown_want = true;
+                        Err(ClientError::Refused {
+                            node: client.name().to_owned(),
+                            message,
+                        })
+                    }
+                },
+                Err(err) => Err(err),
+            };
             match self.observe_stream(node, answer) {
                 Ok(stream) => {
-                    let stream = match split_refusal(stream).await {
-                        Ok(stream) => stream,
-                        Err(refusal) => {
-                            tracing::debug!(
-                                node = client.name(),
-                                "replica does not have a wanted object; trying another replica"
-                            );
-                            refused = Some(refusal);
-                            continue;
-                        }
-                    };
                     self.metrics
                         .read_distribution
                         .with_label_values(&[client.name()])
                         .inc();
                     return Ok(stream);
+                }
+                Err(err) if err.refusal().is_some() => {
+                    last = Some(err);
+                    if !unknown_want {
+                        refusals += 1;
+                        if refusals >= 2 {
+                            break;
+                        }
+                    }
                 }
                 Err(err) => {
                     if route.candidates.len() > 1 {
@@ -144,10 +163,7 @@ impl Cluster {
                 }
             }
         }
-        match refused {
-            Some(refusal) => Ok(refusal),
-            None => Err(no_answer(last)),
-        }
+        Err(no_answer(last))
     }
 
     /// `call` to `node`, given up as silent when it has not answered within
@@ -197,6 +213,8 @@ impl Cluster {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) if e.is_not_found() => "not_found",
+            Err(e) if e.refusal().is_some() => "refused",
+            Err(ClientError::RequestBody { .. }) => "request_body",
             Err(e) if e.is_unavailable() => {
                 if e.is_unreachable() {
                     self.health.report_failure(node);
@@ -250,21 +268,23 @@ impl Cluster {
     }
 }
 
-/// `stream` with its first chunk looked at: `Err` (holding the whole answer) when it is
-/// git refusing a `want` as "not our ref".
-async fn split_refusal(mut stream: GitStream) -> Result<GitStream, GitStream> {
+/// `stream` with its first chunk looked at: `Err` with git's message when it is git
+/// refusing a `want` as "not our ref" (the rest of that answer is dropped: git exits).
+async fn split_refusal(mut stream: GitStream) -> Result<GitStream, String> {
     let Some(first) = stream.next().await else {
         return Ok(stream);
     };
-    let refuses = first
+    if let Some(message) = first
         .as_ref()
-        .is_ok_and(|bytes| gitgate_proto::response::refuses_unknown_want(bytes));
-    let whole: GitStream = Box::pin(futures_util::stream::once(async move { first }).chain(stream));
-    if refuses {
-        Err(whole)
-    } else {
-        Ok(whole)
+        .ok()
+        .and_then(|bytes| gitgate_proto::response::unknown_want_refusal(bytes))
+    {
+        // git exits after it; nothing else of this answer is wanted.
+        return Err(message);
     }
+    Ok(Box::pin(
+        futures_util::stream::once(async move { first }).chain(stream),
+    ))
 }
 
 /// The error of a read that no replica answered.

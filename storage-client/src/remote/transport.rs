@@ -24,10 +24,18 @@ const STALE_CONNECTION_RETRIES: usize = 2;
 
 impl RemoteNode {
     pub(super) async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        self.client
-            .request(req)
-            .await
-            .map_err(|err| self.unavailable(&err))
+        self.client.request(req).await.map_err(|err| {
+            if request_body_failed(&err) {
+                // Our side's fault (the client went away, or sent more than allowed):
+                // not a sign that the node is down.
+                ClientError::RequestBody {
+                    node: self.name.clone(),
+                    reason: error_chain(&err),
+                }
+            } else {
+                self.unavailable(&err)
+            }
+        })
     }
 
     /// Send a request that is safe to repeat (a GET: no body, no side effects), built
@@ -113,6 +121,12 @@ impl RemoteNode {
                 .to_owned(),
             _ => String::from("(no readable body)"),
         };
+        if status == api::REFUSED {
+            return Err(ClientError::Refused {
+                node: self.name.clone(),
+                message,
+            });
+        }
         Err(ClientError::Status {
             node: self.name.clone(),
             status: status.as_u16(),
@@ -204,4 +218,19 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Whether a request failed because its own body stream did (hyper's "user" body error),
+/// rather than because of the node or the network.
+fn request_body_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
