@@ -532,3 +532,53 @@ fn the_peer_endpoint_serves_only_what_a_fleet_token_names() {
         "{copied} copied, {produced} produced"
     );
 }
+
+/// A fetch git refuses gets git's own message through every gateway of a fleet, in v0
+/// and v2, whether its key's owner answers it or the gateway asked: an owner's refusal
+/// is not taken for an answer to copy (the asking gateway's nodes refuse it the same
+/// way).
+#[test]
+fn a_fetch_git_refuses_gets_its_message_through_every_gateway() {
+    let fleet = Fleet::start(3, None, "10s");
+    let git = default_client();
+    let tmp = TempDir::new().expect("tempdir");
+    seed(&git, &fleet.gateways[0], tmp.path(), "team/refuse");
+    for (g, gw) in fleet.gateways.iter().enumerate() {
+        for version in ["0", "2"] {
+            let into = tmp.path().join(format!("refused-{g}-v{version}"));
+            let out = git.output(
+                None,
+                &[
+                    "-c",
+                    &format!("protocol.version={version}"),
+                    "clone",
+                    "-q",
+                    "--shallow-exclude=no-such-ref",
+                    &gw.url("team/refuse"),
+                    into.to_str().expect("utf-8"),
+                ],
+                &[],
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "gateway {g} v{version}: refused");
+            assert!(
+                stderr.contains("remote error: git upload-pack: ambiguous deepen-not"),
+                "gateway {g} v{version}: git's message reaches the client: {stderr}"
+            );
+        }
+    }
+    let urls: Vec<String> = fleet
+        .gateways
+        .iter()
+        .map(|g| g.url("team/refuse"))
+        .collect();
+    let clones = spawn_clones(&git, tmp.path(), &urls, 3, "after");
+    for (dir, mut child) in clones {
+        assert!(
+            child.wait().expect("wait").success(),
+            "{} failed",
+            dir.display()
+        );
+        git.fsck(&dir);
+    }
+}
