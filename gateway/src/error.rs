@@ -233,11 +233,7 @@ impl IntoResponse for AppError {
 fn refusal_response(message: &str) -> Response {
     tracing::info!(%message, "git refused the request");
     let mut body = Vec::new();
-    let text = format!("ERR {message}\n");
-    if gitgate_proto::pktline::encode_text(&mut body, text.as_bytes()).is_err() {
-        body.clear();
-        let _ = gitgate_proto::pktline::encode_text(&mut body, b"ERR request refused\n");
-    }
+    gitgate_proto::pktline::encode_error(&mut body, message);
     (
         StatusCode::OK,
         [

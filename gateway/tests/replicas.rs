@@ -991,3 +991,77 @@ fn a_fetch_git_refuses_gets_its_message_and_tries_two_replicas_at_most() {
     let dir = tmp.path().join("after");
     assert_eq!(clone(&git, &url, &dir).expect("clone"), head);
 }
+
+/// git dying before it answers for a reason of the node's (here `bad object`, as on a
+/// damaged copy) is not the request's fault: reads go on to the next replica until one
+/// serves, so two failing copies of three still leave the repository readable, and
+/// nothing counts as refused.
+#[test]
+fn reads_get_past_two_failing_copies_to_the_third() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8(real.stdout).expect("utf-8");
+    let wrapper = tmp.path().join("damaged-git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" --advertise-refs \"*) ;;\n  *\" upload-pack \"*) cat >/dev/null; echo 'fatal: bad object 0123456789012345678901234567890123456789' >&2; exit 128 ;;\nesac\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, "replication_factor = 3\n", "");
+    let (_, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "damaged");
+    gw.wait_jobs_done();
+    // n1 and n2 come back running the failing git.
+    for i in [0, 1] {
+        let config = nodes.nodes[i].config.clone();
+        let mut text = std::fs::read_to_string(&config).expect("node config");
+        text.push_str(&format!("git = \"{}\"\n", path_str(&wrapper)));
+        std::fs::write(&config, text).expect("node config");
+        nodes.kill(i);
+        nodes.restart(i);
+    }
+    for name in NAMES {
+        gw.wait_health(name, true);
+    }
+    let url = gw.url("damaged");
+    // Each clone its own request (depth), so none is answered from the pack cache.
+    for depth in 1..=12 {
+        let dir = tmp.path().join(format!("clone-{depth}"));
+        let depth = depth.to_string();
+        git.ok(
+            None,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                "--depth",
+                &depth,
+                &url,
+                path_str(&dir),
+            ],
+        );
+        let got = git.ok(
+            None,
+            &["--git-dir", path_str(&dir), "rev-parse", "refs/heads/main"],
+        );
+        assert_eq!(got.trim(), head, "clone at depth {depth}");
+    }
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_backend_requests_total",
+            &["result=\"refused\""]
+        ),
+        0.0,
+        "a failing copy is not the request's fault:\n{scrape}"
+    );
+}

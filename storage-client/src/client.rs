@@ -107,6 +107,12 @@ impl NodeClient {
                                 message,
                             }
                         }
+                        _ if matches!(err, api::GitStreamError::RequestBody(_)) => {
+                            ClientError::RequestBody {
+                                node: name.clone(),
+                                reason: err.to_string(),
+                            }
+                        }
                         _ => ClientError::Local {
                             node: name.clone(),
                             source: gitgate_storage_node::NodeError::Git(err),

@@ -261,11 +261,32 @@ impl Drop for GitRun {
     }
 }
 
+/// How the messages start that upload-pack dies with when the request is at fault
+/// (its request parsing and checks in git's `upload-pack.c`, `serve.c` and the filter
+/// parser); node-side failures (`not a git repository`, `bad object`, `unable to`, out
+/// of memory) start otherwise.
+pub const REQUEST_REFUSALS: &[&str] = &[
+    "git upload-pack: ",
+    "upload-pack: ",
+    "invalid filter-spec",
+    "invalid command",
+    "unknown capability",
+    "unexpected line",
+    "expected flush",
+    "expected shallow",
+    "expected packfile",
+    "protocol error",
+    "filtering not recognized",
+];
+
 impl GitStreamError {
-    /// When git ran and died (exit 128, git's `die()`) before writing anything: the
-    /// message it died with, for the client (`fatal: ` dropped, one line, at most 512
-    /// bytes, no control characters). For upload-pack this is git refusing the request
-    /// (a `deepen-not` naming no ref, a filter it cannot apply), not the node failing.
+    /// When git ran and died (exit 128, git's `die()`) before writing anything, with a
+    /// message of [`REQUEST_REFUSALS`]: that message, for the client (`fatal: `
+    /// dropped, one line, at most 512 bytes, no control characters). For upload-pack
+    /// this is git refusing the request (a `deepen-not` naming no ref, a filter or
+    /// command it does not take), not the node failing. Any other death (a damaged
+    /// repository, a bad config, memory) is not a refusal: its text stays in the node's
+    /// logs.
     pub fn refusal(&self) -> Option<String> {
         let Self::Exit { status, stderr, .. } = self else {
             return None;
@@ -288,7 +309,11 @@ impl GitStreamError {
             }
             message.truncate(end);
         }
-        Some(message.trim().to_owned()).filter(|m| !m.is_empty())
+        let message = message.trim();
+        REQUEST_REFUSALS
+            .iter()
+            .any(|prefix| message.starts_with(prefix))
+            .then(|| message.to_owned())
     }
 }
 

@@ -2,10 +2,9 @@
 //! (never held whole), under the repository's write lock, and acknowledged only once the
 //! cluster has recorded it (and in `sync` mode replicated it to a majority).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use bytes::Bytes;
@@ -39,7 +38,7 @@ pub async fn receive_pack(
     // Chunked pushes are counted as they stream; past the limit the body fails, git is
     // killed before it can apply anything, and the client gets a 413 (git answers
     // nothing before it has read the whole pack, so no response has started).
-    let over = Arc::new(AtomicBool::new(false));
+    let over = Over::default();
     let request = limited(body, limit, over.clone());
     // Holds the repository's lock and its write marker until the outcome is recorded.
     let push = state.cluster.begin_push(repo).await?;
@@ -48,8 +47,17 @@ pub async fn receive_pack(
         .await
     {
         Ok(stream) => stream,
-        Err(_) if over.load(Ordering::Relaxed) => return Err(AppError::BodyTooLarge { limit }),
-        Err(err) => return Err(err.into()),
+        Err(err) => {
+            let rest = over.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(rest) = rest else {
+                return Err(err.into());
+            };
+            // The repository is let go first; then what the client still sends is read
+            // and dropped, so that it sees the 413 rather than a broken pipe.
+            drop(push);
+            linger(rest).await;
+            return Err(AppError::BodyTooLarge { limit });
+        }
     };
     Ok(git_response(
         acknowledged_after(boxed(stream), push),
@@ -64,29 +72,42 @@ pub async fn receive_pack(
 const LINGER_BYTES: u64 = 64 << 20;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `body`, counted: past `limit` bytes it sets `over`, reads and drops what the client
-/// still sends (up to [`LINGER_BYTES`] / [`LINGER_TIME`]), then fails.
-fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> RequestBody {
+/// Set when a push went over the limit: the rest of its body, not read yet.
+#[derive(Clone, Default)]
+struct Over(Arc<Mutex<Option<BodyDataStream>>>);
+
+/// Read and drop `rest`, up to [`LINGER_BYTES`] and [`LINGER_TIME`].
+async fn linger(mut rest: BodyDataStream) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut dropped = 0u64;
+        while let Some(Ok(more)) = rest.next().await {
+            dropped += more.len() as u64;
+            if dropped > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// `body`, counted: past `limit` bytes it fails at once, leaving the rest of the body
+/// in `over` for the handler.
+fn limited(body: Body, limit: u64, over: Over) -> RequestBody {
     struct Counting {
-        body: axum::body::BodyDataStream,
+        body: Option<BodyDataStream>,
         seen: u64,
-        failed: bool,
     }
     let state = Counting {
-        body: body.into_data_stream(),
+        body: Some(body.into_data_stream()),
         seen: 0,
-        failed: false,
     };
     Box::pin(futures_util::stream::unfold(state, move |mut s| {
         let over = over.clone();
         async move {
-            if s.failed {
-                return None;
-            }
-            let chunk = match s.body.next().await? {
+            let chunk = match s.body.as_mut()?.next().await? {
                 Ok(chunk) => chunk,
                 Err(err) => {
-                    s.failed = true;
+                    s.body = None;
                     return Some((Err(std::io::Error::other(err)), s));
                 }
             };
@@ -94,19 +115,7 @@ fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> RequestBody {
             if s.seen <= limit {
                 return Some((Ok(chunk), s));
             }
-            over.store(true, Ordering::Relaxed);
-            let body = &mut s.body;
-            let _ = tokio::time::timeout(LINGER_TIME, async {
-                let mut dropped = 0u64;
-                while let Some(Ok(more)) = body.next().await {
-                    dropped += more.len() as u64;
-                    if dropped > LINGER_BYTES {
-                        break;
-                    }
-                }
-            })
-            .await;
-            s.failed = true;
+            *over.0.lock().unwrap_or_else(|p| p.into_inner()) = s.body.take();
             Some((
                 Err(std::io::Error::other(format!(
                     "push larger than limits.max_push_bytes ({limit} bytes)"

@@ -88,9 +88,12 @@ pub async fn serve(
             fetch::upload_pack(&state, &git, &repo, req.into_body(), raw, send_queue).await
         }
     };
-    peers
-        .metrics
-        .count("owner", if answer.is_ok() { "ok" } else { "error" });
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(AppError::Refused(_)) => "refused",
+        Err(_) => "error",
+    };
+    peers.metrics.count("owner", outcome);
     if let Err(AppError::Refused(message)) = &answer {
         // Not an answer to keep: the forwarding gateway asks its own nodes, which
         // refuse the same way (it sees a status other than 200, see `forward`).

@@ -67,6 +67,10 @@ pub enum Fallback {
     /// where that matters: its answer would not belong under this key.
     #[error("owner sees another state of the repository")]
     Stale,
+    /// git refused the request at the owner (422): the request is at fault, and this
+    /// gateway's nodes will say so to its client.
+    #[error("git refused the request at the owner")]
+    GitRefused,
     /// The owner answered, but not with the answer.
     #[error("owner answered {0}")]
     Status(StatusCode),
@@ -80,6 +84,7 @@ impl Fallback {
             Self::Timeout => "fallback_timeout",
             Self::Refused => "fallback_refused",
             Self::Stale => "fallback_stale",
+            Self::GitRefused => "fallback_git_refused",
             Self::Status(_) => "fallback_status",
         }
     }
@@ -180,7 +185,11 @@ impl Peers {
                     }
                     _ => {}
                 }
-                tracing::warn!(owner, error = %fallback, source = ?std::error::Error::source(fallback), "peer request failed before the first byte; producing locally");
+                if matches!(fallback, Fallback::GitRefused) {
+                    tracing::debug!(owner, "git refused the request at the owner; asking here");
+                } else {
+                    tracing::warn!(owner, error = %fallback, source = ?std::error::Error::source(fallback), "peer request failed before the first byte; producing locally");
+                }
                 fallback.label()
             }
         };
@@ -243,6 +252,7 @@ impl Peers {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Err(Fallback::Refused),
             StatusCode::CONFLICT => return Err(Fallback::Stale),
+            StatusCode::UNPROCESSABLE_ENTITY => return Err(Fallback::GitRefused),
             other => return Err(Fallback::Status(other)),
         }
         let pack_checked = resp.headers().contains_key(PACK_CHECKED_HEADER);

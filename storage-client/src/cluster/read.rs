@@ -112,6 +112,8 @@ impl Cluster {
         body: &Bytes,
     ) -> Result<GitStream, ClusterError> {
         let mut last = None;
+        // git's refusal wins over other replicas' failures: the request is at fault.
+        let mut refused = None;
         let mut refusals = 0;
         for &node in route.candidates() {
             let client = self.node(node);
@@ -147,7 +149,7 @@ impl Cluster {
                     return Ok(stream);
                 }
                 Err(err) if err.refusal().is_some() => {
-                    last = Some(err);
+                    refused = Some(err);
                     if !unknown_want {
                         refusals += 1;
                         if refusals >= 2 {
@@ -163,7 +165,7 @@ impl Cluster {
                 }
             }
         }
-        Err(no_answer(last))
+        Err(no_answer(refused.or(last)))
     }
 
     /// `call` to `node`, given up as silent when it has not answered within
