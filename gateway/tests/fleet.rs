@@ -546,25 +546,7 @@ fn a_fetch_git_refuses_gets_its_message_through_every_gateway() {
     for (g, gw) in fleet.gateways.iter().enumerate() {
         for version in ["0", "2"] {
             let into = tmp.path().join(format!("refused-{g}-v{version}"));
-            let out = git.output(
-                None,
-                &[
-                    "-c",
-                    &format!("protocol.version={version}"),
-                    "clone",
-                    "-q",
-                    "--shallow-exclude=no-such-ref",
-                    &gw.url("team/refuse"),
-                    into.to_str().expect("utf-8"),
-                ],
-                &[],
-            );
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "gateway {g} v{version}: refused");
-            assert!(
-                stderr.contains("remote error: git upload-pack: ambiguous deepen-not"),
-                "gateway {g} v{version}: git's message reaches the client: {stderr}"
-            );
+            git.assert_refused_clone(&gw.url("team/refuse"), version, &into);
         }
     }
     let urls: Vec<String> = fleet

@@ -952,25 +952,7 @@ fn a_fetch_git_refuses_gets_its_message_and_tries_two_replicas_at_most() {
     let url = gw.url("refuse");
     for version in ["0", "2"] {
         let dir = tmp.path().join(format!("refused-v{version}"));
-        let out = git.output(
-            None,
-            &[
-                "-c",
-                &format!("protocol.version={version}"),
-                "clone",
-                "-q",
-                "--shallow-exclude=no-such-ref",
-                &url,
-                path_str(&dir),
-            ],
-            &[],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "v{version}: the clone was refused");
-        assert!(
-            stderr.contains("remote error: git upload-pack: ambiguous deepen-not"),
-            "v{version}: git's message reaches the client: {stderr}"
-        );
+        git.assert_refused_clone(&url, version, &dir);
     }
     let scrape = gw.scrape();
     let refused = metric(

@@ -1,8 +1,8 @@
 //! [`PackCache`], the front door: a lookup joins a live entry or flight, or starts a
 //! flight (below `min_occurrences`), or (admitted and within the disk budget) creates an
 //! entry and starts its producer, or answers [`Fetch::Bypass`].
-//! It also owns the settings, the disk budget and when to evict (`max_age` by tokio
-//! time, so tests pause it).
+//! It also owns the settings and when to evict (`max_age` by tokio time, so tests
+//! pause it); the room an entry needs on disk is checked in `room`.
 //!
 //! The index itself, the entries' state and the producer live in their own modules;
 //! this one only wires them together.
@@ -21,6 +21,8 @@ use crate::producer::Producer;
 use crate::reader::Reader;
 use crate::store::{EntryStore, FileStore, StoreError};
 use crate::Upstream;
+
+mod room;
 
 /// What a lookup decided.
 pub enum Fetch {
@@ -148,7 +150,7 @@ impl PackCache {
         if !inner.admission().admit(&key) {
             return self.fly(key, upstream);
         }
-        if let Some(reason) = self.make_room().await {
+        if let Some(reason) = self.inner.make_room().await {
             return inner.bypass(reason);
         }
         let (entry, writer, follower) = match inner.create(key, false).await {
@@ -183,7 +185,7 @@ impl PackCache {
         let cache = self.clone();
         let make_entry: MakeEntry = Box::new(move || {
             Box::pin(async move {
-                if cache.make_room().await.is_some() {
+                if cache.inner.make_room().await.is_some() {
                     return None;
                 }
                 match cache.inner.create(key, true).await {
@@ -295,35 +297,6 @@ impl PackCache {
             .set(1);
         inner.evict_expired();
     }
-
-    /// Evict old complete entries until a new one fits; `Some` if it still does not
-    /// (I7: a full disk or budget is a bypass, never a failed fetch).
-    async fn make_room(&self) -> Option<BypassReason> {
-        let inner = &self.inner;
-        let max_bytes = inner.index.budget();
-        let min_free_bytes = inner.config().min_free_bytes;
-        while inner.index.usage().get() >= max_bytes {
-            if !inner.index.evict_oldest("max_bytes") {
-                return Some(BypassReason::OverBudget);
-            }
-        }
-        if min_free_bytes == 0 {
-            return None;
-        }
-        loop {
-            let store = inner.store.clone();
-            let free = tokio::task::spawn_blocking(move || store.free_bytes()).await;
-            match free {
-                Ok(Ok(free)) if free >= min_free_bytes => return None,
-                Ok(Ok(_)) => {
-                    if !inner.index.evict_oldest("low_disk") {
-                        return Some(BypassReason::LowDiskSpace);
-                    }
-                }
-                _ => return Some(BypassReason::StoreError),
-            }
-        }
-    }
 }
 
 /// Owns the background eviction task; dropping it stops the task.
@@ -431,29 +404,6 @@ impl Inner {
 
     fn evict_expired(&self) {
         self.index.evict_expired(self.config().max_age);
-    }
-
-    /// Below `min_free_bytes` free, evict the oldest complete entry (one per call: the
-    /// space comes back once its file is unlinked, in the background). Entries being
-    /// written are not cut; new ones are not made meanwhile (`make_room`).
-    async fn keep_free_space(&self) {
-        let min_free_bytes = self.config().min_free_bytes;
-        if min_free_bytes == 0 || self.index.len() == 0 {
-            return;
-        }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.free_bytes()).await {
-            Ok(Ok(free)) if free < min_free_bytes => {
-                self.index.evict_oldest("low_disk");
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot check the pack cache's free space")
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "the pack cache's free space check did not run")
-            }
-        }
     }
 }
 

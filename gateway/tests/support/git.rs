@@ -114,6 +114,28 @@ impl Git {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// A clone of `url` in protocol `version` that git's upload-pack refuses (its
+    /// `--shallow-exclude` names no ref): assert it fails with git's own message, as
+    /// the client shows a remote `ERR`.
+    pub fn assert_refused_clone(&self, url: &str, version: &str, into: &Path) {
+        let stderr = self.fails(
+            None,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                "--shallow-exclude=no-such-ref",
+                url,
+                into.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            stderr.contains("remote error: git upload-pack: ambiguous deepen-not"),
+            "v{version} {url}: git's message reaches the client: {stderr}"
+        );
+    }
+
     /// Commit a file with `content` in the work tree `dir`; returns the commit id.
     pub fn commit_file(&self, dir: &Path, file: &str, content: &str, message: &str) -> String {
         let path = dir.join(file);
