@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::cluster::{
-    clone, node_main, seed, seed_everywhere, wait_for, wait_replicated, Gateway, Nodes, NAMES,
+    clone, node_main, seed, seed_everywhere, wait_for, wait_replicated, Gateway, Nodes, FAST, NAMES,
 };
 use support::git::{default_client, Git};
 use support::hooked_git::{HookedGit, Mode};
@@ -1046,4 +1046,49 @@ fn reads_get_past_two_failing_copies_to_the_third() {
         0.0,
         "a failing copy is not the request's fault:\n{scrape}"
     );
+}
+
+/// git dying on a request after it started answering (a `deepen-not` that excludes
+/// every commit: upload-pack sends `shallow-info`, then dies) fails that clone as git
+/// itself does, but never counts as a node that cannot be reached: however often a
+/// client sends it, every node stays up and serves.
+#[test]
+fn a_request_git_dies_on_mid_answer_never_counts_as_a_node_down() {
+    let git = default_client();
+    let tmp = TempDir::new().unwrap();
+    let nodes = Nodes::start();
+    let gw = Gateway::start(&nodes, &format!("replication_factor = 3\n{FAST}"), "");
+    let (work, head) = seed_everywhere(&git, &gw, &nodes, tmp.path(), "excl");
+    git.ok(
+        Some(&work),
+        &["push", "-q", &gw.url("excl"), "main:refs/heads/same"],
+    );
+    gw.wait_jobs_done();
+    let url = gw.url("excl");
+    for i in 0..12 {
+        let dir = tmp.path().join(format!("excluded-{i}"));
+        git.fails(
+            None,
+            &[
+                "clone",
+                "-q",
+                "--shallow-exclude=same",
+                &url,
+                path_str(&dir),
+            ],
+        );
+    }
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gitgate_backend_requests_total",
+            &["result=\"unavailable\""]
+        ),
+        0.0,
+        "git dying mid-answer is not a node out of reach:\n{scrape}"
+    );
+    assert!(NAMES.iter().all(|n| gw.healthy(n)));
+    let dir = tmp.path().join("after");
+    assert_eq!(clone(&git, &url, &dir).expect("clone"), head);
 }

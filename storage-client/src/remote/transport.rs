@@ -32,6 +32,15 @@ impl RemoteNode {
                     node: self.name.clone(),
                     reason: error_chain(&err),
                 }
+            } else if closed_before_answer(&err) {
+                // A connection the node closed as the request went out (often a pooled
+                // one it closed after aborting an answer): the request fails and the
+                // next replica is tried, but it does not count toward the node being
+                // down; a node that is gone fails its next connect and health check.
+                ClientError::Decode {
+                    node: self.name.clone(),
+                    reason: format!("connection closed before an answer: {}", error_chain(&err)),
+                }
             } else {
                 self.unavailable(&err)
             }
@@ -144,11 +153,14 @@ impl RemoteNode {
     }
 
     pub(super) async fn peeked(&self, resp: Response<Incoming>) -> Result<GitStream, ClientError> {
+        // The node answered: a body that breaks off before its first byte is a failed
+        // answer (git dying on the request mid-way does this too), not a node that
+        // cannot be reached; a dead node shows at the next request and health check.
         api::peek(self.stream(resp))
             .await
-            .map_err(|err| ClientError::Unavailable {
+            .map_err(|err| ClientError::Decode {
                 node: self.name.clone(),
-                reason: err.to_string(),
+                reason: format!("the answer broke off before its first byte: {err}"),
             })
     }
 
